@@ -1,0 +1,3 @@
+from medclf.cli.main import main
+
+main()

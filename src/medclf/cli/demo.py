@@ -1,0 +1,19 @@
+"""`medclf demo`: every stage on a small synthetic dataset in the RSNA layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("demo")
+    def demo_cmd(
+        out: Path = typer.Option(Path("demo_out"), "--out", help="Folder for the synthetic data, cache and run."),
+        patients: int = typer.Option(160, "--patients", help="Synthetic patients to generate."),
+    ) -> None:
+        """Synthetic RSNA-layout DICOMs -> prepare -> train -> evaluate -> report, on the CPU in a few minutes."""
+        from medclf.demo import run_demo
+
+        run_demo(out, n_patients=patients)

@@ -1,0 +1,52 @@
+"""The `medclf` command. Each sub-command lives in its own module and only parses, validates and calls the library."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from medclf.errors import MedclfError
+
+app = typer.Typer(
+    help="Prepare, train, evaluate, explain and serve medical image classifiers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# module under medclf.cli -> it defines `register(app)`; kept as a list so a command's heavy imports load lazily
+COMMAND_MODULES = [
+    "prepare", "train", "evaluate", "predict", "report", "demo",
+]
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"medclf.cli.{_name}").register(app)
+
+
+def main() -> None:
+    """Console entry point: user errors print one line and exit 2, never a traceback."""
+    try:
+        app(standalone_mode=False)
+    except MedclfError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as err:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(err, click.exceptions.ClickException):
+            err.show()
+            sys.exit(err.exit_code)
+        if isinstance(err, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

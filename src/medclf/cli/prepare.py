@@ -1,0 +1,91 @@
+"""`medclf prepare rsna|medmnist|folder`: decode a dataset once into the cache the other commands read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+prepare_app = typer.Typer(
+    help="Decode a dataset once into a cache (uint8 images + manifest + cache.json) that training reads.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+_OUT = typer.Option(..., "--out", help="Cache directory to create (appears only when complete).")
+_SIZE = typer.Option(256, "--size", help="Side of the square cache images (padded to square, never distorted).")
+_VAL = typer.Option(0.1, "--val", help="Fraction of patients for validation (per class).")
+_TEST = typer.Option(0.1, "--test", help="Fraction of patients for test (per class).")
+_SEED = typer.Option(0, "--seed", help="Seed of the patient split.")
+_WORKERS = typer.Option(None, "--workers", help="Decoding processes [default: all cores].")
+_NORM = typer.Option("robust", "--norm", help="robust (LUTs + 0.5-99.5 percentile window) or deck (divide by max).")
+_SKIP_MISSING = typer.Option(False, "--skip-missing", help="Leave out images/labels that do not match instead of failing.")
+_SKIP_BAD = typer.Option(False, "--skip-bad", help="Skip files that cannot be decoded (recorded in cache.json) instead of failing.")
+_FORCE = typer.Option(False, "--force", help="Replace an existing cache made from other inputs.")
+_QUIET = typer.Option(False, "--quiet", help="No progress bar.")
+_NAMES = typer.Option(None, "--label-names", help="Comma-separated class names in label-index order.")
+_POSITIVE = typer.Option(None, "--positive", help="Positive class (name or index) for binary metrics.")
+
+
+def _names(text: Optional[str]) -> Optional[list[str]]:
+    return [n.strip() for n in text.split(",")] if text else None
+
+
+@prepare_app.command("rsna")
+def rsna_cmd(
+    images: Path = typer.Option(..., "--images", help="stage_2_train_images folder (<patientId>.dcm)."),
+    labels: Path = typer.Option(..., "--labels", help="stage_2_train_labels.csv"),
+    out: Path = _OUT,
+    classes: Optional[Path] = typer.Option(None, "--classes", help="stage_2_detailed_class_info.csv (checked against Target)."),
+    label_mode: str = typer.Option("binary", "--label-mode", help="binary (normal/pneumonia) or detailed (3 classes)."),
+    size: int = _SIZE, val: float = _VAL, test: float = _TEST, seed: int = _SEED,
+    workers: Optional[int] = _WORKERS, norm: str = _NORM, skip_missing: bool = _SKIP_MISSING,
+    skip_bad: bool = _SKIP_BAD, force: bool = _FORCE, quiet: bool = _QUIET,
+) -> None:
+    """RSNA Pneumonia Detection Challenge layout -> cache (one label per patient, boxes scaled)."""
+    from medclf.data.prepare import prepare_rsna
+
+    path = prepare_rsna(images, labels, out, classes=classes, label_mode=label_mode, size=size, val=val, test=test,
+                        seed=seed, workers=workers, norm=norm, skip_missing=skip_missing, skip_bad=skip_bad,
+                        force=force, progress=not quiet)
+    typer.echo(str(path))
+
+
+@prepare_app.command("medmnist")
+def medmnist_cmd(
+    npz: Path = typer.Option(..., "--npz", help="MedMNIST .npz with {train,val,test}_{images,labels} (any subset)."),
+    out: Path = _OUT,
+    size: Optional[int] = typer.Option(None, "--size", help="Resize to this side [default: keep the native size]."),
+    label_names: Optional[str] = _NAMES, positive: Optional[str] = _POSITIVE,
+    force: bool = _FORCE, quiet: bool = _QUIET,
+) -> None:
+    """MedMNIST .npz -> cache, keeping its own splits (no patient ids: patient_id = id)."""
+    from medclf.data.prepare import prepare_medmnist
+
+    path = prepare_medmnist(npz, out, size=size, label_names=_names(label_names), positive=positive, force=force,
+                            progress=not quiet)
+    typer.echo(str(path))
+
+
+@prepare_app.command("folder")
+def folder_cmd(
+    images: Path = typer.Option(..., "--images", help="Folder of PNG/JPEG/DICOM files."),
+    labels: Path = typer.Option(..., "--labels", help="CSV path,label[,patient_id]; path relative to --images."),
+    out: Path = _OUT,
+    size: int = _SIZE, val: float = _VAL, test: float = _TEST, seed: int = _SEED,
+    workers: Optional[int] = _WORKERS, norm: str = _NORM,
+    label_names: Optional[str] = _NAMES, positive: Optional[str] = _POSITIVE,
+    skip_missing: bool = _SKIP_MISSING, skip_bad: bool = _SKIP_BAD, force: bool = _FORCE, quiet: bool = _QUIET,
+) -> None:
+    """Folder of images + labels CSV -> cache, split by patient like RSNA."""
+    from medclf.data.prepare import prepare_folder
+
+    path = prepare_folder(images, labels, out, size=size, val=val, test=test, seed=seed, workers=workers, norm=norm,
+                          label_names=_names(label_names), positive=positive, skip_missing=skip_missing,
+                          skip_bad=skip_bad, force=force, progress=not quiet)
+    typer.echo(str(path))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(prepare_app, name="prepare")

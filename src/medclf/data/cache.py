@@ -1,0 +1,218 @@
+"""The prepared cache (docs/architecture.md): `images.npy` (uint8 N x S x S), `manifest.csv`, `cache.json`.
+
+Writers build the whole cache in `<out>.tmp-*` and rename it into place, so a reader never sees a half-written
+cache and a failed write leaves nothing at `<out>`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+
+from medclf.data.splits import SPLITS, leakage_audit
+from medclf.errors import DataError
+from medclf.io import read_json, write_json, write_text
+
+FORMAT_VERSION = 1
+MANIFEST_COLUMNS = ["index", "id", "patient_id", "label", "label_name", "split", "boxes", "view", "sex", "age", "source"]
+HASHED_COLUMNS = ["id", "patient_id", "label", "split", "boxes"]
+_STR_COLUMNS = ["id", "patient_id", "label_name", "split", "boxes", "view", "sex", "source"]
+
+
+@dataclass
+class Cache:
+    """An opened cache; `images` is memory-mapped, so opening is instant whatever N is."""
+
+    path: Path
+    images: np.ndarray
+    manifest: pd.DataFrame
+    meta: dict[str, Any]
+
+    @classmethod
+    def open(cls, path: str | Path) -> "Cache":
+        path = Path(path)
+        for name in ("images.npy", "manifest.csv", "cache.json"):
+            if not (path / name).is_file():
+                raise DataError(f"{path}: not a medclf cache ({name} missing); run `medclf prepare` first")
+        meta = read_json(path / "cache.json")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise DataError(f"{path}/cache.json: format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
+        images = np.load(path / "images.npy", mmap_mode="r")
+        manifest = read_manifest(path / "manifest.csv")
+        if len(manifest) != images.shape[0]:
+            raise DataError(f"{path}: manifest has {len(manifest)} rows but images.npy holds {images.shape[0]}")
+        return cls(path=path, images=images, manifest=manifest, meta=meta)
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.meta["label_names"])
+
+    @property
+    def positive_index(self) -> int:
+        return int(self.meta["positive_index"])
+
+    @property
+    def size(self) -> int:
+        return int(self.images.shape[1])
+
+    def indices(self, split: str | None = None) -> np.ndarray:
+        """Row indices of one split (all rows when None)."""
+        if split is None:
+            return np.arange(len(self.manifest))
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+        return np.flatnonzero(self.manifest["split"].to_numpy() == split)
+
+    def labels(self, split: str | None = None) -> np.ndarray:
+        return self.manifest["label"].to_numpy(dtype=np.int64)[self.indices(split)]
+
+    def boxes(self, index: int) -> list[list[float]]:
+        """[x, y, w, h] boxes of one row, in cache pixels."""
+        return json.loads(self.manifest["boxes"].iat[index] or "[]")
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    """Strings stay strings (ids like 'NA' or '0012' survive); unknown text is '', unknown age NaN."""
+    dtypes = {c: str for c in _STR_COLUMNS} | {"index": np.int64, "label": np.int64, "age": np.float64}
+    return pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values={"age": [""]})
+
+
+def versions() -> dict[str, str]:
+    import PIL
+    import pydicom
+
+    import medclf
+
+    return {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "pydicom": pydicom.__version__,
+        "pillow": PIL.__version__,
+        "medclf": medclf.__version__,
+    }
+
+
+def manifest_hash_bytes(manifest: pd.DataFrame) -> bytes:
+    """The manifest part of content_hash: the hashed columns as CSV, '\\n' line ends, no index."""
+    return manifest[HASHED_COLUMNS].to_csv(index=False, lineterminator="\n").encode("utf-8")
+
+
+def split_counts(manifest: pd.DataFrame, label_names: list[str]) -> dict[str, dict[str, int]]:
+    counts: dict[str, dict[str, int]] = {}
+    for split in SPLITS:
+        labels = manifest.loc[manifest["split"] == split, "label"].to_numpy(dtype=np.int64)
+        if labels.size:
+            per = np.bincount(labels, minlength=len(label_names))
+            counts[split] = {name: int(per[i]) for i, name in enumerate(label_names)}
+    return counts
+
+
+def normalise_manifest(manifest: pd.DataFrame, label_names: list[str]) -> pd.DataFrame:
+    """Columns in contract order, missing optional ones filled, index = row number; checks labels/splits."""
+    frame = manifest.reset_index(drop=True).copy()
+    for col in ("id", "label", "split"):
+        if col not in frame:
+            raise ValueError(f"manifest lacks required column {col!r}")
+    frame["index"] = np.arange(len(frame))
+    frame["label"] = frame["label"].astype(np.int64)
+    if len(frame) and (frame["label"].min() < 0 or frame["label"].max() >= len(label_names)):
+        raise ValueError(f"labels must be in [0, {len(label_names)}), got {sorted(set(frame['label']))}")
+    bad = sorted(set(frame["split"]) - set(SPLITS))
+    if bad:
+        raise ValueError(f"unknown split values {bad}; valid: {list(SPLITS)}")
+    defaults = {"patient_id": frame["id"], "label_name": [label_names[i] for i in frame["label"]],
+                "boxes": "[]", "view": "", "sex": "", "age": np.nan, "source": ""}
+    for col, value in defaults.items():
+        if col not in frame:
+            frame[col] = value
+    frame["boxes"] = [b if isinstance(b, str) else json.dumps(b) for b in frame["boxes"]]
+    return frame[MANIFEST_COLUMNS]
+
+
+class CacheWriter:
+    """Streams images into `<out>.tmp-*/images.npy`, then writes manifest + JSON and renames into place."""
+
+    def __init__(self, tmp_dir: Path, n: int, size: int):
+        self.tmp_dir = tmp_dir
+        self.size = size
+        self.images = np.lib.format.open_memmap(tmp_dir / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size))
+
+    def put(self, start: int, block: np.ndarray) -> None:
+        self.images[start : start + len(block)] = block
+
+    def finish(self, manifest: pd.DataFrame, meta: dict[str, Any]) -> dict[str, Any]:
+        label_names = list(meta["label_names"])
+        manifest = normalise_manifest(manifest, label_names)
+        self.images.flush()
+        digest = hashlib.sha256()
+        for start in range(0, len(self.images), 1024):  # bounded memory for large caches
+            digest.update(np.ascontiguousarray(self.images[start : start + 1024]).tobytes())
+        digest.update(manifest_hash_bytes(manifest))
+        del self.images
+        full = {
+            "format_version": FORMAT_VERSION, "source": meta.get("source", "custom"), "size": self.size, "n": len(manifest),
+            "label_names": label_names, "positive_index": int(meta["positive_index"]),
+            "label_mode": meta.get("label_mode", ""), "params": meta.get("params", {}),
+            "versions": meta.get("versions") or versions(), "split_counts": split_counts(manifest, label_names),
+            "leakage_audit": meta.get("leakage_audit") or leakage_audit(manifest["patient_id"], manifest["split"]),
+            "content_hash": digest.hexdigest(), "skipped": meta.get("skipped", []),
+        }
+        full.update({k: v for k, v in meta.items() if k not in full})  # extra keys (fingerprint, reports) kept
+        write_text(self.tmp_dir / "manifest.csv", manifest.to_csv(index=False, lineterminator="\n"))
+        write_json(self.tmp_dir / "cache.json", full)
+        return full
+
+
+@contextlib.contextmanager
+def cache_writer(out_dir: str | Path, n: int, size: int, overwrite: bool = False) -> Iterator[CacheWriter]:
+    """Yield a writer into a temporary sibling directory; on success it becomes `out_dir` atomically."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise DataError(f"{out_dir}: already exists")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        yield CacheWriter(tmp_dir, n, size)
+        _replace_dir(tmp_dir, out_dir)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """rename(2) is atomic only onto a missing/empty target, so an old cache is first moved aside."""
+    if not dst.exists():
+        os.rename(src, dst)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f"{dst.name}.old-", dir=dst.parent))
+    os.rename(dst, old / "cache")
+    os.rename(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_cache(out_dir: str | Path, images: np.ndarray, manifest: pd.DataFrame, meta: dict[str, Any],
+                overwrite: bool = False) -> Path:
+    """Write a cache atomically; fills `format_version`, `n`, `size`, `split_counts`, `content_hash`
+    (and `leakage_audit`, `versions` when absent). `meta` needs `label_names` and `positive_index`."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1] != images.shape[2]:
+        raise ValueError(f"images must be uint8 N x S x S, got {images.dtype} {images.shape}")
+    if len(manifest) != len(images):
+        raise ValueError(f"manifest has {len(manifest)} rows for {len(images)} images")
+    for key in ("label_names", "positive_index"):
+        if key not in meta:
+            raise ValueError(f"meta lacks {key!r}")
+    with cache_writer(out_dir, len(images), images.shape[1], overwrite=overwrite) as writer:
+        writer.put(0, images)
+        writer.finish(manifest, meta)
+    return Path(out_dir)

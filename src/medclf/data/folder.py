@@ -1,0 +1,115 @@
+"""Folder source: PNG/JPEG/DICOM files under a folder plus a CSV `path,label[,patient_id]`.
+
+`path` is relative to the folder (or absolute). `label` is an integer class index or a class name. Without
+`patient_id` every image is its own patient (the split cannot then guard against patient leakage; cache.json
+says so). Files in the folder that the CSV does not list are counted in the report, not an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from medclf.data.imageio import DICOM_SUFFIXES, IMAGE_SUFFIXES
+from medclf.data.rsna import LabelReport
+from medclf.errors import DataError
+
+NEGATIVE_NAMES = {"normal", "negative", "healthy", "benign", "no finding", "no_finding", "0", "false", "no"}
+
+
+@dataclass
+class FolderSource:
+    items: pd.DataFrame  # id, patient_id, label, label_name, boxes, path
+    label_names: list[str]
+    positive_index: int
+    report: LabelReport
+    has_patient_ids: bool
+    unlisted_files: int
+
+
+def folder_source(images_dir: str | Path, labels_csv: str | Path, label_names: Sequence[str] | None = None,
+                  positive: str | int | None = None) -> FolderSource:
+    images_dir, labels_csv = Path(images_dir).resolve(), Path(labels_csv)
+    if not images_dir.is_dir():
+        raise DataError(f"{images_dir}: image folder not found")
+    frame = _read_table(labels_csv)
+    report = LabelReport()
+    labels, names = _parse_labels(frame, labels_csv, label_names, report)
+    has_patients = "patient_id" in frame.columns
+    patient = frame["patient_id"] if has_patients else frame["path"]
+    patient = patient.where(patient != "", frame["path"])
+    paths = [Path(p) if Path(p).is_absolute() else images_dir / p for p in frame["path"]]
+    exists = np.array([p.is_file() for p in paths])
+    report.labels_without_images += sorted(frame.loc[~exists & (labels >= 0), "path"])
+    dup = frame["path"].duplicated(keep=False) & (frame["path"] != "")
+    report.malformed_rows += [f"{labels_csv.name}:{ln}: path {p!r} listed twice" for ln, p in zip(frame["line"][dup], frame["path"][dup])]
+    report.malformed_rows += [f"{labels_csv.name}:{ln}: empty path" for ln in frame["line"][frame["path"] == ""]]
+    keep = exists & (labels >= 0) & ~dup.to_numpy() & (frame["path"] != "").to_numpy()
+    items = pd.DataFrame({
+        "id": frame["path"][keep].to_numpy(), "patient_id": patient[keep].to_numpy(), "label": labels[keep],
+        "label_name": [names[i] for i in labels[keep]], "boxes": [[] for _ in range(int(keep.sum()))],
+        "path": [str(p) for p, k in zip(paths, keep) if k],
+    })
+    listed = {p.resolve() for p, e in zip(paths, exists) if e}
+    on_disk = [p for p in images_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES | DICOM_SUFFIXES]
+    unlisted = sum(1 for p in on_disk if p.resolve() not in listed)
+    return FolderSource(items=items.sort_values("id").reset_index(drop=True), label_names=names,
+                        positive_index=resolve_positive(names, positive, labels_csv), report=report,
+                        has_patient_ids=has_patients, unlisted_files=unlisted)
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise DataError(f"{path}: label file not found")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        raise DataError(f"{path}: not a readable CSV ({' '.join(str(err).split())})") from None
+    missing = [c for c in ("path", "label") if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: missing columns {missing}; expected path,label[,patient_id]")
+    frame = frame[[c for c in ("path", "label", "patient_id") if c in frame.columns]].apply(lambda c: c.str.strip())
+    frame["line"] = np.arange(len(frame)) + 2
+    return frame
+
+
+def _parse_labels(frame: pd.DataFrame, path: Path, label_names: Sequence[str] | None,
+                  report: LabelReport) -> tuple[np.ndarray, list[str]]:
+    """Label column -> class indices (-1 where malformed) and the class names."""
+    raw = frame["label"]
+    as_int = pd.to_numeric(raw, errors="coerce")
+    all_int = bool(len(raw)) and as_int.notna().all() and (as_int == as_int.round()).all()
+    if all_int:
+        labels = as_int.to_numpy(dtype=np.int64)
+        names = list(label_names) if label_names else [str(i) for i in range(max(int(labels.max()) + 1, 2))]
+    else:
+        names = list(label_names) if label_names else sorted(set(raw) - {""})
+        lookup = {n: i for i, n in enumerate(names)}
+        labels = np.array([lookup.get(v, -1) for v in raw], dtype=np.int64)
+    bad = (labels < 0) | (labels >= len(names))
+    report.malformed_rows += [f"{path.name}:{ln}: label {v!r} not one of {names}" for ln, v in zip(frame["line"][bad], raw[bad])]
+    labels[bad] = -1
+    if len(names) < 2:
+        raise DataError(f"{path}: needs at least 2 classes, found {names}")
+    return labels, names
+
+
+def resolve_positive(names: list[str], positive: str | int | None, where: Path | str) -> int:
+    """Index of the positive class: given by name or index, else the non-negative one of two classes
+    (negative = 'normal', 'negative', '0', ...), else an error asking for --positive."""
+    if positive is not None:
+        text = str(positive)
+        if text in names:
+            return names.index(text)
+        if text.isdigit() and int(text) < len(names):
+            return int(text)
+        raise DataError(f"{where}: positive class {positive!r} is not one of {names}")
+    if len(names) == 2:
+        negatives = [i for i, n in enumerate(names) if n.strip().lower() in NEGATIVE_NAMES]
+        if len(negatives) == 1:
+            return 1 - negatives[0]
+    raise DataError(f"{where}: {len(names)} classes {names}; say which is positive with --positive NAME")

@@ -1,0 +1,30 @@
+"""A JSON-able summary of a cache for run directories and reports: counts, never patient data."""
+
+from __future__ import annotations
+
+from medclf.data.cache import Cache
+
+
+def data_summary(cache: Cache) -> dict:
+    manifest = cache.manifest
+    names = list(cache.label_names)
+    split_counts = {
+        split: {names[int(k)]: int(v) for k, v in group["label"].value_counts().sort_index().items()}
+        for split, group in manifest.groupby("split")
+    }
+    view_counts = {}
+    if "view" in manifest and manifest["view"].notna().any():
+        view_counts = {
+            split: {str(k): int(v) for k, v in group["view"].fillna("unknown").value_counts().items()}
+            for split, group in manifest.groupby("split")
+        }
+    return {
+        "cache": str(cache.path.resolve()),
+        "source": cache.meta.get("source"),
+        "content_hash": cache.meta.get("content_hash"),
+        "size": cache.size,
+        "label_names": names,
+        "positive_index": cache.positive_index,
+        "split_counts": split_counts,
+        "view_counts": view_counts,
+    }

@@ -1,0 +1,134 @@
+"""A small synthetic dataset in the exact RSNA challenge layout (not real patients), for the demo and tests.
+
+`make_synthetic_rsna(out)` writes `stage_2_train_images/<id>.dcm` (8-bit MONOCHROME2, JPEG Baseline like the
+real files, 128 px by default), `stage_2_train_labels.csv` (one row per box, several per positive patient) and
+`stage_2_detailed_class_info.csv`. Each picture is chest-like: a body, two darker lung fields with rib
+texture, a bright mediastinum and heart, noise. Positives carry one or two bright, soft opacities inside the
+lungs, large enough that a tiny CNN learns them at 64 px in a few epochs. Same arguments, same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+DETAILED = ("Normal", "No Lung Opacity / Not Normal", "Lung Opacity")
+
+
+def make_synthetic_rsna(out_dir: str | Path, n_patients: int = 40, size: int = 128, seed: int = 0,
+                        pos_frac: float = 0.3) -> Path:
+    """Write the dataset under `out_dir` and return `out_dir`; patient ids are `synthetic-0000`, ..."""
+    out_dir = Path(out_dir)
+    image_dir = out_dir / "stage_2_train_images"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    positive = np.zeros(n_patients, dtype=bool)
+    positive[rng.permutation(n_patients)[: int(round(n_patients * pos_frac))]] = True
+    grid = _grid(size)
+    label_rows, class_rows = [], []
+    for i in range(n_patients):
+        pid = f"synthetic-{i:04d}"
+        picture, boxes = _chest(grid, size, rng, bool(positive[i]))
+        view = "PA" if rng.random() < 0.55 else "AP"
+        sex = "M" if rng.random() < 0.55 else "F"
+        age = int(rng.integers(18, 86))
+        _write_dicom(image_dir / f"{pid}.dcm", picture, pid, view, sex, age)
+        if boxes:
+            label_rows += [(pid, *map(float, b), 1) for b in boxes]
+            class_rows += [(pid, DETAILED[2])] * len(boxes)
+        else:
+            label_rows.append((pid, None, None, None, None, 0))
+            class_rows.append((pid, DETAILED[int(rng.random() < 0.4)]))
+    labels = pd.DataFrame(label_rows, columns=["patientId", "x", "y", "width", "height", "Target"])
+    labels.to_csv(out_dir / "stage_2_train_labels.csv", index=False, lineterminator="\n")
+    pd.DataFrame(class_rows, columns=["patientId", "class"]).to_csv(
+        out_dir / "stage_2_detailed_class_info.csv", index=False, lineterminator="\n")
+    return out_dir
+
+
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    v, u = np.mgrid[0:size, 0:size].astype(np.float32) / np.float32(size)
+    return u, v
+
+
+def _ellipse(u: np.ndarray, v: np.ndarray, cu: float, cv: float, ru: float, rv: float, soft: float = 0.08) -> np.ndarray:
+    """1 inside, 0 outside, with a soft edge (anatomy has no hard borders)."""
+    d = np.sqrt(((u - cu) / ru) ** 2 + ((v - cv) / rv) ** 2)
+    return np.clip((1.0 - d) / soft, 0.0, 1.0)
+
+
+def _chest(grid: tuple[np.ndarray, np.ndarray], size: int, rng: np.random.Generator,
+           positive: bool) -> tuple[np.ndarray, list[list[int]]]:
+    u, v = grid
+    img = np.full(u.shape, 18.0, dtype=np.float32)
+    img += 100.0 * _ellipse(u, v, 0.5, 0.56, 0.47, 0.55, soft=0.05)  # body soft tissue
+    lungs = []
+    for side in (-1, 1):
+        cu = 0.5 + side * rng.uniform(0.18, 0.21)
+        lung = (cu, rng.uniform(0.44, 0.48), rng.uniform(0.12, 0.14), rng.uniform(0.27, 0.31))
+        lungs.append(lung)
+        img -= rng.uniform(55.0, 65.0) * _ellipse(u, v, *lung)
+    in_lung = np.maximum(_ellipse(u, v, *lungs[0]), _ellipse(u, v, *lungs[1]))
+    ribs = 0.5 + 0.5 * np.sin(2 * np.pi * (7.0 * v + 3.0 * (u - 0.5) ** 2 + rng.uniform(0, 1)))
+    img += 22.0 * ribs**4 * in_lung
+    img += 60.0 * np.clip((0.05 - np.abs(u - 0.5)) / 0.02, 0, 1) * (v > 0.1)  # spine / mediastinum
+    img += 55.0 * _ellipse(u, v, 0.54, 0.64, rng.uniform(0.10, 0.13), 0.11)  # heart
+    boxes = _add_opacities(img, u, v, lungs, size, rng) if positive else []
+    img += rng.normal(0.0, 5.0, size=img.shape).astype(np.float32)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8), boxes
+
+
+def _add_opacities(img: np.ndarray, u: np.ndarray, v: np.ndarray, lungs: list[tuple[float, ...]], size: int,
+                   rng: np.random.Generator) -> list[list[int]]:
+    """One or two bright Gaussian blobs inside the lungs; boxes (pixels) span +-2 sigma."""
+    boxes = []
+    chosen = [0, 1] if rng.random() < 0.35 else [int(rng.integers(2))]
+    for k in chosen:
+        cu, cv, ru, rv = lungs[k]
+        bu, bv = cu + rng.uniform(-0.4, 0.4) * ru, cv + rng.uniform(-0.4, 0.5) * rv
+        sigma = rng.uniform(0.045, 0.06)
+        blob = np.exp(-((u - bu) ** 2 + (v - bv) ** 2) / (2 * sigma**2))
+        img += rng.uniform(70.0, 90.0) * blob
+        x0, y0 = max(0, int((bu - 2 * sigma) * size)), max(0, int((bv - 2 * sigma) * size))
+        x1, y1 = min(size, int(np.ceil((bu + 2 * sigma) * size))), min(size, int(np.ceil((bv + 2 * sigma) * size)))
+        boxes.append([x0, y0, x1 - x0, y1 - y0])
+    return boxes
+
+
+def _write_dicom(path: Path, pixels: np.ndarray, pid: str, view: str, sex: str, age: int) -> None:
+    """An RSNA-style file: Secondary Capture, CR, 8-bit MONOCHROME2, JPEG Baseline, fixed UIDs (deterministic)."""
+    from PIL import Image
+    from pydicom.config import disable_value_validation
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit, SecondaryCaptureImageStorage, generate_uid
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=95)
+    sop_uid = generate_uid(entropy_srcs=[pid, "sop"])
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, sop_uid
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=[pid, "study"])
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[pid, "series"])
+    ds.PatientName, ds.PatientID, ds.PatientSex = pid, pid, sex
+    with disable_value_validation():  # RSNA stores the age without DICOM's 'Y' suffix; so do we
+        ds.PatientAge = str(age)
+    ds.Modality, ds.BodyPartExamined, ds.ConversionType = "CR", "CHEST", "WSD"
+    ds.SeriesDescription, ds.ViewPosition = f"view: {view}", view
+    ds.StudyDate, ds.StudyTime = "19010101", "000000.00"
+    ds.SeriesNumber, ds.InstanceNumber = 1, 1
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.LossyImageCompression = "01"
+    ds.PixelData = encapsulate([buf.getvalue()])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)

@@ -1,0 +1,65 @@
+"""`medclf evaluate`: predict a split of a cache with a run, then write the table, metrics and plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medclf.data.cache import Cache
+from medclf.data.dataset import CacheDataset
+from medclf.engine.device import pick_device
+from medclf.engine.inference import predict_dataset, predictions_table
+from medclf.errors import DataError, MedclfError
+from medclf.evaluation.metrics import evaluate_predictions
+from medclf.io import atomic_path
+from medclf.runs import load_run, run_cache_path
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    data: str | Path | None = None,
+    split: str = "test",
+    n_boot: int = 1000,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict:
+    """Writes `predictions_<split>.csv`, `metrics_<split>.json` and plots into the run; returns the metrics.
+
+    The threshold is the one chosen on validation at training time and stored in the checkpoint: it is applied
+    unchanged here. An external cache (`data`) must have the same label names; its outputs get a `@<hash>` tag.
+    """
+    run_dir = Path(run_dir)
+    dev = pick_device(device)
+    run = load_run(run_dir, dev)
+    own_cache = run_cache_path(run_dir)
+    cache_path = Path(data) if data else own_cache
+    if cache_path is None:
+        raise MedclfError(f"{run_dir}: no data_summary.json naming its cache; pass --data CACHE")
+    cache = Cache.open(cache_path)
+    check_labels(cache, run.contract.label_names, cache_path)
+    dataset = CacheDataset(cache, split=split)
+    if len(dataset) == 0:
+        raise DataError(f"{cache_path}: split '{split}' is empty")
+    tag = split if _same_cache(cache_path, own_cache) else f"{split}@{cache.meta.get('content_hash', 'ext')[:8]}"
+
+    probs = predict_dataset(run.model, run.contract, dataset, dev, progress=progress, desc=f"evaluate {split}",
+                            tta_flip=bool(run.config.get("eval", {}).get("tta_flip", False)))
+    table = predictions_table(dataset, probs, run.contract, split, run.name)
+    if hasattr(run.model, "member_std"):
+        table["std"] = run.model.member_std(dataset, dev)
+    with atomic_path(run_dir / f"predictions_{tag}.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    # also writes metrics.json for the test split; the threshold was chosen on validation at training time
+    metrics = evaluate_predictions(table, run.contract.threshold, run_dir, tag, n_boot=n_boot,
+                                   positive_index=run.contract.positive_index, label_names=run.contract.label_names)
+    return metrics
+
+
+def check_labels(cache: Cache, label_names: list[str], cache_path: Path) -> None:
+    if list(cache.label_names) != list(label_names):
+        raise DataError(
+            f"{cache_path}: labels {list(cache.label_names)} differ from the model's {list(label_names)}"
+        )
+
+
+def _same_cache(a: Path, b: Path | None) -> bool:
+    return b is not None and Path(a).resolve() == Path(b).resolve()

@@ -1,0 +1,93 @@
+"""`medclf predict`: files or folders of DICOM/PNG/JPEG -> probabilities at the run's operating threshold."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from medclf.data.imageio import load_image
+from medclf.data.transforms import make_transform
+from medclf.engine.device import pick_device
+from medclf.engine.inference import predict_probs
+from medclf.errors import MedclfError
+from medclf.io import atomic_path
+from medclf.runs import LoadedRun, load_run
+
+IMAGE_SUFFIXES = {".dcm", ".dicom", ".png", ".jpg", ".jpeg"}
+
+
+def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
+    """Files as given; folders searched recursively for image suffixes (sorted, so output order is stable)."""
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files.extend(sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        elif item.exists():
+            files.append(item)
+        else:
+            raise MedclfError(f"{item}: no such file or folder")
+    if not files:
+        raise MedclfError("no input images found (DICOM, PNG or JPEG files, or folders of them)")
+    return files
+
+
+def predict_files(
+    run_dir: str | Path,
+    inputs: Iterable[str | Path],
+    out: str | Path | None = None,
+    batch_size: int = 32,
+    device: str = "auto",
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Returns (and writes to `out`) a table `path,prob,label,error` — unreadable files keep their reason."""
+    dev = pick_device(device)
+    run = load_run(run_dir, dev)
+    files = expand_inputs(inputs)
+    rows = []
+    for start in tqdm(range(0, len(files), batch_size), desc="predict", disable=not progress, leave=False):
+        rows.extend(predict_batch(run, files[start:start + batch_size], dev))
+    table = pd.DataFrame(rows, columns=["path", "prob", "label", "error"])
+    if out is not None:
+        with atomic_path(out) as tmp:
+            table.to_csv(tmp, index=False)
+    return table
+
+
+def predict_batch(run: LoadedRun, files: list[Path], device: torch.device) -> list[dict]:
+    images, good, rows = [], [], []
+    for path in files:
+        try:
+            images.append(load_image(path, run.image_size))
+            good.append(path)
+        except MedclfError as err:
+            rows.append({"path": str(path), "prob": None, "label": None, "error": str(err)})
+    if images:
+        probs = predict_arrays(run, np.stack(images), device)
+        names = run.contract.label_names
+        for path, p in zip(good, probs):
+            prob = float(p[run.contract.positive_index])
+            label = decide(p, run.contract.positive_index, run.contract.threshold, names)
+            rows.append({"path": str(path), "prob": prob, "label": label, "error": ""})
+    order = {str(p): i for i, p in enumerate(files)}
+    return sorted(rows, key=lambda r: order[r["path"]])
+
+
+def predict_arrays(run: LoadedRun, images: np.ndarray, device: torch.device) -> np.ndarray:
+    """uint8 `B x S x S` -> probabilities `B x K`."""
+    transform = make_transform(run.contract, train=False)
+    x = transform(torch.from_numpy(images).to(device))
+    with torch.no_grad():
+        return predict_probs(run.model, x, device)
+
+
+def decide(probs: np.ndarray, positive_index: int, threshold: float, label_names: list[str]) -> str:
+    """Positive class when its probability reaches the operating threshold; otherwise the likeliest other class."""
+    if probs[positive_index] >= threshold:
+        return label_names[positive_index]
+    others = [k for k in range(len(probs)) if k != positive_index]
+    return label_names[max(others, key=lambda k: probs[k])]

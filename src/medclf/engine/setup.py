@@ -1,0 +1,123 @@
+"""Everything the training loop needs, built by factories before it starts (DESIGN habit 6)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from medclf.config import Config
+from medclf.data.cache import Cache
+from medclf.data.dataset import CacheDataset, make_loader
+from medclf.data.samplers import create_sampler
+from medclf.data.transforms import Augment, BatchTransform, make_transform
+from medclf.engine.device import pick_device
+from medclf.engine.optim import create_optimizer, create_scheduler
+from medclf.errors import DataError
+from medclf.losses import create_loss
+from medclf.models import create_model
+from medclf.models.contract import DataContract
+
+# objective(model, x_unit, y) -> loss; x_unit is the augmented batch in [0,1] before normalisation, so
+# adversarial objectives can perturb it in pixel space. Registered by name (train.adversarial).
+Objective = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class TrainingSetup:
+    cfg: Config
+    out_dir: Path
+    cache: Cache
+    device: torch.device
+    model: torch.nn.Module
+    contract: DataContract
+    train_set: CacheDataset
+    val_set: CacheDataset
+    sampler: object
+    loader: torch.utils.data.DataLoader
+    train_transform: BatchTransform
+    loss_fn: torch.nn.Module
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    steps_per_epoch: int
+
+
+def build_setup(cfg: Config, data_dir: str | Path, out_dir: str | Path) -> TrainingSetup:
+    cache = Cache.open(data_dir)
+    device = pick_device(cfg.train.device)
+    train_set = CacheDataset(cache, indices=train_indices(cache, cfg))
+    val_set = CacheDataset(cache, split="val")
+    if len(train_set) == 0:
+        raise DataError(f"{data_dir}: the training split is empty")
+    if len(val_set) == 0:
+        raise DataError(f"{data_dir}: the validation split is empty (prepare with --val > 0)")
+
+    model = create_model(
+        cfg.model.name,
+        num_classes=len(cache.label_names),
+        pretrained=cfg.model.pretrained,
+        weights=cfg.model.weights,
+        in_chans=cfg.model.in_chans,
+        input_size=cfg.model.input_size,
+        drop_rate=cfg.model.drop_rate,
+        label_names=list(cache.label_names),
+        positive_index=cache.positive_index,
+    )
+    model.to(device)
+    if cfg.train.channels_last and device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+
+    class_counts = np.bincount(train_set.labels, minlength=len(cache.label_names))
+    loss_fn = create_loss(
+        cfg.loss.name, num_classes=len(cache.label_names), class_counts=class_counts.tolist(),
+        **loss_params(cfg, cache.positive_index),
+    ).to(device)
+    sampler = create_sampler(cfg.data.sampler, train_set, num_samples=cfg.data.epoch_samples, seed=cfg.train.seed)
+    loader = make_loader(train_set, cfg.data.batch_size, sampler=sampler, workers=cfg.data.workers,
+                         pin_memory=device.type == "cuda")
+    steps = len(loader) if cfg.train.max_steps_per_epoch is None else min(len(loader), cfg.train.max_steps_per_epoch)
+    optimizer = create_optimizer(model, cfg.train, device)
+    train_transform = make_transform(model.contract, train=True, augment=Augment.from_config(cfg.data))
+    return TrainingSetup(
+        cfg=cfg, out_dir=Path(out_dir), cache=cache, device=device, model=model, contract=model.contract,
+        train_set=train_set, val_set=val_set, sampler=sampler, loader=loader, train_transform=train_transform,
+        loss_fn=loss_fn, objective=create_objective(cfg, loss_fn, train_transform), optimizer=optimizer,
+        scheduler=create_scheduler(optimizer, cfg.train, steps), steps_per_epoch=steps,
+    )
+
+
+def train_indices(cache: Cache, cfg: Config) -> np.ndarray:
+    """The training rows; an ensemble member's subset is given as a path to a .npy of cache rows."""
+    if cfg.data.train_subset:
+        return np.load(cfg.data.train_subset)
+    return cache.indices("train")
+
+
+def loss_params(cfg: Config, positive_index: int) -> dict:
+    """The LossConfig fields each loss takes (the config keeps one flat, typed section for all of them)."""
+    lc = cfg.loss
+    if lc.name == "focal":
+        return {"gamma": lc.gamma, "alpha": lc.alpha, "class_balanced": lc.class_balanced, "beta": lc.beta,
+                "positive_index": positive_index}
+    if lc.name == "ce":
+        return {"label_smoothing": lc.label_smoothing, "class_balanced": lc.class_balanced, "beta": lc.beta}
+    if lc.name == "soft_f1":
+        return {"positive_index": positive_index}
+    return {}
+
+
+def create_objective(cfg: Config, loss_fn: torch.nn.Module, transform: BatchTransform) -> Objective:
+    """The per-batch training loss; adversarial variants perturb the unit-range batch first."""
+    if cfg.train.adversarial:
+        from medclf.robust.adversarial import create_adversarial_objective
+
+        return create_adversarial_objective(cfg.train, loss_fn, transform)
+
+    def objective(model: torch.nn.Module, x_unit: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return loss_fn(model(transform.normalise(x_unit)), y)
+
+    return objective

@@ -1,0 +1,134 @@
+"""The training loop: one readable function, everything it needs built beforehand by `build_setup`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from medclf.config import Config, save_config
+from medclf.engine.device import autocast, epoch_seed, seed_everything
+from medclf.engine.inference import predict_dataset
+from medclf.engine.setup import TrainingSetup, build_setup
+from medclf.engine.state import EarlyStopper, restore_state, save_epoch, write_history
+from medclf.errors import MedclfError
+from medclf.io import write_json
+from medclf.data.summary import data_summary
+from medclf.evaluation.metrics import binary_metrics
+from medclf.evaluation.thresholds import choose_threshold
+
+
+def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool = False, progress: bool = True) -> Path:
+    """Train one model on the cache's train split, validate each epoch, write the run directory. Returns it."""
+    out_dir = Path(out_dir)
+    if not resume and (out_dir / "last.pt").exists():
+        raise MedclfError(f"{out_dir} already holds a run (last.pt); use --resume or another --out")
+    seed_everything(cfg.train.seed)  # the initial weights depend on the seed only
+    s = build_setup(cfg, data_dir, out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out_dir / "config.yaml")
+    write_json(out_dir / "data_summary.json", data_summary(s.cache))
+
+    ema = _make_ema(s) if cfg.train.ema else None
+    history: list[dict] = []
+    stopper = EarlyStopper(cfg.train.early_stop_metric, cfg.train.patience)
+    start = restore_state(s, ema, stopper, history) if resume else 0
+
+    for epoch in range(start, cfg.train.epochs):
+        if stopper.should_stop:
+            break
+        t0 = time.perf_counter()
+        train_loss = train_one_epoch(s, epoch, ema, progress)
+        eval_model = ema.module if ema is not None else s.model
+        row = {"epoch": epoch + 1, "train_loss": train_loss, **validate(s, eval_model),
+               "lr": s.optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - t0}
+        history.append(row)
+        improved = stopper.update(row)
+        save_epoch(s, eval_model, ema, stopper, history, epoch, improved)
+        write_history(out_dir, history)
+        if progress:
+            print(_epoch_line(row, improved))
+
+    finalize_threshold(s)
+    return out_dir
+
+
+def train_one_epoch(s: TrainingSetup, epoch: int, ema, progress: bool) -> float:
+    seed = epoch_seed(s.cfg.train.seed, epoch)
+    torch.manual_seed(seed)  # dropout and any other torch randomness in this epoch
+    augment_rng = torch.Generator().manual_seed(seed)
+    if hasattr(s.sampler, "set_epoch"):
+        s.sampler.set_epoch(epoch)
+    s.model.train()
+    total, count = 0.0, 0
+    bar = tqdm(s.loader, total=s.steps_per_epoch, desc=f"epoch {epoch + 1}/{s.cfg.train.epochs}",
+               disable=not progress, leave=False)
+    for step, (images, labels, _) in enumerate(bar):
+        if step >= s.steps_per_epoch:
+            break
+        x = s.train_transform.unit(images.to(s.device, non_blocking=True), augment_rng)
+        y = labels.to(s.device, non_blocking=True)
+        with autocast(s.device, s.cfg.train.amp):
+            loss = s.objective(s.model, x, y)
+        if not torch.isfinite(loss):
+            raise MedclfError(f"training diverged at epoch {epoch + 1} step {step} (loss {loss.item()}); lower train.lr")
+        s.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if s.cfg.train.clip_grad:
+            torch.nn.utils.clip_grad_norm_(s.model.parameters(), s.cfg.train.clip_grad)
+        s.optimizer.step()
+        s.scheduler.step()
+        if ema is not None:
+            ema.update_parameters(s.model)
+        total += loss.item() * len(y)
+        count += len(y)
+        bar.set_postfix(loss=f"{total / count:.4f}")
+    return total / max(1, count)
+
+
+@torch.no_grad()
+def validate(s: TrainingSetup, model: torch.nn.Module) -> dict:
+    """Validation loss and the binary metrics at threshold 0.5 (the operating point is chosen after training)."""
+    probs = predict_dataset(model, s.contract, s.val_set, s.device, batch_size=s.cfg.eval.batch_size)
+    logp = torch.log(torch.from_numpy(probs).clamp_min(1e-7))
+    # val loss with the training loss function, so the two curves are comparable (the seed deck's graph)
+    val_loss = float(s.loss_fn(logp.to(s.device), torch.from_numpy(s.val_set.labels).to(s.device)))
+    y = (s.val_set.labels == s.contract.positive_index).astype(int)
+    m = binary_metrics(y, probs[:, s.contract.positive_index], threshold=0.5, n_boot=0)
+    return {"val_loss": val_loss, "val_auc": m["roc_auc"], "val_f1": m["f1"], "val_accuracy": m["accuracy"]}
+
+
+def finalize_threshold(s: TrainingSetup) -> None:
+    """Choose the operating threshold on validation with the best weights and store it in best.pt."""
+    from medclf.models.checkpoint import load_checkpoint, save_checkpoint
+
+    best_path = s.out_dir / "best.pt"
+    model, contract, payload = load_checkpoint(best_path, device=s.device)
+    probs = predict_dataset(model, contract, s.val_set, s.device, batch_size=s.cfg.eval.batch_size)
+    y = (s.val_set.labels == contract.positive_index).astype(int)
+    contract.threshold = choose_threshold(y, probs[:, contract.positive_index], method=s.cfg.eval.threshold,
+                                          target=s.cfg.eval.target_sensitivity)
+    save_checkpoint(best_path, model, contract, payload["config"], payload.get("extra"))
+
+
+def _make_ema(s: TrainingSetup):
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(s.model, multi_avg_fn=get_ema_multi_avg_fn(s.cfg.train.ema), use_buffers=True)
+
+
+def _epoch_line(row: dict, improved: bool) -> str:
+    def fmt(v):
+        return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.4f}"
+
+    return (f"epoch {row['epoch']}: train_loss {fmt(row['train_loss'])} val_loss {fmt(row['val_loss'])} "
+            f"val_auc {fmt(row['val_auc'])} val_f1 {fmt(row['val_f1'])} ({row['seconds']:.1f}s)"
+            + (" *best*" if improved else ""))
+
+
+def load_history(run_dir: str | Path) -> pd.DataFrame:
+    return pd.read_csv(Path(run_dir) / "history.csv")

@@ -1,0 +1,82 @@
+"""The data contract a model carries (DESIGN habit 2): what it expects as input and what its outputs mean.
+
+Transforms are derived from it, checkpoints store it as a plain dict, and inference reads the label names,
+the positive class and the operating threshold from it. (timm `pretrained_cfg`; torchxrayvision `op_threshs`.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from medclf.errors import ConfigError
+
+
+@dataclass
+class DataContract:
+    model_name: str
+    num_classes: int
+    label_names: list[str]
+    positive_index: int
+    input_size: int
+    in_chans: int
+    mean: list[float]
+    std: list[float]
+    threshold: float = 0.5
+    ood: dict | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 2:
+            raise ConfigError(f"contract: num_classes must be >= 2 (models output K >= 2 logits), got {self.num_classes}")
+        if len(self.label_names) != self.num_classes:
+            raise ConfigError(
+                f"contract: {len(self.label_names)} label_names {self.label_names} for num_classes={self.num_classes}"
+            )
+        if not 0 <= self.positive_index < self.num_classes:
+            raise ConfigError(f"contract: positive_index {self.positive_index} is not in [0, {self.num_classes - 1}]")
+        if self.in_chans not in (1, 3):
+            raise ConfigError(f"contract: in_chans must be 1 or 3, got {self.in_chans}")
+        if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
+            raise ConfigError(f"contract: mean/std need {self.in_chans} values, got {self.mean} / {self.std}")
+        if self.input_size < 1:
+            raise ConfigError(f"contract: input_size must be positive, got {self.input_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python types only (a checkpoint read with `torch.load(weights_only=True)` can hold it)."""
+        return {
+            "model_name": str(self.model_name),
+            "num_classes": int(self.num_classes),
+            "label_names": [str(n) for n in self.label_names],
+            "positive_index": int(self.positive_index),
+            "input_size": int(self.input_size),
+            "in_chans": int(self.in_chans),
+            "mean": [float(v) for v in self.mean],
+            "std": [float(v) for v in self.std],
+            "threshold": float(self.threshold),
+            "ood": None if self.ood is None else dict(self.ood),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DataContract":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"contract: unknown keys {unknown} (valid: {sorted(names)})")
+        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING}
+        missing = sorted(required - set(d))
+        if missing:
+            raise ConfigError(f"contract: missing keys {missing}")
+        return cls(
+            model_name=str(d["model_name"]),
+            num_classes=int(d["num_classes"]),
+            label_names=[str(n) for n in d["label_names"]],
+            positive_index=int(d["positive_index"]),
+            input_size=int(d["input_size"]),
+            in_chans=int(d["in_chans"]),
+            mean=[float(v) for v in d["mean"]],
+            std=[float(v) for v in d["std"]],
+            threshold=float(d.get("threshold", 0.5)),
+            ood=None if d.get("ood") is None else dict(d["ood"]),
+        )

@@ -1,0 +1,70 @@
+"""Fixtures shared by the whole suite: real-data location and a tiny learnable cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
+
+
+def shared_data(*parts: str) -> Path:
+    """A path under ../shared/data, or skip the test when that data is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not available: {path}")
+    return path
+
+
+def make_tiny_images(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray, list]:
+    """Grey noise; positives carry a bright square blob, so a tiny CNN learns them in a few steps."""
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(n) % 3 == 0).astype(np.int64)
+    images = rng.integers(40, 90, size=(n, size, size)).astype(np.uint8)
+    boxes = []
+    for i in np.flatnonzero(labels):
+        s = size // 4
+        x, y = rng.integers(2, size - s - 2, size=2)
+        images[i, y : y + s, x : x + s] = 220
+        boxes.append((i, [int(x), int(y), s, s]))
+    box_lists = [[] for _ in range(n)]
+    for i, b in boxes:
+        box_lists[i] = [b]
+    return images, labels, box_lists
+
+
+def build_tiny_cache(out: Path, n: int = 60, size: int = 32, seed: int = 0) -> Path:
+    from medclf.data.cache import write_cache
+
+    images, labels, boxes = make_tiny_images(n, size, seed)
+    splits = np.where(np.arange(n) % 5 < 3, "train", np.where(np.arange(n) % 5 == 3, "val", "test"))
+    manifest = pd.DataFrame(
+        {
+            "index": np.arange(n),
+            "id": [f"img{i:03d}" for i in range(n)],
+            "patient_id": [f"p{i:03d}" for i in range(n)],
+            "label": labels,
+            "label_name": np.where(labels == 1, "pneumonia", "normal"),
+            "split": splits,
+            "boxes": [json.dumps(b) for b in boxes],
+            "view": np.where(np.arange(n) % 2 == 0, "PA", "AP"),
+            "sex": "",
+            "age": "",
+            "source": "synthetic",
+        }
+    )
+    meta = {"source": "synthetic", "size": size, "label_names": ["normal", "pneumonia"], "positive_index": 1,
+            "label_mode": "binary", "params": {"seed": seed}}
+    write_cache(out, images, manifest, meta)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory) -> Path:
+    """60 images of 32 px (36 train / 12 val / 12 test, 1/3 positive), shared read-only by tests."""
+    return build_tiny_cache(tmp_path_factory.mktemp("tiny") / "cache")
