@@ -69,6 +69,7 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA (ignored elsewhere)
     channels_last: bool = True
     compile: bool = False  # torch.compile the model
+    sync_bn: bool = False  # under torchrun on CUDA: SyncBatchNorm (batch statistics over all ranks)
     ema: float | None = None  # exponential moving average of weights (decay), evaluated and saved as best
     max_steps_per_epoch: int | None = None  # cap for smoke tests
     adversarial: str | None = None  # fgsm | pgd | advprop

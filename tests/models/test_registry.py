@@ -140,3 +140,18 @@ def test_vit_input_size_must_fit_the_patch_grid():
         create_model("vit_b_16", 2, input_size=40)
     with pytest.raises(ConfigError, match="multiple of its patch size 16, got 40"):
         create_model("timm:vit_tiny_patch16_224", 2, input_size=40)
+
+
+@pytest.mark.parametrize("name, kw", [("resnet18", {}), ("timm:vit_tiny_patch16_224", {"input_size": 64})])
+def test_pytorch_grad_cam_needs_no_layer_names(built, name, kw):
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    model = built(name, **kw)
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 64, 64)
+    with GradCAM(model=model, target_layers=model.cam_target_layers(),
+                 reshape_transform=model.cam_reshape_transform) as cam:
+        maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(0)] * 2)
+    assert maps.shape == (2, 64, 64)
+    assert maps.max() == pytest.approx(1.0, abs=1e-5)  # grad-cam scales each positive map to [0, 1]

@@ -62,20 +62,47 @@ def test_pretrained_from_the_torch_hub_cache(no_network_env):
     assert model.model.fc.weight.shape == (2, 512)  # the 1000-class head is not loaded
 
 
-def test_pretrained_from_the_hugging_face_cache(no_network_env):
+def fake_hf_cache(root, repo: str, state: dict) -> None:
+    """The Hugging Face hub cache layout: models--org--name/{refs/main, snapshots/<commit>/model.safetensors}."""
     from safetensors.torch import save_file
+
+    entry = root / "hf" / "hub" / f"models--{repo.replace('/', '--')}"
+    (entry / "refs").mkdir(parents=True)
+    (entry / "refs" / "main").write_text("0123abc")
+    (entry / "snapshots" / "0123abc").mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, entry / "snapshots" / "0123abc" / "model.safetensors")
+
+
+def test_pretrained_from_the_hugging_face_cache(no_network_env):
     import timm
 
     torch.manual_seed(2)
     imagenet = timm.create_model("resnet10t")
-    snapshot = no_network_env / "hf" / "hub" / "models--timm--resnet10t.c3_in1k"
-    (snapshot / "refs").mkdir(parents=True)
-    (snapshot / "refs" / "main").write_text("0123abc")
-    (snapshot / "snapshots" / "0123abc").mkdir(parents=True)
-    save_file(imagenet.state_dict(), snapshot / "snapshots" / "0123abc" / "model.safetensors")
+    fake_hf_cache(no_network_env, "timm/resnet10t.c3_in1k", imagenet.state_dict())
     model = create_model("timm:resnet10t", 2, pretrained=True)
     torch.testing.assert_close(model.model.conv1[0].weight, imagenet.conv1[0].weight, rtol=0, atol=0)
     assert model.model.fc.weight.shape == (2, 512)
+
+
+def test_timm_vit_pretrained_from_the_cache_at_another_size(no_network_env):
+    """timm loads the cached file itself (resampling the 14x14 position grid to 2x2) although this model's
+    original release is a custom .npz: the Hub copy is a plain state dict."""
+    import timm
+
+    torch.manual_seed(3)
+    imagenet = timm.create_model("vit_tiny_patch16_224")
+    fake_hf_cache(no_network_env, "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k", imagenet.state_dict())
+    model = create_model("timm:vit_tiny_patch16_224", 2, pretrained=True, input_size=32, in_chans=1)
+    assert model.model.pos_embed.shape == (1, 5, 192)
+    torch.testing.assert_close(model.model.pos_embed[0, 0], imagenet.pos_embed[0, 0], rtol=0, atol=0)
+    torch.testing.assert_close(model.model.blocks[2].mlp.fc1.weight, imagenet.blocks[2].mlp.fc1.weight, rtol=0, atol=0)
+    torch.testing.assert_close(model.model.patch_embed.proj.weight,
+                               imagenet.patch_embed.proj.weight.sum(1, keepdim=True), rtol=0, atol=0)
+
+
+def test_timm_model_without_pretrained_weights(no_network_env):
+    with pytest.raises(MedclfError, match="timm has no pretrained weights for 'timm:botnet50ts_256'"):
+        create_model("timm:botnet50ts_256", 2, pretrained=True)
 
 
 def test_weights_file_drops_and_reports_a_head_of_another_size(tmp_path, caplog):

@@ -18,7 +18,8 @@ app = typer.Typer(
 
 # module under medclf.cli -> it defines `register(app)`; kept as a list so a command's heavy imports load lazily
 COMMAND_MODULES = [
-    "prepare", "train", "evaluate", "predict", "report", "demo",
+    "prepare", "train", "evaluate", "predict", "report", "demo", "serve", "attack", "ood",
+    "export", "ensemble", "compare", "study", "profile", "explain",
 ]
 
 for _name in COMMAND_MODULES:

@@ -1,7 +1,8 @@
-"""`medclf train`: train one model on a prepared cache."""
+"""`medclf train`: train one model on a prepared cache (one process, or DDP under torchrun / with --gpus)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -15,12 +16,28 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", help="Run directory to write."),
         config: Optional[str] = typer.Option(None, "--config", help="YAML preset: a path or a name in configs/."),
         resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.pt."),
+        gpus: int = typer.Option(
+            1, "--gpus", min=1,
+            help="Train with DistributedDataParallel on N GPUs of this machine (starts torchrun; data.batch_size "
+                 "is per GPU). With train.device=cpu: N CPU processes (gloo).",
+        ),
         overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. train.epochs=5"),
     ) -> None:
         """Train a classifier; writes config.yaml, history.csv, curves.png, best.pt and last.pt."""
         from medclf.config import load_config
+
+        cfg = load_config(config, overrides or [])  # validated here, before any process is started
+        if gpus > 1:
+            from medclf.engine.distributed import check_gpus, launch
+
+            check_gpus(gpus, cfg.train.device)
+            args = ["train", "--data", str(data), "--out", str(out), *(["--config", config] if config else []),
+                    *(["--resume"] if resume else []), *(overrides or [])]
+            sys.exit(launch(gpus, args))
+
+        from medclf.engine.distributed import is_main
         from medclf.engine.train import train
 
-        cfg = load_config(config, overrides or [])
         run = train(cfg, data, out, resume=resume)
-        typer.echo(f"run: {run}")
+        if is_main():
+            typer.echo(f"run: {run}")

@@ -84,7 +84,7 @@ def _parse_labels(frame: pd.DataFrame, path: Path, label_names: Sequence[str] | 
     as_int = pd.to_numeric(raw, errors="coerce")
     all_int = bool(len(raw)) and as_int.notna().all() and (as_int == as_int.round()).all()
     if all_int:
-        labels = as_int.to_numpy(dtype=np.int64)
+        labels = np.array(as_int, dtype=np.int64)  # a writable copy (pandas may hand out read-only views)
         names = list(label_names) if label_names else [str(i) for i in range(max(int(labels.max()) + 1, 2))]
     else:
         names = list(label_names) if label_names else sorted(set(raw) - {""})

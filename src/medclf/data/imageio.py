@@ -12,14 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from medclf.data.dicom import (
-    NORMS,
-    deck_normalise,
-    is_dicom,
-    none_normalise,
-    percentile_window,
-    read_dicom,
-)
+from medclf.data.dicom import NORMS, is_dicom, read_dicom, render, resized_shape
 from medclf.errors import DataError
 
 DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
@@ -37,30 +30,32 @@ class Loaded:
 
 
 def load_image(path: str | Path, size: int, norm: str = "robust") -> np.ndarray:
-    """One DICOM/PNG/JPEG file -> uint8 `size x size` (padded to square, never distorted)."""
+    """One DICOM/PNG/JPEG file -> uint8 `size x size` (long side resized, then padded to square with black)."""
     return load_with_info(path, size, norm).image
 
 
 def load_with_info(path: str | Path, size: int | None, norm: str = "robust") -> Loaded:
     """Like `load_image`, also returning the header fields and original shape (for manifests and boxes).
 
-    `size=None` keeps the (padded-to-square) native size.
+    `size=None` keeps the native size (padded to square).
     """
     if norm not in NORMS:
         raise DataError(f"unknown normalisation {norm!r}; valid: {', '.join(NORMS)}")
     path = Path(path)
     if is_dicom(path) or path.suffix.lower() in DICOM_SUFFIXES:
-        dcm = read_dicom(path, norm=norm, target_size=size)
+        dcm = read_dicom(path, norm=norm, size=size)
         pixels, header, shape = dcm.pixels, dcm.header, dcm.original_shape
     else:
         pixels, shape = _read_picture(path, norm, size)
         header = dict(EMPTY_HEADER)
-    return Loaded(image=fit_square(pixels, size), header=header, original_shape=shape)
+    return Loaded(image=pad_square(pixels, size), header=header, original_shape=shape)
 
 
 def _read_picture(path: Path, norm: str, size: int | None) -> tuple[np.ndarray, tuple[int, int]]:
-    """PNG/JPEG/TIFF -> float32 display values; colour is converted to luma (many exports are RGB greys)."""
+    """PNG/JPEG/TIFF -> uint8 display image; colour is converted to luma (many exports are RGB greys)."""
     from PIL import Image, UnidentifiedImageError
+
+    from medclf.data.dicom import deck_normalise
 
     try:
         with Image.open(path) as img:
@@ -78,16 +73,8 @@ def _read_picture(path: Path, norm: str, size: int | None) -> tuple[np.ndarray, 
         raise DataError(f"{path}: cannot decode image ({' '.join(str(err).split())})") from None
     if raw.ndim != 2:
         raise DataError(f"{path}: expected a 2-D greyscale image, got shape {raw.shape}")
-    return normalise_array(raw, norm), shape
-
-
-def normalise_array(raw: np.ndarray, norm: str) -> np.ndarray:
-    """Stored values of a non-DICOM image -> float32 [0, 255] (no LUTs exist outside DICOM)."""
-    if norm == "robust":
-        return percentile_window(raw)
-    if norm == "deck":
-        return deck_normalise(raw)
-    return none_normalise(raw)
+    values = deck_normalise(raw) if norm == "deck" else raw  # no LUTs exist outside DICOM
+    return render(values, norm, size), shape
 
 
 def _draft_request(shape: tuple[int, int], size: int) -> tuple[int, int]:
@@ -95,36 +82,38 @@ def _draft_request(shape: tuple[int, int], size: int) -> tuple[int, int]:
     return (-(-shape[1] * size // side), -(-shape[0] * size // side))
 
 
-def fit_square(pixels: np.ndarray, size: int | None) -> np.ndarray:
-    """Pad (centred, black) to a square, then resize to `size` with antialiased bilinear -> uint8."""
-    from PIL import Image
+def pad_square(pixels: np.ndarray, size: int | None = None) -> np.ndarray:
+    """Centre a uint8 image on a black `size x size` (default: its long side) canvas."""
+    h, w = pixels.shape
+    side = size or max(h, w)
+    if (h, w) == (side, side):
+        return np.ascontiguousarray(pixels, dtype=np.uint8)
+    if h > side or w > side:
+        raise ValueError(f"image {pixels.shape} larger than the {side} px square")
+    out = np.zeros((side, side), dtype=np.uint8)
+    top, left = (side - h) // 2, (side - w) // 2
+    out[top : top + h, left : left + w] = pixels
+    return out
 
-    arr = np.asarray(pixels, dtype=np.float32)
-    h, w = arr.shape
-    side = max(h, w)
-    if h != w:
-        square = np.zeros((side, side), dtype=np.float32)
-        top, left = (side - h) // 2, (side - w) // 2
-        square[top : top + h, left : left + w] = arr
-        arr = square
-    if size and size != side:
-        # PIL's resize widens its filter when shrinking (antialiasing), like torchvision's Resize on PIL images
-        arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.Resampling.BILINEAR))
-    return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+
+def fit_square(pixels: np.ndarray, size: int | None) -> np.ndarray:
+    """Already-normalised 8-bit values (e.g. MedMNIST) -> uint8 `size x size`: resize long side, pad."""
+    return pad_square(render(np.asarray(pixels), "none", size), size)
 
 
 def box_transform(original_shape: tuple[int, int], size: int | None) -> tuple[float, float, float]:
-    """(scale, pad_left, pad_top) mapping original pixel coordinates to cache pixels: x' = (x + pad_left) * scale."""
+    """(scale, left, top) mapping original pixel coordinates to cache pixels: x' = x * scale + left."""
     h, w = original_shape
     side = max(h, w)
-    scale = 1.0 if not size else size / side
-    return scale, float((side - w) // 2), float((side - h) // 2)
+    target = size or side
+    rows, cols = resized_shape(original_shape, target)
+    return target / side, float((target - cols) // 2), float((target - rows) // 2)
 
 
 def scale_boxes(boxes: list[list[float]], original_shape: tuple[int, int], size: int | None) -> list[list[float]]:
     """[x, y, w, h] boxes in original pixels -> cache pixels, rounded to 0.01."""
     scale, left, top = box_transform(original_shape, size)
     return [
-        [round((x + left) * scale, 2), round((y + top) * scale, 2), round(bw * scale, 2), round(bh * scale, 2)]
+        [round(x * scale + left, 2), round(y * scale + top, 2), round(bw * scale, 2), round(bh * scale, 2)]
         for x, y, bw, bh in boxes
     ]

@@ -45,12 +45,16 @@ def default_workers() -> int:
 
 
 def mp_context() -> Any:
-    """forkserver where available (no fork of a threaded parent; workers start from a pre-imported server)."""
-    if "forkserver" in mp.get_all_start_methods():
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["medclf.data.prepare"])
-        return ctx
-    return mp.get_context("spawn")
+    """fork on Linux, else the platform default.
+
+    fork starts a worker in milliseconds with everything imported, and never re-runs the caller's `__main__`
+    (spawn/forkserver import it again in each worker: for the `medclf` script that means every CLI module).
+    Forking a threaded parent is safe here because workers only run numpy/Pillow/pydicom code, never torch's
+    OpenMP pool; the pool is started before the progress bar's monitor thread (as PyTorch's DataLoader does).
+    """
+    if sys.platform.startswith("linux"):
+        return mp.get_context("fork")
+    return mp.get_context()
 
 
 def say(message: str) -> None:
@@ -225,8 +229,10 @@ def decode_files(paths: Sequence[str], partial: Path, size: int, norm: str, work
             _raise_bad([m for i in sorted(metas) for m in metas[i]])
     pending = [t for t in tasks if t[0] not in metas]
     partial.mkdir(parents=True, exist_ok=True)
-    with tqdm(total=len(paths), initial=sum(len(m) for m in metas.values()), unit="img", desc="prepare",
-              disable=not progress, file=sys.stderr) as bar, _executor(workers, len(pending)) as run:
+    with _executor(workers, len(pending)) as run, tqdm(
+        total=len(paths), initial=sum(len(m) for m in metas.values()), unit="img", desc="prepare",
+        disable=not progress, file=sys.stderr,
+    ) as bar:
         for index, meta in run(_decode_chunk, pending):
             metas[index] = meta
             bar.update(len(meta))

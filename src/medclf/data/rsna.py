@@ -73,10 +73,7 @@ def rsna_source(images_dir: str | Path, labels_csv: str | Path, classes_csv: str
     images_dir = Path(images_dir).resolve()
     if not images_dir.is_dir():
         raise DataError(f"{images_dir}: image folder not found")
-    report = LabelReport()
-    per_patient = _read_labels(Path(labels_csv), report)
-    if classes_csv is not None:
-        per_patient = _join_classes(per_patient, Path(classes_csv), report)
+    per_patient, report = read_rsna_labels(labels_csv, classes_csv)
     images = {p.stem: p for p in sorted(images_dir.glob("*.dcm"))}
     labelled = set(per_patient.index) | report.bad_patients
     report.images_without_labels = sorted(f"{images[s].name}" for s in set(images) - labelled)
@@ -95,6 +92,17 @@ def rsna_source(images_dir: str | Path, labels_csv: str | Path, classes_csv: str
     })
     positive = 1 if label_mode == "binary" else names.index("Lung Opacity")
     return RsnaSource(items=items.reset_index(drop=True), label_names=list(names), positive_index=positive, report=report)
+
+
+def read_rsna_labels(labels_csv: str | Path, classes_csv: str | Path | None = None) -> tuple[pd.DataFrame, LabelReport]:
+    """Label files alone -> one row per patient (index patientId; `target`, `boxes`, and `class` when
+    `classes_csv` is given) plus the report of malformed rows and conflicts. Patients with a problem are
+    listed in `report.bad_patients` (and may still have a row)."""
+    report = LabelReport()
+    per_patient = _read_labels(Path(labels_csv), report)
+    if classes_csv is not None:
+        per_patient = _join_classes(per_patient, Path(classes_csv), report)
+    return per_patient, report
 
 
 def _read_csv(path: Path, columns: list[str]) -> pd.DataFrame:

@@ -83,15 +83,15 @@ def _chest(grid: tuple[np.ndarray, np.ndarray], size: int, rng: np.random.Genera
 
 def _add_opacities(img: np.ndarray, u: np.ndarray, v: np.ndarray, lungs: list[tuple[float, ...]], size: int,
                    rng: np.random.Generator) -> list[list[int]]:
-    """One or two bright Gaussian blobs inside the lungs; boxes (pixels) span +-2 sigma."""
+    """One or two bright, flat-topped patches (consolidation-like) inside the lungs; boxes span +-2 sigma."""
     boxes = []
     chosen = [0, 1] if rng.random() < 0.35 else [int(rng.integers(2))]
     for k in chosen:
         cu, cv, ru, rv = lungs[k]
-        bu, bv = cu + rng.uniform(-0.4, 0.4) * ru, cv + rng.uniform(-0.4, 0.5) * rv
-        sigma = rng.uniform(0.045, 0.06)
-        blob = np.exp(-((u - bu) ** 2 + (v - bv) ** 2) / (2 * sigma**2))
-        img += rng.uniform(70.0, 90.0) * blob
+        bu, bv = cu + rng.uniform(-0.35, 0.35) * ru, cv + rng.uniform(-0.4, 0.45) * rv
+        sigma = rng.uniform(0.065, 0.085)
+        blob = np.exp(-((((u - bu) ** 2 + (v - bv) ** 2) / (2 * sigma**2)) ** 2))  # super-Gaussian: flat top
+        img += rng.uniform(110.0, 130.0) * blob
         x0, y0 = max(0, int((bu - 2 * sigma) * size)), max(0, int((bv - 2 * sigma) * size))
         x1, y1 = min(size, int(np.ceil((bu + 2 * sigma) * size))), min(size, int(np.ceil((bv + 2 * sigma) * size)))
         boxes.append([x0, y0, x1 - x0, y1 - y0])

@@ -28,9 +28,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """Every epoch reseeds all RNGs from (seed, epoch): a resumed run draws exactly what an uninterrupted one did."""
-    return seed * 100_003 + epoch
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """Every epoch reseeds all RNGs from (seed, epoch): a resumed run draws exactly what an uninterrupted one did.
+
+    Under DDP each rank gets its own stream (different dropout masks and augmentations), still reproducible.
+    """
+    return seed * 100_003 + epoch + rank * 1_000_000_007
 
 
 def autocast(device: torch.device, enabled: bool):

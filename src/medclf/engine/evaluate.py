@@ -8,6 +8,7 @@ from medclf.data.cache import Cache
 from medclf.data.dataset import CacheDataset
 from medclf.engine.device import pick_device
 from medclf.engine.inference import predict_dataset, predictions_table
+from medclf.ensemble import Ensemble, predict_ensemble_dataset
 from medclf.errors import DataError, MedclfError
 from medclf.evaluation.metrics import evaluate_predictions
 from medclf.io import atomic_path
@@ -41,11 +42,15 @@ def evaluate_run(
         raise DataError(f"{cache_path}: split '{split}' is empty")
     tag = split if _same_cache(cache_path, own_cache) else f"{split}@{cache.meta.get('content_hash', 'ext')[:8]}"
 
-    probs = predict_dataset(run.model, run.contract, dataset, dev, progress=progress, desc=f"evaluate {split}",
-                            tta_flip=bool(run.config.get("eval", {}).get("tta_flip", False)))
+    tta_flip = bool(run.config.get("eval", {}).get("tta_flip", False))
+    kw = dict(progress=progress, desc=f"evaluate {split}", tta_flip=tta_flip)
+    if isinstance(run.model, Ensemble):  # one pass gives the combined probabilities and the members' spread
+        probs, spread = predict_ensemble_dataset(run.model, run.contract, dataset, dev, **kw)
+    else:
+        probs, spread = predict_dataset(run.model, run.contract, dataset, dev, **kw), None
     table = predictions_table(dataset, probs, run.contract, split, run.name)
-    if hasattr(run.model, "member_std"):
-        table["std"] = run.model.member_std(dataset, dev)
+    if spread is not None:
+        table["std"] = spread  # member disagreement: std of the members' positive-class probabilities
     with atomic_path(run_dir / f"predictions_{tag}.csv") as tmp:
         table.to_csv(tmp, index=False)
     # also writes metrics.json for the test split; the threshold was chosen on validation at training time

@@ -10,6 +10,7 @@ from tqdm import tqdm
 from medclf.data.dataset import CacheDataset, make_loader
 from medclf.data.transforms import make_transform
 from medclf.engine.device import autocast
+from medclf.engine.distributed import DistContext, gather_by_position, shard_positions
 from medclf.models.contract import DataContract
 
 
@@ -33,6 +34,24 @@ def predict_dataset(
         x = transform(images.to(device, non_blocking=True))
         out[positions.numpy()] = predict_probs(model, x, device, tta_flip)
     return out
+
+
+def predict_dataset_sharded(
+    model: torch.nn.Module,
+    contract: DataContract,
+    dataset: CacheDataset,
+    device: torch.device,
+    dist: DistContext,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """`predict_dataset` split over the ranks: each predicts every `world_size`-th item, and every rank gets the
+    full `N x K` array back in dataset order (so metrics equal a single-process evaluation of the same model)."""
+    if not dist.enabled:
+        return predict_dataset(model, contract, dataset, device, batch_size=batch_size)
+    positions = shard_positions(len(dataset), dist)
+    part = CacheDataset(dataset.cache, indices=dataset.indices[positions])
+    probs = predict_dataset(model, contract, part, device, batch_size=batch_size)
+    return gather_by_position(positions, probs, len(dataset), dist)
 
 
 def predict_probs(model: torch.nn.Module, x: torch.Tensor, device: torch.device, tta_flip: bool = False) -> np.ndarray:

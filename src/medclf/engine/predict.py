@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -19,6 +19,9 @@ from medclf.io import atomic_path
 from medclf.runs import LoadedRun, load_run
 
 IMAGE_SUFFIXES = {".dcm", ".dicom", ".png", ".jpg", ".jpeg"}
+ENGINES = ("torch", "onnx")
+# normalised batch `B x C x H x W` -> probabilities `B x K`
+ProbsFn = Callable[[torch.Tensor], np.ndarray]
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
@@ -43,22 +46,41 @@ def predict_files(
     batch_size: int = 32,
     device: str = "auto",
     progress: bool = True,
+    engine: str = "torch",
 ) -> pd.DataFrame:
-    """Returns (and writes to `out`) a table `path,prob,label,error` — unreadable files keep their reason."""
+    """Returns (and writes to `out`) a table `path,prob,label,error` — unreadable files keep their reason.
+
+    `engine`: "torch" (eager PyTorch) or "onnx" (ONNX Runtime on RUN/model.onnx when it is current, else on a
+    model exported on the fly into a temp dir; see medclf.export).
+    """
+    if engine not in ENGINES:
+        raise MedclfError(f"--engine: unknown '{engine}' (valid: {', '.join(ENGINES)})")
     dev = pick_device(device)
     run = load_run(run_dir, dev)
     files = expand_inputs(inputs)
+    probs_fn = make_probs_fn(run, engine, dev)
     rows = []
     for start in tqdm(range(0, len(files), batch_size), desc="predict", disable=not progress, leave=False):
-        rows.extend(predict_batch(run, files[start:start + batch_size], dev))
-    table = pd.DataFrame(rows, columns=["path", "prob", "label", "error"])
+        rows.extend(predict_batch(run, files[start:start + batch_size], dev, probs_fn))
+    # runs with a stored OOD detector (`medclf ood`) also say whether each image looks like the training images
+    columns = ["path", "prob", "label", "error"] + (["ood", "ood_score"] if run.contract.ood else [])
+    table = pd.DataFrame(rows, columns=columns)
     if out is not None:
         with atomic_path(out) as tmp:
             table.to_csv(tmp, index=False)
     return table
 
 
-def predict_batch(run: LoadedRun, files: list[Path], device: torch.device) -> list[dict]:
+def make_probs_fn(run: LoadedRun, engine: str, device: torch.device) -> ProbsFn | None:
+    """None for eager PyTorch (predict_arrays' default); an ONNX Runtime session's function for "onnx"."""
+    if engine != "onnx":
+        return None
+    from medclf.export import onnx_probs_fn, onnx_session_for_run
+
+    return onnx_probs_fn(onnx_session_for_run(run, device=device.type))
+
+
+def predict_batch(run: LoadedRun, files: list[Path], device: torch.device, probs_fn: ProbsFn | None = None) -> list[dict]:
     images, good, rows = [], [], []
     for path in files:
         try:
@@ -67,20 +89,34 @@ def predict_batch(run: LoadedRun, files: list[Path], device: torch.device) -> li
         except MedclfError as err:
             rows.append({"path": str(path), "prob": None, "label": None, "error": str(err)})
     if images:
-        probs = predict_arrays(run, np.stack(images), device)
+        batch = np.stack(images)
+        probs = predict_arrays(run, batch, device, probs_fn)
+        ood = _ood_columns(run, batch)
         names = run.contract.label_names
-        for path, p in zip(good, probs):
+        for path, p, extra in zip(good, probs, ood):
             prob = float(p[run.contract.positive_index])
             label = decide(p, run.contract.positive_index, run.contract.threshold, names)
-            rows.append({"path": str(path), "prob": prob, "label": label, "error": ""})
+            rows.append({"path": str(path), "prob": prob, "label": label, "error": "", **extra})
     order = {str(p): i for i, p in enumerate(files)}
     return sorted(rows, key=lambda r: order[r["path"]])
 
 
-def predict_arrays(run: LoadedRun, images: np.ndarray, device: torch.device) -> np.ndarray:
-    """uint8 `B x S x S` -> probabilities `B x K`."""
+def _ood_columns(run: LoadedRun, images: np.ndarray) -> list[dict]:
+    """`ood` (True: not like the training images) and `ood_score` per image when the run has a detector."""
+    if not run.contract.ood:
+        return [{}] * len(images)
+    from medclf.robust.ood import ood_flags
+
+    scores, flags = ood_flags(run, images)
+    return [{"ood": bool(f), "ood_score": float(s)} for s, f in zip(scores, flags)]
+
+
+def predict_arrays(run: LoadedRun, images: np.ndarray, device: torch.device, probs_fn: ProbsFn | None = None) -> np.ndarray:
+    """uint8 `B x S x S` -> probabilities `B x K` (eager PyTorch unless `probs_fn` is given, e.g. ONNX Runtime)."""
     transform = make_transform(run.contract, train=False)
     x = transform(torch.from_numpy(images).to(device))
+    if probs_fn is not None:
+        return probs_fn(x)
     with torch.no_grad():
         return predict_probs(run.model, x, device)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -14,9 +14,9 @@ from medclf.data.cache import Cache
 from medclf.data.dataset import CacheDataset, make_loader
 from medclf.data.samplers import create_sampler
 from medclf.data.transforms import Augment, BatchTransform, make_transform
-from medclf.engine.device import pick_device
+from medclf.engine.distributed import DistContext, check_same_cache, run_on_main, wrap_model
 from medclf.engine.optim import create_optimizer, create_scheduler
-from medclf.errors import DataError
+from medclf.errors import ConfigError, DataError
 from medclf.losses import create_loss
 from medclf.models import create_model
 from medclf.models.contract import DataContract
@@ -44,12 +44,32 @@ class TrainingSetup:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     steps_per_epoch: int
+    # under torchrun: the DistributedDataParallel wrapper of `model`, the one to train through (`model` itself
+    # otherwise); `model` stays the bare ClassifierModel for checkpoints, EMA and evaluation
+    train_model: torch.nn.Module | None = None
+    dist: DistContext = field(default_factory=DistContext)
+
+    def __post_init__(self) -> None:
+        if self.train_model is None:
+            self.train_model = self.model
 
 
-def build_setup(cfg: Config, data_dir: str | Path, out_dir: str | Path) -> TrainingSetup:
+def build_setup(cfg: Config, data_dir: str | Path, out_dir: str | Path, dist: DistContext | None = None) -> TrainingSetup:
+    """`dist` (from `init_distributed`) says which rank this is; None builds for one process on train.device."""
+    from medclf.engine.distributed import init_distributed
+
+    dist = dist if dist is not None else init_distributed(cfg.train.device)
+    if dist.enabled and cfg.train.contrastive:
+        raise ConfigError("train.contrastive: contrastive pre-training runs on one process only; run it without "
+                          "torchrun / --gpus")
+    if dist.enabled and cfg.train.sync_bn and cfg.train.adversarial == "advprop":
+        raise ConfigError("train.sync_bn=true cannot be combined with train.adversarial=advprop (its dual batch "
+                          "norms are not SyncBatchNorm)")
     cache = Cache.open(data_dir)
-    device = pick_device(cfg.train.device)
-    train_set = CacheDataset(cache, indices=train_indices(cache, cfg))
+    check_same_cache(cache.meta.get("content_hash"), dist)
+    device = dist.device
+    # the subset file lives in rank 0's run directory, which other nodes need not see
+    train_set = CacheDataset(cache, indices=run_on_main(lambda: train_indices(cache, cfg), dist))
     val_set = CacheDataset(cache, split="val")
     if len(train_set) == 0:
         raise DataError(f"{data_dir}: the training split is empty")
@@ -76,17 +96,25 @@ def build_setup(cfg: Config, data_dir: str | Path, out_dir: str | Path) -> Train
         cfg.loss.name, num_classes=len(cache.label_names), class_counts=class_counts.tolist(),
         **loss_params(cfg, cache.positive_index),
     ).to(device)
-    sampler = create_sampler(cfg.data.sampler, train_set, num_samples=cfg.data.epoch_samples, seed=cfg.train.seed)
+    # every rank draws the same global epoch and keeps its share: the epoch has the same length as on one process
+    sampler = create_sampler(cfg.data.sampler, train_set, num_samples=cfg.data.epoch_samples, seed=cfg.train.seed,
+                             num_replicas=dist.world_size, rank=dist.rank)
     loader = make_loader(train_set, cfg.data.batch_size, sampler=sampler, workers=cfg.data.workers,
                          pin_memory=device.type == "cuda")
     steps = len(loader) if cfg.train.max_steps_per_epoch is None else min(len(loader), cfg.train.max_steps_per_epoch)
+    if cfg.train.adversarial == "advprop":  # its auxiliary batch norms must exist before the optimizer is built
+        from medclf.robust.advprop import AdvPropModel
+
+        model = AdvPropModel(model)  # checkpoints unwrap it (.module): best.pt holds the plain classifier
     optimizer = create_optimizer(model, cfg.train, device)
     train_transform = make_transform(model.contract, train=True, augment=Augment.from_config(cfg.data))
+    objective = create_objective(cfg, loss_fn, train_transform)
     return TrainingSetup(
         cfg=cfg, out_dir=Path(out_dir), cache=cache, device=device, model=model, contract=model.contract,
         train_set=train_set, val_set=val_set, sampler=sampler, loader=loader, train_transform=train_transform,
-        loss_fn=loss_fn, objective=create_objective(cfg, loss_fn, train_transform), optimizer=optimizer,
+        loss_fn=loss_fn, objective=objective, optimizer=optimizer,
         scheduler=create_scheduler(optimizer, cfg.train, steps), steps_per_epoch=steps,
+        train_model=wrap_model(model, dist, sync_bn=cfg.train.sync_bn), dist=dist,  # last: wraps the final model
     )
 
 

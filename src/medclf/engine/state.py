@@ -69,16 +69,14 @@ def save_epoch(s, eval_model, ema, stopper: EarlyStopper, history: list[dict], e
 
 
 def restore_state(s, ema, stopper: EarlyStopper, history: list[dict]) -> int:
-    """Load last.pt's training state into the freshly built setup; returns the epoch to start from."""
-    import torch
+    """Load last.pt's training state into the freshly built setup; returns the epoch to start from.
 
-    path = s.out_dir / "last.pt"
-    if not path.exists():
-        raise MedclfError(f"--resume: {path} does not exist (nothing to resume)")
-    payload = torch.load(path, map_location=s.device, weights_only=True)
-    state = (payload.get("extra") or {}).get("train_state")
-    if state is None:
-        raise MedclfError(f"--resume: {path} holds no training state")
+    Under DDP only rank 0 reads the file (the run directory is on its machine) and sends the state to all ranks,
+    so every rank resumes from identical weights, optimiser moments and history.
+    """
+    from medclf.engine.distributed import run_on_main
+
+    state = run_on_main(lambda: read_train_state(s.out_dir / "last.pt"), s.dist)
     s.model.load_state_dict(state["model"])
     s.optimizer.load_state_dict(state["optimizer"])
     s.scheduler.load_state_dict(state["scheduler"])
@@ -87,6 +85,19 @@ def restore_state(s, ema, stopper: EarlyStopper, history: list[dict]) -> int:
         ema.load_state_dict(state["ema"])
     history.extend(state["history"])
     return int(state["epoch"]) + 1
+
+
+def read_train_state(path: Path) -> dict:
+    """The `train_state` stored in last.pt, on the CPU (load_state_dict moves each tensor to its parameter's device)."""
+    import torch
+
+    if not path.exists():
+        raise MedclfError(f"--resume: {path} does not exist (nothing to resume)")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    state = (payload.get("extra") or {}).get("train_state")
+    if state is None:
+        raise MedclfError(f"--resume: {path} holds no training state")
+    return state
 
 
 def write_history(out_dir: Path, history: list[dict]) -> None:

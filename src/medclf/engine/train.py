@@ -1,7 +1,12 @@
-"""The training loop: one readable function, everything it needs built beforehand by `build_setup`."""
+"""The training loop: one readable function, everything it needs built beforehand by `build_setup`.
+
+The same function runs on one process and on every rank under torchrun (DistributedDataParallel); the DDP
+plumbing lives in `medclf.engine.distributed`, and only global rank 0 writes the run directory.
+"""
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -12,7 +17,8 @@ from tqdm import tqdm
 
 from medclf.config import Config, save_config
 from medclf.engine.device import autocast, epoch_seed, seed_everything
-from medclf.engine.inference import predict_dataset
+from medclf.engine.distributed import all_reduce_sum, broadcast_buffers, init_distributed, run_on_main
+from medclf.engine.inference import predict_dataset, predict_dataset_sharded
 from medclf.engine.setup import TrainingSetup, build_setup
 from medclf.engine.state import EarlyStopper, restore_state, save_epoch, write_history
 from medclf.errors import MedclfError
@@ -23,20 +29,27 @@ from medclf.evaluation.thresholds import choose_threshold
 
 
 def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool = False, progress: bool = True) -> Path:
-    """Train one model on the cache's train split, validate each epoch, write the run directory. Returns it."""
+    """Train one model on the cache's train split, validate each epoch, write the run directory. Returns it.
+
+    Under torchrun (or inside a process group the caller initialised, e.g. an ensemble training its members)
+    every rank calls this; the group is joined, never destroyed here.
+    """
     out_dir = Path(out_dir)
-    if not resume and (out_dir / "last.pt").exists():
-        raise MedclfError(f"{out_dir} already holds a run (last.pt); use --resume or another --out")
-    seed_everything(cfg.train.seed)  # the initial weights depend on the seed only
-    s = build_setup(cfg, data_dir, out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out_dir / "config.yaml")
-    write_json(out_dir / "data_summary.json", data_summary(s.cache))
+    dist = init_distributed(cfg.train.device)
+    resume = run_on_main(lambda: _check_out_dir(out_dir, resume), dist)  # rank 0's answer, on every rank
+    seed_everything(cfg.train.seed)  # the initial weights depend on the seed only (DDP also copies rank 0's)
+    s = build_setup(cfg, data_dir, out_dir, dist)
+    progress = progress and dist.is_main
+    run_on_main(lambda: _write_run_files(s), dist)
 
     ema = _make_ema(s) if cfg.train.ema else None
     history: list[dict] = []
     stopper = EarlyStopper(cfg.train.early_stop_metric, cfg.train.patience)
     start = restore_state(s, ema, stopper, history) if resume else 0
+    if cfg.train.contrastive and start == 0:
+        from medclf.robust.contrastive import contrastive_pretrain
+
+        contrastive_pretrain(s, progress=progress)  # representation first, then the epochs below fine-tune
 
     for epoch in range(start, cfg.train.epochs):
         if stopper.should_stop:
@@ -47,23 +60,35 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
         row = {"epoch": epoch + 1, "train_loss": train_loss, **validate(s, eval_model),
                "lr": s.optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - t0}
         history.append(row)
-        improved = stopper.update(row)
-        save_epoch(s, eval_model, ema, stopper, history, epoch, improved)
-        write_history(out_dir, history)
+        improved = stopper.update(row)  # every rank holds the same row, so all stop at the same epoch
+        run_on_main(lambda: save_epoch(s, eval_model, ema, stopper, history, epoch, improved), dist)
+        run_on_main(lambda: write_history(out_dir, history), dist)
         if progress:
             print(_epoch_line(row, improved))
 
-    finalize_threshold(s)
+    run_on_main(lambda: finalize_threshold(s), dist)
     return out_dir
 
 
+def _check_out_dir(out_dir: Path, resume: bool) -> bool:
+    if not resume and (out_dir / "last.pt").exists():
+        raise MedclfError(f"{out_dir} already holds a run (last.pt); use --resume or another --out")
+    return resume
+
+
+def _write_run_files(s: TrainingSetup) -> None:
+    s.out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(s.cfg, s.out_dir / "config.yaml")
+    write_json(s.out_dir / "data_summary.json", data_summary(s.cache))
+
+
 def train_one_epoch(s: TrainingSetup, epoch: int, ema, progress: bool) -> float:
-    seed = epoch_seed(s.cfg.train.seed, epoch)
+    seed = epoch_seed(s.cfg.train.seed, epoch, s.dist.rank)
     torch.manual_seed(seed)  # dropout and any other torch randomness in this epoch
     augment_rng = torch.Generator().manual_seed(seed)
     if hasattr(s.sampler, "set_epoch"):
         s.sampler.set_epoch(epoch)
-    s.model.train()
+    s.train_model.train()
     total, count = 0.0, 0
     bar = tqdm(s.loader, total=s.steps_per_epoch, desc=f"epoch {epoch + 1}/{s.cfg.train.epochs}",
                disable=not progress, leave=False)
@@ -73,9 +98,12 @@ def train_one_epoch(s: TrainingSetup, epoch: int, ema, progress: bool) -> float:
         x = s.train_transform.unit(images.to(s.device, non_blocking=True), augment_rng)
         y = labels.to(s.device, non_blocking=True)
         with autocast(s.device, s.cfg.train.amp):
-            loss = s.objective(s.model, x, y)
-        if not torch.isfinite(loss):
-            raise MedclfError(f"training diverged at epoch {epoch + 1} step {step} (loss {loss.item()}); lower train.lr")
+            loss = s.objective(s.train_model, x, y)  # through DDP, so backward averages gradients over ranks
+        # summed over ranks: every rank sees the same value, so all stop together if one diverges
+        batch_loss, batch_n = all_reduce_sum([loss.item() * len(y), len(y)], s.dist)
+        if not math.isfinite(batch_loss):
+            raise MedclfError(f"training diverged at epoch {epoch + 1} step {step} (loss {batch_loss / batch_n}); "
+                              "lower train.lr")
         s.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if s.cfg.train.clip_grad:
@@ -84,16 +112,23 @@ def train_one_epoch(s: TrainingSetup, epoch: int, ema, progress: bool) -> float:
         s.scheduler.step()
         if ema is not None:
             ema.update_parameters(s.model)
-        total += loss.item() * len(y)
-        count += len(y)
+        total += batch_loss
+        count += batch_n
         bar.set_postfix(loss=f"{total / count:.4f}")
+    # each rank's BatchNorm statistics moved with its own last batches; rank 0's are saved, so all use those
+    broadcast_buffers(s.model, s.dist)
+    if ema is not None:
+        broadcast_buffers(ema.module, s.dist)
     return total / max(1, count)
 
 
 @torch.no_grad()
 def validate(s: TrainingSetup, model: torch.nn.Module) -> dict:
-    """Validation loss and the binary metrics at threshold 0.5 (the operating point is chosen after training)."""
-    probs = predict_dataset(model, s.contract, s.val_set, s.device, batch_size=s.cfg.eval.batch_size)
+    """Validation loss and the binary metrics at threshold 0.5 (the operating point is chosen after training).
+
+    Under DDP the ranks share the predictions and gather them, so every rank computes the same row.
+    """
+    probs = predict_dataset_sharded(model, s.contract, s.val_set, s.device, s.dist, batch_size=s.cfg.eval.batch_size)
     logp = torch.log(torch.from_numpy(probs).clamp_min(1e-7))
     # val loss with the training loss function, so the two curves are comparable (the seed deck's graph)
     val_loss = float(s.loss_fn(logp.to(s.device), torch.from_numpy(s.val_set.labels).to(s.device)))

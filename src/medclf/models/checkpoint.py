@@ -61,6 +61,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, contract: DataContract, 
                     extra: dict | None = None) -> None:
     """Write `path` atomically: state dict (on CPU), model name and constructor kwargs, contract, config, extra."""
     inner = unwrap_model(model)
+    if not inner.build_kwargs:
+        raise MedclfError(f"checkpoint {path}: the model was not made by create_model, so it cannot be rebuilt")
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

@@ -162,12 +162,11 @@ def _hf_download(what: str, repo: str, filenames: list[str], revision: str | Non
         raise _unavailable(what, "not in the cache and HF_HUB_OFFLINE/MEDCLF_OFFLINE is set", looked, how)
     if not reachable("https://huggingface.co"):
         raise _unavailable(what, "not in the cache and huggingface.co is unreachable", looked, how)
-    errors = []
     for filename in filenames:
         try:
             return hf_hub_download(repo, filename, revision=revision, cache_dir=hf_cache_dir())
-        except EntryNotFoundError as e:
-            errors.append(str(e).splitlines()[0])
+        except EntryNotFoundError:
+            continue  # older repos have pytorch_model.bin only
         except Exception as e:  # network or hub error
             raise _unavailable(what, f"download from huggingface.co/{repo} failed ({e})", looked, how) from e
     raise _unavailable(what, f"huggingface.co/{repo} has none of {filenames}", looked, how)
@@ -202,7 +201,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise MedclfError(f"model.weights: cannot read {path} as a weights file ({str(e).splitlines()[0]})") from e
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise MedclfError(f"model.weights: cannot read {path} as a weights file ({first})") from e
     if isinstance(obj, dict) and obj.get("format") == "medclf-checkpoint":
         obj = obj["state_dict"]
     else:
@@ -227,7 +227,7 @@ def _fit_in_chans(model: ClassifierModel, state: dict[str, torch.Tensor], source
     key = f"{model.first_conv}.weight"
     if not model.first_conv or key not in state:
         return state
-    have, want = state[key].shape[1], model.in_chans()
+    have, want = state[key].shape[1], model.input_channels()
     if have == 3 and want == 1:
         state = dict(state)
         state[key] = state[key].sum(dim=1, keepdim=True)  # the same summing as create_model(in_chans=1)

@@ -85,7 +85,7 @@ class ClassifierModel(nn.Module):
     def head_parameters(self) -> list[nn.Parameter]:
         return [p for n in self.head_names for p in self.model.get_submodule(n).parameters()]
 
-    def in_chans(self) -> int:
+    def input_channels(self) -> int:
         return int(self.model.get_submodule(self.first_conv).in_channels)
 
     def adapt_in_chans(self, in_chans: int) -> None:

@@ -1,0 +1,26 @@
+"""`medclf export`: a run (single model or ensemble) as ONNX or TorchScript, with a parity check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("export")
+    def export_cmd(
+        run: Path = typer.Argument(..., help="Run directory (single model or ensemble)."),
+        format: str = typer.Option("onnx", "--format", help="onnx or torchscript."),
+        out: Optional[Path] = typer.Option(None, "--out", help="File to write (default RUN/model.onnx or "
+                                                                 "RUN/model.torchscript.pt)."),
+        check: int = typer.Option(8, "--check", min=1, help="Images for the parity check against eager PyTorch."),
+        tolerance: float = typer.Option(1e-3, "--tolerance", help="Max allowed |probability difference|."),
+    ) -> None:
+        """Export a run; the graph takes the normalised B x C x H x W input (B dynamic) and outputs probabilities."""
+        from medclf.export import export_run
+
+        typer.echo(f"exporting {run} to {format} ...", err=True)
+        result = export_run(run, format=format, out=out, n_check=check, tolerance=tolerance)
+        typer.echo(result.summary())

@@ -1,0 +1,28 @@
+"""`medclf profile`: parameters, FLOPs, peak memory and images/s of models, as Markdown + CSV."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("profile")
+    def profile_cmd(
+        models: str = typer.Option("resnet50,vit_b_16", "--models",
+                                   help="Comma-separated model names (registry names or timm:<name>)."),
+        size: int = typer.Option(224, "--size", help="Square input size."),
+        batch: int = typer.Option(8, "--batch", help="Batch size of the timed steps."),
+        steps: int = typer.Option(3, "--steps", help="Timed steps per mode (after one warm-up step)."),
+        device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Write FILE.md and FILE.csv."),
+    ) -> None:
+        """Profile models: params, FLOPs/image, peak memory and images/s of a training step and of inference."""
+        from medclf.profile import profile_models, to_markdown
+
+        table = profile_models(models.split(","), size=size, batch=batch, steps=steps, device=device, out=out)
+        typer.echo(to_markdown(table), nl=False)
+        if out is not None:
+            typer.echo(f"written: {Path(out).with_suffix('.md')} and {Path(out).with_suffix('.csv')}", err=True)

@@ -1,0 +1,150 @@
+"""Explanation methods by name (DESIGN habit 1, after grad-cam's `methods` dict) and the one entry point,
+`compute_maps`, that turns a batch into maps for a single model or an ensemble.
+
+An explainer is a callable `(model, x, class_index) -> B x H x W float32 maps in [0, 1]` at the input's size,
+built from a `ClassifierModel`'s own description of itself (`cam_target_layers`, `cam_reshape_transform`,
+`feature_stages`), so no user ever names a layer.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medclf.errors import MedclfError
+
+
+class Explainer(Protocol):
+    name: str
+    vit_only: bool
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, class_index: int) -> np.ndarray: ...
+
+
+_METHODS: dict[str, Callable[[], Explainer]] = {}
+
+
+def register_method(name: str, factory: Callable[[], Explainer]) -> None:
+    """Add (or replace) a method; `factory()` returns an Explainer."""
+    _METHODS[name] = factory
+
+
+def list_methods(model: nn.Module | None = None) -> list[str]:
+    """Method names in registration order; with `model`, only those that apply to it (rollout needs a ViT)."""
+    _load_builtin()
+    if model is None:
+        return list(_METHODS)
+    return [n for n in _METHODS if _applies(_METHODS[n](), model)]
+
+
+def create_explainer(name: str) -> Explainer:
+    """The explainer registered as `name`; an unknown name lists the valid ones."""
+    _load_builtin()
+    if name not in _METHODS:
+        close = difflib.get_close_matches(name, list(_METHODS), n=2, cutoff=0.6)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        raise MedclfError(f"unknown explanation method '{name}'{hint}; valid: {', '.join(_METHODS)}")
+    return _METHODS[name]()
+
+
+def parse_methods(text: str | None, model: nn.Module) -> list[str]:
+    """'gradcam,gradcam++' -> checked names; None or '' -> every method that applies to `model`."""
+    if not text:
+        return list_methods(model)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    for name in names:
+        check_applies(create_explainer(name), model)
+    return list(dict.fromkeys(names))
+
+
+def members_of(model: nn.Module) -> list[nn.Module]:
+    """The member models of an ensemble (anything with a `members` list), or `[model]`."""
+    members = getattr(model, "members", None)
+    return list(members) if members else [model]
+
+
+def is_vit(model: nn.Module) -> bool:
+    return all(bool(getattr(m, "is_vit", False)) for m in members_of(model))
+
+
+def _applies(explainer: Explainer, model: nn.Module) -> bool:
+    return not explainer.vit_only or is_vit(model)
+
+
+def check_applies(explainer: Explainer, model: nn.Module) -> None:
+    if not _applies(explainer, model):
+        name = getattr(model, "model_name", type(model).__name__)
+        raise MedclfError(f"method '{explainer.name}' needs a Vision Transformer and {name} is not one; "
+                          f"valid for this model: {', '.join(list_methods(model))}")
+
+
+def compute_maps(model: nn.Module, x: torch.Tensor, method: str | Explainer, class_index: int) -> np.ndarray:
+    """Maps `B x H x W` in [0, 1] at `x`'s size for the class `class_index`.
+
+    An ensemble's map is the mean of its members' maps (each member explained at its own input size and
+    brought back to `x`'s size), rescaled to [0, 1]: a region counts as much as the members agree on it.
+    """
+    explainer = create_explainer(method) if isinstance(method, str) else method
+    check_applies(explainer, model)
+    size = tuple(x.shape[-2:])
+    maps = []
+    for i, member in enumerate(members_of(model)):
+        member.eval()
+        xm = member_input(model, i, x)
+        try:
+            m = torch.from_numpy(np.asarray(explainer(member, xm, class_index), dtype=np.float32))
+        finally:
+            member.zero_grad(set_to_none=True)  # gradient methods leave .grad on every parameter
+        maps.append(resize_maps(m, size))
+    mean = torch.stack(maps).mean(0) if len(maps) > 1 else maps[0]
+    return normalise_maps(mean).numpy()
+
+
+def member_input(model: nn.Module, i: int, x: torch.Tensor) -> torch.Tensor:
+    """The input member `i` of an ensemble sees for the ensemble's input `x` (itself for a single model)."""
+    if getattr(model, "members", None) is None:
+        return x
+    # medclf.ensemble.Ensemble re-expresses x in each member's own contract (size, channels, mean/std)
+    adapt = getattr(model, "_member_input", None)
+    if adapt is not None:
+        return adapt(i, x)
+    size = getattr(getattr(model.members[i], "contract", None), "input_size", None)
+    if size is None or tuple(x.shape[-2:]) == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def resize_maps(maps: torch.Tensor | np.ndarray, size: tuple[int, int] | int) -> torch.Tensor:
+    """Bilinear resize of `B x h x w` maps to `size` (values stay within the input's range)."""
+    maps = torch.as_tensor(maps, dtype=torch.float32)
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(maps.shape[-2:]) == size:
+        return maps
+    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def normalise_maps(maps: torch.Tensor) -> torch.Tensor:
+    """Per-map min-max to [0, 1]; a flat map (nothing stands out) becomes all zeros, as grad-cam does."""
+    flat = maps.reshape(maps.shape[0], -1)
+    lo = flat.min(dim=1).values.view(-1, 1, 1)
+    span = (flat.max(dim=1).values.view(-1, 1, 1) - lo)
+    out = (maps - lo) / span.clamp_min(1e-12)
+    return torch.where(span > 1e-12, out, torch.zeros_like(maps)).clamp_(0.0, 1.0)
+
+
+_LOADED = False
+
+
+def _load_builtin() -> None:
+    """Import the built-in method modules once; each registers its names."""
+    global _LOADED
+    if _LOADED:
+        return
+    from medclf.explain import cams, featuremaps, rollout  # noqa: F401
+
+    _LOADED = True

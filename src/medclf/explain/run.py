@@ -1,0 +1,106 @@
+"""`medclf explain RUN INPUT... --method M`: one overlay PNG per image (and a feature-map grid for featuremaps).
+
+Images are read exactly as `predict` reads them (`load_image` at the run's cache size), brought to the model's
+input size by the model's own transform, explained there, and drawn back on the radiograph at cache size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from medclf.data.imageio import load_image
+from medclf.data.transforms import make_transform
+from medclf.engine.device import pick_device
+from medclf.engine.inference import predict_probs
+from medclf.engine.predict import expand_inputs
+from medclf.errors import MedclfError
+from medclf.explain.featuremaps import feature_grid
+from medclf.explain.overlay import render, save_png
+from medclf.explain.registry import (check_applies, compute_maps, create_explainer, member_input, members_of,
+                                     resize_maps)
+from medclf.io import atomic_path
+from medclf.runs import LoadedRun, load_run
+
+
+def slug(method: str) -> str:
+    """A file-name-safe method name (gradcam++ -> gradcampp)."""
+    return method.replace("+", "p")
+
+
+def caption(run: LoadedRun, prob: float) -> str:
+    """'pneumonia p=0.873' (the explained class and its probability; marked + at or above the threshold)."""
+    c = run.contract
+    flag = " +" if prob >= c.threshold else ""
+    return f"{c.label_names[c.positive_index]} p={prob:.3f}{flag}"
+
+
+def explain_batch(run: LoadedRun, images: np.ndarray, method: str, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 `B x S x S` -> (maps `B x S x S` in [0, 1] at the images' size, positive probabilities `B`)."""
+    x = make_transform(run.contract, train=False)(torch.from_numpy(np.ascontiguousarray(images)).to(device))
+    with torch.no_grad():
+        probs = predict_probs(run.model, x, device)[:, run.contract.positive_index]
+    maps = compute_maps(run.model, x, method, run.contract.positive_index)
+    return resize_maps(maps, images.shape[-1]).clamp_(0.0, 1.0).numpy(), probs
+
+
+def explain_files(run_dir: str | Path, inputs: Iterable[str | Path], method: str = "gradcam",
+                  out: str | Path | None = None, batch_size: int = 8, device: str = "auto",
+                  progress: bool = True) -> pd.DataFrame:
+    """Write `<out>/<stem>_<method>.png` per readable image (+ `<stem>_featuremaps_grid.png` for featuremaps)
+    and `<out>/explanations.csv` (`path,method,prob,png,error`); returns that table. `out` defaults to RUN/explain."""
+    dev = pick_device(device)
+    run = load_run(run_dir, dev)
+    explainer = create_explainer(method)
+    check_applies(explainer, run.model)
+    files = expand_inputs(inputs)
+    out_dir = Path(out) if out is not None else Path(run_dir) / "explain"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    for start in tqdm(range(0, len(files), batch_size), desc=f"explain {method}", disable=not progress, leave=False):
+        rows.extend(_explain_chunk(run, files[start:start + batch_size], method, out_dir, dev))
+    table = pd.DataFrame(rows, columns=["path", "method", "prob", "png", "error"])
+    with atomic_path(out_dir / "explanations.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    return table
+
+
+def _explain_chunk(run: LoadedRun, files: list[Path], method: str, out_dir: Path, dev: torch.device) -> list[dict]:
+    images, good, rows = [], [], []
+    for path in files:
+        try:
+            images.append(load_image(path, run.image_size))
+            good.append(path)
+        except MedclfError as err:
+            rows.append({"path": str(path), "method": method, "prob": None, "png": "", "error": str(err)})
+    if not images:
+        return rows
+    batch = np.stack(images)
+    maps, probs = explain_batch(run, batch, method, dev)
+    names = _unique_stems(good)
+    for path, name, image, heat, prob in zip(good, names, batch, maps, probs):
+        png = save_png(out_dir / f"{name}_{slug(method)}.png", render(image, heat, caption(run, float(prob))))
+        if method == "featuremaps":
+            _write_grids(run, image, out_dir / f"{name}_featuremaps_grid.png", dev)
+        rows.append({"path": str(path), "method": method, "prob": float(prob), "png": str(png), "error": ""})
+    return rows
+
+
+def _unique_stems(paths: list[Path]) -> list[str]:
+    """File stems, with the parent folder prepended when two inputs share a stem (no overwritten PNGs)."""
+    stems = [p.stem for p in paths]
+    return [f"{p.parent.name}_{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in paths]
+
+
+def _write_grids(run: LoadedRun, image: np.ndarray, path: Path, dev: torch.device) -> None:
+    """The strongest channels per stage for one image; one grid per ensemble member (`..._member<i>.png`)."""
+    x = make_transform(run.contract, train=False)(torch.from_numpy(image[None].copy()).to(dev))
+    members = members_of(run.model)
+    for i, member in enumerate(members):
+        target = path if len(members) == 1 else path.with_name(f"{path.stem}_member{i}.png")
+        save_png(target, feature_grid(member, member_input(run.model, i, x), image))

@@ -1,0 +1,141 @@
+"""`medclf attack`: metrics of a run under FGSM/PGD at several eps, on one split of a cache.
+
+For each eps (eps = 0, the clean images, is always included) the split is attacked batch by batch and scored
+with `binary_metrics` at the run's stored operating threshold (the clean operating point: the threshold is not
+re-chosen under attack). Outputs in the run directory:
+- `robustness.json`: one entry per (method, steps, split, cache), merged with earlier runs of the command;
+- `robustness.csv`: the same as a flat table; `robustness.png`: accuracy, F1 and AUC against eps;
+- `attack_examples_<method>.png`: a few images at the largest eps (clean, perturbation amplified, adversarial).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from medclf.data.cache import Cache
+from medclf.data.dataset import CacheDataset, make_loader
+from medclf.data.transforms import make_transform
+from medclf.engine.device import pick_device
+from medclf.engine.evaluate import check_labels
+from medclf.errors import DataError, MedclfError
+from medclf.evaluation.metrics import binary_metrics
+from medclf.io import atomic_path, read_json, write_json
+from medclf.robust.attacks import get_attack
+from medclf.runs import load_run, run_cache_path
+
+ROW_KEYS = ("accuracy", "f1", "roc_auc", "recall", "specificity", "precision", "pr_auc")
+
+
+def attack_run(run_dir: str | Path, method: str = "pgd", eps: list[float] | tuple[float, ...] = (0.5 / 255, 1 / 255, 2 / 255),
+               steps: int = 10, split: str = "test", data: str | Path | None = None, batch_size: int = 32,
+               max_images: int | None = None, n_boot: int = 1000, n_examples: int = 4, device: str = "auto",
+               seed: int = 0, progress: bool = True) -> dict:
+    """Attack `split` at every eps; returns the robustness.json entry (`rows`: one dict per eps)."""
+    run_dir = Path(run_dir)
+    attack = get_attack(method)
+    if steps < 1:
+        raise MedclfError(f"--steps must be at least 1, got {steps}")
+    dev = pick_device(device)
+    run = load_run(run_dir, dev)
+    cache_path = Path(data) if data else run_cache_path(run_dir)
+    if cache_path is None:
+        raise MedclfError(f"{run_dir}: no data_summary.json naming its cache; pass --data CACHE")
+    cache = Cache.open(cache_path)
+    check_labels(cache, run.contract.label_names, cache_path)
+    dataset = CacheDataset(cache, split=split)
+    if len(dataset) == 0:
+        raise DataError(f"{cache_path}: split '{split}' is empty")
+    if max_images is not None and len(dataset) > max_images:
+        pick = np.sort(np.random.default_rng(seed).choice(len(dataset), size=max_images, replace=False))
+        dataset = CacheDataset(cache, indices=dataset.indices[pick])
+
+    run.model.eval()
+    transform = make_transform(run.contract, train=False)
+    pos = run.contract.positive_index
+    y = (dataset.labels == pos).astype(int)
+    eps_list = sorted({0.0, *map(float, eps)})
+    probs = {}
+    for e in eps_list:
+        probs[e] = _attack_split(run.model, transform, dataset, run.contract.num_classes, attack, e, steps,
+                                 batch_size, dev, seed, desc=f"{method} eps={e * 255:g}/255", progress=progress)
+    clean_call = probs[0.0][:, pos] >= run.contract.threshold
+    rows = []
+    for e in eps_list:
+        m = binary_metrics(y, probs[e][:, pos], threshold=run.contract.threshold, n_boot=n_boot, seed=seed)
+        nll = -np.log(np.clip(probs[e][np.arange(len(y)), dataset.labels], 1e-12, None)).mean()
+        rows.append({"eps": e, "eps_255": round(e * 255, 6), **{k: m[k] for k in ROW_KEYS},
+                     "loss": float(nll), "flip_rate": float(np.mean((probs[e][:, pos] >= run.contract.threshold) != clean_call)),
+                     "ci": {k: m["ci"].get(k) for k in ROW_KEYS if k in (m.get("ci") or {})}})
+    entry = {"method": method, "steps": steps if method == "pgd" else 1, "split": split, "data": str(cache_path),
+             "n": len(dataset), "n_pos": int(y.sum()), "threshold": float(run.contract.threshold), "rows": rows}
+    _write(run_dir, entry)
+    if n_examples > 0 and max(eps_list) > 0:
+        from medclf.robust.plots import plot_attack_examples
+
+        idx = _example_indices(probs[0.0][:, pos], probs[max(eps_list)][:, pos], run.contract.threshold, n_examples)
+        examples = _examples(run, transform, dataset, idx, attack, max(eps_list), steps, dev, seed)
+        plot_attack_examples(examples, run.contract, method, max(eps_list), run_dir / f"attack_examples_{method}.png")
+    return entry
+
+
+def _attack_split(model, transform, dataset: CacheDataset, num_classes: int, attack, eps: float, steps: int,
+                  batch_size: int, device: torch.device, seed: int, desc: str, progress: bool) -> np.ndarray:
+    """Softmax probabilities `N x K` on the attacked images, in dataset order."""
+    out = np.zeros((len(dataset), num_classes), dtype=np.float32)
+    generator = torch.Generator().manual_seed(seed)
+    loader = make_loader(dataset, batch_size=batch_size)
+    for images, labels, positions in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        x = transform.unit(images.to(device))
+        x_adv = attack(model, x, labels.to(device), eps, transform.normalise, steps=steps, generator=generator)
+        with torch.no_grad():
+            out[positions.numpy()] = torch.softmax(model(transform.normalise(x_adv)).float(), 1).cpu().numpy()
+    return out
+
+
+def _example_indices(clean: np.ndarray, adv: np.ndarray, threshold: float, n: int) -> np.ndarray:
+    """Prefer images whose decision the attack flipped (largest probability change first), then the rest."""
+    change = np.abs(adv - clean)
+    flipped = (adv >= threshold) != (clean >= threshold)
+    order = np.lexsort((-change, ~flipped))
+    return np.sort(order[:n])
+
+
+def _examples(run, transform, dataset: CacheDataset, idx: np.ndarray, attack, eps: float, steps: int,
+              device: torch.device, seed: int) -> list[dict]:
+    images = torch.from_numpy(np.stack([np.asarray(dataset.cache.images[dataset.indices[i]]) for i in idx]))
+    x = transform.unit(images.to(device))
+    labels = torch.from_numpy(dataset.labels[idx]).to(device)
+    x_adv = attack(run.model, x, labels, eps, transform.normalise, steps=steps,
+                   generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        p_clean = torch.softmax(run.model(transform.normalise(x)).float(), 1)[:, run.contract.positive_index]
+        p_adv = torch.softmax(run.model(transform.normalise(x_adv)).float(), 1)[:, run.contract.positive_index]
+    return [{"id": str(dataset.ids[i]), "label": int(dataset.labels[i]), "clean": x[j, 0].cpu().numpy(),
+             "adv": x_adv[j, 0].cpu().numpy(), "p_clean": float(p_clean[j]), "p_adv": float(p_adv[j])}
+            for j, i in enumerate(idx)]
+
+
+def _write(run_dir: Path, entry: dict) -> None:
+    path = run_dir / "robustness.json"
+    entries = read_json(path).get("entries", []) if path.is_file() else []
+    key = (entry["method"], entry["steps"], entry["split"], entry["data"])
+    entries = [e for e in entries if (e["method"], e["steps"], e["split"], e["data"]) != key] + [entry]
+    write_json(path, {"entries": entries})
+    table = robustness_table(entries)
+    with atomic_path(run_dir / "robustness.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    from medclf.robust.plots import plot_robustness
+
+    plot_robustness(entries, run_dir / "robustness.png")
+
+
+def robustness_table(entries: list[dict]) -> pd.DataFrame:
+    rows = [{"method": e["method"], "steps": e["steps"], "split": e["split"], "n": e["n"],
+             **{k: r[k] for k in ("eps", "eps_255", *ROW_KEYS, "loss", "flip_rate")}}
+            for e in entries for r in e["rows"]]
+    return pd.DataFrame(rows)

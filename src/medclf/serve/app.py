@@ -1,0 +1,137 @@
+"""The web service: a JSON API over one run and the single page that uses it.
+
+Routes: `GET /` (the page), `GET /static/*` (its script and style, all local), `GET /api/health`,
+`GET /api/model`, `POST /api/predict` (multipart, one or more DICOM/PNG/JPEG files). docs/serve.md has the
+JSON shapes and the safety rules: size cap while streaming, type from content, files only in a per-request
+temporary folder deleted afterwards, no patient data in answers or logs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+from medclf.serve.predictor import Predictor
+from medclf.serve.uploads import UploadError, receive_uploads
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+DEFAULT_MAX_UPLOAD_MB = 20.0
+DEFAULT_MAX_FILES = 16
+log = logging.getLogger("medclf.serve")
+
+# The page loads nothing from elsewhere; images arrive as data: URIs in the JSON.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+                               "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+class _DropRecords(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+@contextlib.asynccontextmanager
+async def _quiet_dicom(app: FastAPI) -> AsyncIterator[None]:
+    """While the app runs, pydicom's warnings are dropped: they quote header values (patient names, IDs)."""
+    logger, drop = logging.getLogger("pydicom"), _DropRecords()
+    logger.addFilter(drop)
+    saved = list(warnings.filters)
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+        warnings.filters[:] = saved
+
+
+class SecurityHeaders:
+    """Pure ASGI middleware adding SECURITY_HEADERS to every response (no body buffering, unlike
+    `@app.middleware("http")`, so the upload stream reaches the endpoint untouched)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.headers = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                present = {k.lower() for k, _ in message.get("headers", [])}
+                extra = [(k, v) for k, v in self.headers if k not in present]
+                message = {**message, "headers": list(message.get("headers", [])) + extra}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def create_app(predictor: Predictor, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+               max_files: int = DEFAULT_MAX_FILES, upload_dir: str | Path | None = None) -> FastAPI:
+    """The ASGI app for one loaded run.
+
+    `max_upload_mb` caps a request body (all its files together); `upload_dir` is where per-request
+    temporary folders are made (default: the system temporary directory).
+    """
+    if not max_upload_mb > 0:
+        raise ValueError(f"max_upload_mb must be positive, got {max_upload_mb}")
+    max_bytes = int(max_upload_mb * 2**20)
+    # docs_url=None: Swagger UI would load its script from a CDN; the OpenAPI schema stays available.
+    app = FastAPI(title="medclf", lifespan=_quiet_dicom, docs_url=None, redoc_url=None,
+                  openapi_url="/api/openapi.json")
+    info = predictor.info() | {"max_upload_mb": max_upload_mb, "max_files": max_files}
+
+    app.add_middleware(SecurityHeaders)
+
+    @app.exception_handler(UploadError)
+    async def upload_error(request: Request, err: UploadError) -> JSONResponse:
+        log.info("predict refused: %d %s", err.status, _kind_of(err))
+        return JSONResponse({"detail": err.message}, status_code=err.status)
+
+    @app.get("/api/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "model": info["name"]}
+
+    @app.get("/api/model")
+    def model() -> dict[str, Any]:
+        return info
+
+    @app.post("/api/predict")
+    async def predict(request: Request, heatmap: bool = True, image: bool = True) -> dict[str, Any]:
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="medclf-serve-", dir=upload_dir) as folder:
+            uploads = await receive_uploads(request.headers, request.stream(), Path(folder), max_bytes, max_files)
+            if not uploads:
+                raise UploadError(400, "no file in the request: send one or more files as multipart/form-data")
+            results = await run_in_threadpool(predictor.predict, uploads, heatmap, image)
+        ms = (time.perf_counter() - start) * 1000
+        # sizes and timings only: file names can carry patient names
+        log.info("predict: %d file(s), %d bytes, %.0f ms", len(uploads), sum(u.size for u in uploads), ms)
+        return {"model": info["name"], "threshold": info["threshold"], "results": results, "elapsed_ms": round(ms, 1)}
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    return app
+
+
+def _kind_of(err: UploadError) -> str:
+    """A log line's worth of why, without the file name that starts most messages."""
+    return {400: "bad request", 413: "too large", 415: "unsupported type"}.get(err.status, "error")

@@ -1,0 +1,60 @@
+"""Start the service: load the run once, then one uvicorn worker on 127.0.0.1 unless told otherwise."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from pathlib import Path
+
+from medclf.errors import MedclfError
+from medclf.serve.app import DEFAULT_MAX_FILES, DEFAULT_MAX_UPLOAD_MB, create_app
+from medclf.serve.predictor import Predictor
+
+log = logging.getLogger("medclf.serve")
+
+
+def check_options(host: str, port: int, max_upload_mb: float) -> None:
+    """User errors in the serve options, as one-line `MedclfError`s."""
+    if not 0 <= port <= 65535:
+        raise MedclfError(f"--port {port}: must be between 0 and 65535")
+    if not max_upload_mb > 0:
+        raise MedclfError(f"--max-upload-mb {max_upload_mb:g}: must be positive")
+    if not host.strip():
+        raise MedclfError("--host: empty")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
+          max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_files: int = DEFAULT_MAX_FILES,
+          device: str = "auto", log_level: str = "info") -> None:
+    """Serve `run_dir` until interrupted. One worker process: the model is loaded once and requests share it
+    (model work runs on the predictor's one model thread; decoding in the threadpool)."""
+    import uvicorn
+
+    check_options(host, port, max_upload_mb)
+    predictor = Predictor.load(run_dir, device)
+    app = create_app(predictor, max_upload_mb=max_upload_mb, max_files=max_files)
+    if not is_loopback(host):
+        log.warning("listening on %s: the service has no authentication; anyone who can reach this address "
+                    "can upload images", host)
+    uvicorn.run(app, host=host, port=port, workers=1, log_level=log_level, server_header=False,
+                timeout_keep_alive=5, log_config=log_config(log_level))
+
+
+def log_config(level: str) -> dict:
+    """uvicorn's logging setup plus our `medclf.serve` logger (request sizes and timings, never file names)."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["medclf"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    return config

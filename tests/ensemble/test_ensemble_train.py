@@ -1,0 +1,168 @@
+"""Training ensembles on the tiny cache: member data, threshold, resume, and evaluate/predict/report on the run."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from medclf.data.cache import Cache
+from medclf.data.dataset import CacheDataset
+from medclf.data.splits import partition_indices
+from medclf.engine.evaluate import evaluate_run
+from medclf.engine.inference import predict_dataset
+from medclf.engine.predict import predict_files
+from medclf.ensemble import plan_members, train_ensemble
+from medclf.errors import MedclfError
+from medclf.evaluation.thresholds import choose_threshold
+from medclf.report.html import build_report
+from medclf.runs import load_run
+
+CPU = torch.device("cpu")
+
+
+def _member_probs(run_dir, split):
+    """Each member's positive-class probabilities on a split of its ensemble's cache, loaded on its own."""
+    cache = Cache.open(json.loads((run_dir / "data_summary.json").read_text())["cache"])
+    data = CacheDataset(cache, split=split)
+    probs = [predict_dataset(r.model, r.contract, data, CPU)[:, 1]
+             for r in (load_run(run_dir / "members" / str(i), CPU) for i in range(3))]
+    return data, np.stack(probs)
+
+
+def test_partition_members_see_disjoint_patients(partition_run, tiny_cache):
+    cache = Cache.open(tiny_cache)
+    patients = cache.manifest["patient_id"].to_numpy()
+    rows = [np.load(partition_run / "members" / str(i) / "train_rows.npy") for i in range(3)]
+    sets = [set(patients[r]) for r in rows]
+    assert [len(r) for r in rows] == [12, 12, 12]
+    assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
+    assert set().union(*sets) == set(patients[cache.indices("train")])
+    train = cache.indices("train")
+    expected = partition_indices(cache.labels("train"), patients[train], 3, seed=0)
+    assert [r.tolist() for r in rows] == [train[p].tolist() for p in expected]
+    for i in range(3):  # each member trained on its own rows, 4 positives of 12 (stratified)
+        cfg = yaml.safe_load((partition_run / "members" / str(i) / "config.yaml").read_text())
+        assert cfg["data"]["train_subset"].endswith(f"members/{i}/train_rows.npy")
+        assert cfg["train"]["seed"] == i
+        assert int((cache.manifest["label"].to_numpy()[rows[i]] == 1).sum()) == 4
+
+
+def test_ensemble_threshold_is_chosen_on_val_with_combined_probabilities(partition_run):
+    spec = json.loads((partition_run / "ensemble.json").read_text())
+    assert spec["members"] == ["members/0", "members/1", "members/2"]
+    assert spec["combine"] == "mean" and spec["weights"] == pytest.approx([1 / 3] * 3)
+    val, probs = _member_probs(partition_run, "val")
+    expected = choose_threshold((val.labels == 1).astype(int), probs.mean(axis=0), method="f1")
+    assert spec["threshold"] == pytest.approx(expected, abs=1e-6)
+    assert load_run(partition_run, CPU).contract.threshold == pytest.approx(spec["threshold"])
+
+
+def test_evaluate_writes_mean_and_member_std(partition_run, tmp_path):
+    run = tmp_path / "ens"
+    shutil.copytree(partition_run, run)
+    metrics = evaluate_run(run, split="test", n_boot=0, progress=False)
+    table = pd.read_csv(run / "predictions_test.csv")
+    assert list(table.columns) == ["id", "label", "prob", "split", "model", "std"]
+    test, probs = _member_probs(run, "test")
+    assert table["id"].tolist() == list(test.ids)
+    np.testing.assert_allclose(table["prob"], probs.mean(axis=0), atol=1e-6)
+    np.testing.assert_allclose(table["std"], probs.std(axis=0), atol=1e-6)
+    assert metrics["threshold"] == pytest.approx(json.loads((run / "ensemble.json").read_text())["threshold"])
+    assert metrics["n"] == 12
+
+    # predict on files: the ensemble's probability is the mean of its members' on the same files
+    cache = Cache.open(json.loads((run / "data_summary.json").read_text())["cache"])
+    files = []
+    for row in cache.indices("test")[:4]:
+        files.append(tmp_path / f"{cache.manifest['id'].iat[row]}.png")
+        Image.fromarray(np.asarray(cache.images[row])).save(files[-1])
+    out = predict_files(run, files, progress=False)
+    singles = np.stack([predict_files(run / "members" / str(i), files, progress=False)["prob"] for i in range(3)])
+    np.testing.assert_allclose(out["prob"], singles.mean(axis=0), atol=1e-6)
+    threshold = load_run(run, CPU).contract.threshold
+    assert out["label"].tolist() == ["pneumonia" if p >= threshold else "normal" for p in out["prob"]]
+
+    page = build_report(run).read_text(encoding="utf-8")
+    assert '<section id="ensemble"><h2>Ensemble</h2>' in page
+    assert "3 members (partition mode)" in page and "Member disagreement" in page
+
+
+def test_rerun_keeps_finished_members_and_resumes_the_rest(partition_run, tmp_path, tiny_cache, tiny_cfg):
+    run = tmp_path / "ens"
+    shutil.copytree(partition_run, run)
+    m0, m1 = run / "members" / "0", run / "members" / "1"
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (m0 / "best.pt", m0 / "history.csv")}
+    history1 = (m1 / "history.csv").read_bytes()
+    (m1 / "member.json").unlink()  # member 1 crashed after its last epoch, before it was marked finished
+    shutil.rmtree(run / "members" / "2")  # member 2 never started
+    train_ensemble(tiny_cfg(), tiny_cache, run, members=3, mode="partition", combine="weighted", progress=False)
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in before} == before
+    assert (m1 / "history.csv").read_bytes() == history1  # resumed from last.pt: no epoch retrained
+    assert (m1 / "member.json").is_file() and (run / "members" / "2" / "best.pt").is_file()
+    assert len(pd.read_csv(run / "members" / "2" / "history.csv")) == 1
+    spec = json.loads((run / "ensemble.json").read_text())
+    aucs = [m["val_auc"] for m in spec["member_info"]]
+    assert spec["combine"] == "weighted" and spec["weights"] == pytest.approx([a / sum(aucs) for a in aucs])
+    with pytest.raises(MedclfError, match="planned with other settings \\(members differ\\)"):
+        train_ensemble(tiny_cfg(), tiny_cache, run, members=2, mode="partition", progress=False)
+
+
+def test_kfold_members_validate_on_their_held_out_fold(tiny_cache, tmp_path, tiny_cfg):
+    run = train_ensemble(tiny_cfg(), tiny_cache, tmp_path / "kfold", members=2, mode="kfold", progress=False)
+    cache = Cache.open(tiny_cache)
+    rows = [np.load(run / "members" / str(i) / "train_rows.npy") for i in range(2)]
+    assert sorted(np.concatenate(rows).tolist()) == cache.indices("train").tolist()  # folds: complementary halves
+    for i in range(2):
+        view = Cache.open(run / "members" / str(i) / "cache")
+        assert os.path.islink(view.path / "images.npy")
+        held_out = view.indices("val")
+        assert held_out.tolist() == rows[1 - i].tolist()  # validated on exactly the rows it did not train on
+        assert not set(rows[i]) & set(cache.indices("val"))
+        member = load_run(run / "members" / str(i), CPU)
+        probs = predict_dataset(member.model, member.contract, CacheDataset(view, split="val"), CPU)[:, 1]
+        expected = choose_threshold((cache.manifest["label"].to_numpy()[held_out] == 1).astype(int), probs)
+        assert member.contract.threshold == pytest.approx(expected, abs=1e-6)
+    info = json.loads((run / "ensemble.json").read_text())["member_info"]
+    assert [m["validated_on"] for m in info] == ["held-out fold (18 images)"] * 2
+
+
+def test_bootstrap_plan_resamples_patients_per_class(tiny_cache):
+    cache = Cache.open(tiny_cache)
+    train = cache.indices("train")
+    plans = plan_members(cache, "bootstrap", 3, ["resnet18"], seed=0)
+    labels = cache.manifest["label"].to_numpy()
+    for plan in plans:
+        assert set(plan.train_rows) <= set(train) and len(plan.train_rows) == 36
+        assert len(set(plan.train_rows)) < 36  # drawn with replacement
+        assert int((labels[plan.train_rows] == 1).sum()) == 12  # 12 of 36 positive, as in the split
+    assert plans[0].train_rows.tolist() != plans[1].train_rows.tolist()
+    models = plan_members(cache, "models", 2, ["resnet18", "efficientnet_b0"], seed=0)
+    assert [(p.model, p.seed, len(p.train_rows)) for p in models] == [("resnet18", 0, 36), ("efficientnet_b0", 1, 36)]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"mode": "stacking"}, "unknown ensemble mode 'stacking'"),
+    ({"mode": "models"}, "--mode models needs --models"),
+    ({"mode": "models", "models": ["resnet18", "resnet99"]}, "unknown model\\(s\\) resnet99"),
+    ({"mode": "models", "models": ["resnet18"], "members": 3}, "--members 3 but 1 models listed"),
+    ({"members": 1}, "--members must be at least 2"),
+])
+def test_bad_requests_fail_before_training(tiny_cache, tmp_path, tiny_cfg, kwargs, message):
+    with pytest.raises(MedclfError, match=message):
+        train_ensemble(tiny_cfg(), tiny_cache, tmp_path / "ens", progress=False, **kwargs)
+    assert not (tmp_path / "ens").exists()
+
+
+def test_cli_reports_a_bad_mode_on_one_line(tiny_cache, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "medclf", "ensemble", "--data", str(tiny_cache), "--out",
+                        str(tmp_path / "e"), "--mode", "nope"], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr == "error: unknown ensemble mode 'nope'; choose one of partition, kfold, bootstrap, models\n"
