@@ -14,20 +14,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
+from benchmarks import common
 from medclf.data.prepare import default_workers, mp_context, prepare_rsna
 from medclf.io import write_text
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO / ".." / "shared" / "data" / "rsna-sample"
-RESULTS = REPO / "benchmarks" / "results" / "prepare.md"
+RESULTS = common.RESULTS / "prepare.md"
 SIZE = 224
 
 
@@ -42,26 +42,36 @@ def naive_one(path: str) -> np.ndarray:
     return np.asarray(Resize(SIZE)(Image.fromarray(img).convert("RGB")))
 
 
-def time_naive(paths: list[str], workers: int) -> float:
-    """Wall time of one pass: start the pool, map every file, collect the arrays."""
-    start = time.perf_counter()
-    with mp_context().Pool(workers) as pool:
-        out = pool.map(naive_one, paths, chunksize=1)
-    seconds = time.perf_counter() - start
-    assert len(out) == len(paths)
-    return seconds
+@dataclass
+class Timing:
+    wall: float  # seconds
+    cpu: float  # CPU seconds of this process and its (finished) worker processes
 
 
-def time_prepare(data: Path, workers: int, out: Path) -> float:
-    """Wall time of one whole `prepare_rsna` call into a fresh cache directory."""
-    start = time.perf_counter()
-    prepare_rsna(data / "stage_2_train_images", data / "stage_2_train_labels.csv", out, size=SIZE,
-                 workers=workers, progress=False)
-    return time.perf_counter() - start
+def _clock(fn: Callable[[], object]) -> Timing:
+    before, start = os.times(), time.perf_counter()
+    fn()
+    wall, after = time.perf_counter() - start, os.times()
+    cpu = sum(getattr(after, k) - getattr(before, k) for k in ("user", "system", "children_user", "children_system"))
+    return Timing(wall, cpu)
 
 
-def run(data: Path, workers: int, repeats: int) -> tuple[float, float]:
-    """Best (naive, prepare) seconds over alternating repeats."""
+def time_naive(paths: list[str], workers: int) -> Timing:
+    """One pass: start the pool, map every file, collect the arrays."""
+    def go() -> None:
+        with mp_context().Pool(workers) as pool:
+            assert len(pool.map(naive_one, paths, chunksize=1)) == len(paths)
+    return _clock(go)
+
+
+def time_prepare(data: Path, workers: int, out: Path) -> Timing:
+    """One whole `prepare_rsna` call into a fresh cache directory."""
+    return _clock(lambda: prepare_rsna(data / "stage_2_train_images", data / "stage_2_train_labels.csv", out,
+                                       size=SIZE, workers=workers, progress=False))
+
+
+def run(data: Path, workers: int, repeats: int) -> tuple[Timing, Timing]:
+    """Best (naive, prepare) timings (by wall time) over alternating repeats."""
     import torchvision.transforms  # noqa: F401  imported before timing; forked workers inherit it
 
     paths = sorted(str(p) for p in (data / "stage_2_train_images").glob("*.dcm"))
@@ -74,24 +84,12 @@ def run(data: Path, workers: int, repeats: int) -> tuple[float, float]:
             ours.append(time_prepare(data, workers, tmp / f"cache{k}"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return min(naive), min(ours)
-
-
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}; {default_workers()} usable cores (os.cpu_count()={os.cpu_count()}); {platform.platform()}"
+    return min(naive, key=lambda t: t.wall), min(ours, key=lambda t: t.wall)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="RSNA-layout folder")
+    parser.add_argument("--data", type=Path, default=common.DEFAULT_DATA, help="RSNA-layout folder")
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -101,22 +99,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped: {data} not found")
         return 0
     paths = sorted(str(p) for p in (data / "stage_2_train_images").glob("*.dcm"))
-    naive_s, ours_s = run(data, args.workers, args.repeats)
-    naive_ips, ours_ips = len(paths) / naive_s, len(paths) / ours_s
-    ratio = ours_ips / naive_ips
+    load_before = os.getloadavg()[0]
+    naive, ours = run(data, args.workers, args.repeats)
+    n = len(paths)
+    ratio = naive.wall / ours.wall
     lines = [
         "# prepare benchmark",
         "",
-        f"machine: {machine()}",
-        f"data: {len(paths)} RSNA DICOMs (1024 px, 8-bit JPEG Baseline) from {data.name}; target {SIZE} px; "
-        f"{args.workers} workers; best of {args.repeats}",
+        f"machine: {common.machine()}; load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} after",
+        f"data: {n} RSNA DICOMs (1024 px, 8-bit JPEG Baseline) from {data.name}; target {SIZE} px; "
+        f"{args.workers} workers; best of {args.repeats} alternating runs",
         "",
-        "| path | seconds | images/s |",
-        "|---|---|---|",
-        f"| naive: seed deck per image (pixel_array, /max, RGB, Resize(224)) in a Pool | {naive_s:.3f} | {naive_ips:.1f} |",
-        f"| medclf prepare: whole call (draft decode, workers, cache write + hash) | {ours_s:.3f} | {ours_ips:.1f} |",
+        "| path | seconds | images/s | CPU s | images per CPU s |",
+        "|---|---|---|---|---|",
+        f"| naive: seed deck per image (pixel_array, /max, RGB, Resize(224)) in a Pool | {naive.wall:.3f} "
+        f"| {n / naive.wall:.1f} | {naive.cpu:.2f} | {n / naive.cpu:.1f} |",
+        f"| medclf prepare: whole call (draft decode, workers, cache write + hash) | {ours.wall:.3f} "
+        f"| {n / ours.wall:.1f} | {ours.cpu:.2f} | {n / ours.cpu:.1f} |",
         "",
-        f"ratio (prepare / naive images/s): **{ratio:.2f}x**",
+        f"ratio (prepare / naive images/s): **{ratio:.2f}x** (CPU work: {naive.cpu / ours.cpu:.2f}x less)",
         "",
         "command: `python -m benchmarks.bench_prepare`",
         "",

@@ -15,7 +15,6 @@ benchmarks/results/train_step.md).
 from __future__ import annotations
 
 import argparse
-import itertools
 import shutil
 import tempfile
 import time
@@ -29,8 +28,10 @@ from benchmarks.deck_baseline import deck_loader, deck_model, deck_optimizer, de
 
 def time_deck(paths, labels, batch: int, workers: int, warmup: int, steps: int, device: torch.device) -> float:
     """images/s of the deck's loop: `warmup` untimed steps, then `steps` timed ones."""
-    loader = deck_loader(paths, labels, batch, workers, train=True, pin_memory=device.type == "cuda")
-    batches = itertools.chain.from_iterable(loader for _ in itertools.count())  # epochs back to back
+    # one epoch long enough for every step, so all batches are full (as medclf's epoch_samples gives it)
+    loader = deck_loader(paths, labels, batch, workers, train=True, pin_memory=device.type == "cuda",
+                         epoch_samples=batch * (warmup + steps))
+    batches = iter(loader)
     model = deck_model(2).to(device)
     optimizer = deck_optimizer(model)
 

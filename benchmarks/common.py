@@ -70,7 +70,8 @@ def cache_files(cache) -> tuple[list[Path], list[int]]:
     return [source / f"{i}.dcm" for i in ids], cache.manifest["label"].astype(int).tolist()
 
 
-def run_for(fn: Callable[[], int], min_seconds: float, device: torch.device, max_rounds: int = 1000) -> tuple[int, float]:
+def run_for(fn: Callable[[], int], min_seconds: float, device: torch.device,
+            max_rounds: int = 1000) -> tuple[int, float]:
     """Call `fn` (returns images processed) until `min_seconds` have passed; returns (images, seconds)."""
     n, start = 0, time.perf_counter()
     for _ in range(max_rounds):

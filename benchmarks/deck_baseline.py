@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -61,10 +61,14 @@ def deck_transform(train: bool = True):
 
 
 def deck_loader(paths: Sequence[str | Path], labels: Sequence[int], batch_size: int, workers: int,
-                train: bool = True, pin_memory: bool = False) -> DataLoader:
-    """DataLoader over MDataset, with the same loader mechanics ours gets (workers, pinning, persistence)."""
-    return DataLoader(MDataset(paths, labels, deck_transform(train)), batch_size=batch_size, shuffle=train,
-                      num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
+                train: bool = True, pin_memory: bool = False, epoch_samples: int | None = None) -> DataLoader:
+    """DataLoader over MDataset, with the same loader mechanics ours gets (workers, pinning, persistence).
+
+    `epoch_samples`: epoch length (chained shuffles), so both pipelines can be given the same epochs."""
+    dataset = MDataset(paths, labels, deck_transform(train))
+    sampler = RandomSampler(dataset, num_samples=epoch_samples) if train else None
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
+                      persistent_workers=workers > 0)
 
 
 def normalise_batch(x: torch.Tensor) -> torch.Tensor:

@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", type=Path, help="file to upload (default: a synthetic 1024 px chest DICOM)")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--warmup", type=int, default=16)
+    parser.add_argument("--warmup", type=int, default=32)
     parser.add_argument("--out", type=Path, default=RESULTS, help="markdown summary to write ('-': none)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="medclf-load-") as tmp:
@@ -175,7 +175,7 @@ def write_summary(path: Path, r: dict, ok: bool, argv: list[str]) -> None:
     series = ", ".join(f"{n}: {m}" for n, m in r["rss_mib"])
     write_text(path, f"""# `medclf serve` under load
 
-Command: `python -m benchmarks.load_serve {' '.join(argv)}`  ({'PASS' if ok else 'FAIL'})
+Command: `{' '.join(['python -m benchmarks.load_serve', *argv])}`  ({'PASS' if ok else 'FAIL'})
 
 Served: {r['run']}; each request uploads {r['image']} and gets probability, decision and Grad-CAM heatmap.
 {r['requests']} requests from {r['clients']} concurrent clients on 127.0.0.1, one uvicorn worker, CPU only

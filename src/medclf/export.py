@@ -70,8 +70,9 @@ class ExportResult:
 
     def summary(self) -> str:
         c, h, w = self.input_shape[1:]
-        return (f"{self.format}: {self.path} (input '{INPUT_NAME}' B x {c} x {h} x {w} normalised float32, output "
-                f"'{OUTPUT_NAME}' B x K probabilities, B dynamic); parity on {self.n_inputs} images at batch 1 and "
+        names = (f" '{INPUT_NAME}'", f" '{OUTPUT_NAME}'") if self.format == "onnx" else ("", "")
+        return (f"{self.format}: {self.path} (input{names[0]} B x {c} x {h} x {w} normalised float32, output"
+                f"{names[1]} B x K probabilities, B dynamic); parity on {self.n_inputs} images at batch 1 and "
                 f"{self.n_inputs}: max |prob difference| = {self.max_abs_diff:.2e}; {self.seconds:.1f} s")
 
 

@@ -77,7 +77,8 @@ def test_rerun_is_a_noop_and_workers_do_not_change_the_hash(synthetic_rsna, synt
 
 def test_changed_parameters_need_force(synthetic_rsna, tmp_path):
     out = _prepare(synthetic_rsna, tmp_path / "cache", size=32, workers=1)
-    with pytest.raises(DataError, match=r"cache: already exists and was made from other inputs \(changed: seed, size\)"):
+    with pytest.raises(DataError, match=r"cache: already exists and was made from other inputs "
+                                        r"\(changed: seed, size\)"):
         _prepare(synthetic_rsna, out, size=48, seed=1, workers=1)
     assert Cache.open(out).size == 32
     _prepare(synthetic_rsna, out, size=48, seed=1, workers=1, force=True)
@@ -96,8 +97,8 @@ def test_bad_file_fails_cleanly_then_resumes_with_skip_bad(synthetic_rsna, tmp_p
         _prepare(root, out, workers=1)
     assert str(err.value) == f"{bad}: file is truncated (ends inside a data element); pass --skip-bad to skip bad files"
     assert not out.exists() and not list(tmp_path.glob("cache.tmp-*"))
-    chunks = sorted(p.name for p in (tmp_path / "cache.partial").rglob("chunk_*.npz"))
-    assert chunks == ["chunk_000000.npz", "chunk_000001.npz", "chunk_000002.npz"]  # stopped at the bad chunk
+    chunks = sorted(p.name[:12] for p in (tmp_path / "cache.partial").glob("chunk_*.npz"))
+    assert chunks == ["chunk_000000", "chunk_000001", "chunk_000002"]  # stopped at the bad chunk
     capsys.readouterr()
 
     cache = Cache.open(_prepare(root, out, workers=2, skip_bad=True))
@@ -108,3 +109,19 @@ def test_bad_file_fails_cleanly_then_resumes_with_skip_bad(synthetic_rsna, tmp_p
     fresh = Cache.open(_prepare(root, tmp_path / "fresh", workers=1, skip_bad=True))
     assert fresh.meta["content_hash"] == cache.meta["content_hash"]
     np.testing.assert_array_equal(fresh.images, cache.images)
+
+
+def test_fixing_a_file_redecodes_only_its_chunk(synthetic_rsna, synthetic_cache, tmp_path, capsys):
+    root = tmp_path / "rsna"
+    shutil.copytree(synthetic_rsna, root)
+    bad = root / "stage_2_train_images" / "synthetic-0020.dcm"
+    good = bad.read_bytes()
+    bad.write_bytes(good[:-2000])
+    out = tmp_path / "cache"
+    with pytest.raises(DataError, match="synthetic-0020.dcm: file is truncated"):
+        _prepare(root, out, workers=1, classes=root / "stage_2_detailed_class_info.csv")
+    bad.write_bytes(good)  # fixed: new mtime, so only chunk 2 is stale
+    capsys.readouterr()
+    cache = Cache.open(_prepare(root, out, workers=1, classes=root / "stage_2_detailed_class_info.csv"))
+    assert "resuming: 2/5 chunks (16/40 images) already decoded" in capsys.readouterr().err
+    assert cache.meta["content_hash"] == Cache.open(synthetic_cache).meta["content_hash"]

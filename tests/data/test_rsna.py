@@ -72,13 +72,14 @@ def test_skip_missing_goes_on_and_records_what_it_left_out(synthetic_rsna, tmp_p
            "1 malformed rows (3 labelled patients dropped)" in capsys.readouterr().err
     cache = Cache.open(out)
     ids = set(cache.manifest["id"])
-    assert len(cache.manifest) == 37 and not ids & {"synthetic-0000", "synthetic-0005", "synthetic-0006", "extra-patient"}
+    assert len(cache.manifest) == 37
+    assert not ids & {"synthetic-0000", "synthetic-0005", "synthetic-0006", "extra-patient"}
     check = cache.meta["label_check"]
     assert check["ok"] is False and check["skipped_problems"] is True
     assert check["counts"] == {"images_without_labels": 1, "labels_without_images": 1, "conflicting": 1,
                                "malformed_rows": 1}
-    assert cache.meta["skipped"] == [{"id": "extra-patient", "path": str(root / "stage_2_train_images" /
-                                                                         "extra-patient.dcm"), "reason": "no label row"}]
+    extra = str(root / "stage_2_train_images" / "extra-patient.dcm")
+    assert cache.meta["skipped"] == [{"id": "extra-patient", "path": extra, "reason": "no label row"}]
 
 
 @pytest.mark.realdata

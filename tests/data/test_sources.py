@@ -19,8 +19,8 @@ def _npz(path, **arrays):
 def test_medmnist_keeps_its_splits_and_values(tmp_path):
     rng = np.random.default_rng(0)
     train, val = rng.integers(0, 256, (6, 8, 8), dtype=np.uint8), rng.integers(0, 256, (2, 8, 8), dtype=np.uint8)
-    npz = _npz(tmp_path / "pneumoniamnist.npz", train_images=train, train_labels=np.array([[0], [1], [1], [0], [0], [1]]),
-               val_images=val, val_labels=np.array([[1], [0]]))
+    npz = _npz(tmp_path / "pneumoniamnist.npz", train_images=train,
+               train_labels=np.array([[0], [1], [1], [0], [0], [1]]), val_images=val, val_labels=np.array([[1], [0]]))
     cache = Cache.open(prepare_medmnist(npz, tmp_path / "cache", progress=False))
     np.testing.assert_array_equal(cache.images, np.concatenate([train, val]))  # native size, values untouched
     m = cache.manifest

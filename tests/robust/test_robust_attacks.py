@@ -80,3 +80,22 @@ def test_frozen_bn_stats_keeps_running_averages():
     assert torch.equal(bn.running_mean, before) and bn.momentum == momentum
     model(torch.randn(4, 1, 32, 32))
     assert not torch.equal(bn.running_mean, before)
+
+
+def test_pgd_attacks_an_ensemble_through_all_members(setup):
+    from medclf.ensemble import Ensemble
+
+    model, transform, x, y = setup
+    contract = DataContract("small", 2, ["normal", "pneumonia"], 1, 32, 1, [0.5], [0.25])
+    torch.manual_seed(1)
+    members = [model, small_cnn().eval()]
+    ensemble = Ensemble(members, [contract, contract], contract)  # forward: log of the mean probabilities
+    eps = 4 / 255
+    adv = pgd(ensemble, x, y, eps, transform.normalise, steps=5, generator=torch.Generator().manual_seed(0))
+    assert (adv - x).abs().max().item() <= eps + 1e-6
+    clean, attacked = per_sample_loss(ensemble, transform, x, y), per_sample_loss(ensemble, transform, adv, y)
+    assert torch.all(attacked >= clean - 1e-6) and attacked.mean() > clean.mean()
+    for m in members:
+        m.zero_grad()
+    F.cross_entropy(ensemble(transform.normalise(adv)), y).backward()
+    assert all(m[0].weight.grad is not None and m[0].weight.grad.abs().sum() > 0 for m in members)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import shutil
 import sys
 import threading
 from pathlib import Path
@@ -113,6 +114,15 @@ def test_several_files_of_each_type_in_one_request(client, serve_run, sample_fil
     assert results[1]["heatmap"] is None and results[1]["heatmap_reason"] == "not requested"
 
 
+def test_client_file_names_never_become_paths(client, sample_files, upload_root):
+    data = sample_files["dicom"].read_bytes()
+    response = post(client, ("../../../escape.dcm", data), ("C:\\Users\\x\\win.dcm", data), heatmap="false")
+    assert response.status_code == 200, response.text
+    assert [r["filename"] for r in response.json()["results"]] == ["escape.dcm", "win.dcm"]
+    assert not list(upload_root.parent.parent.rglob("escape.dcm"))  # nowhere in the test temp tree
+    assert list(upload_root.iterdir()) == []
+
+
 def test_ensemble_run_of_identical_members_answers_like_one_member(ensemble_run, client, sample_files):
     single = post(client, read_file(sample_files["dicom"])).json()["results"][0]
     with TestClient(create_app(Predictor.load(ensemble_run, "cpu"))) as ens:
@@ -123,6 +133,26 @@ def test_ensemble_run_of_identical_members_answers_like_one_member(ensemble_run,
     assert r["probability"] == pytest.approx(single["probability"], abs=1e-6)
     assert r["label"] == single["label"] and r["threshold"] == single["threshold"]
     assert r["model"].startswith("ensemble[mean]") and r["heatmap"] is not None
+
+
+def test_ood_score_and_flag_when_the_checkpoint_has_a_detector(serve_run, tmp_path, sample_files):
+    from medclf.robust.ood import ood_flags
+    from medclf.robust.ood_run import ood_run
+    from medclf.runs import load_run
+
+    run_dir = tmp_path / "run-ood"
+    shutil.copytree(serve_run, run_dir)
+    ood_run(run_dir, "noise", device="cpu", progress=False)  # fits and stores contract.ood in best.pt
+    files = [sample_files["dicom"], sample_files["png"]]
+    with TestClient(create_app(Predictor.load(run_dir, "cpu"))) as c:
+        assert c.get("/api/model").json()["ood"] is True
+        results = post(c, *map(read_file, files), heatmap="false").json()["results"]
+    run = load_run(run_dir, "cpu")
+    scores, flags = ood_flags(run, np.stack([load_image(f, 32) for f in files]))
+    for r, score, flag in zip(results, scores, flags):
+        assert r["ood_reason"] is None
+        assert r["ood"] == {"score": pytest.approx(float(score), rel=1e-5, abs=1e-6), "flag": bool(flag)}
+        assert r["ood"]["flag"] == (r["ood"]["score"] > run.contract.ood["threshold"])
 
 
 def test_malformed_files_get_400_and_the_server_keeps_serving(client, sample_files, make_dicom, make_png,

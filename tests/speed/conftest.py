@@ -47,6 +47,7 @@ def make_ensemble_run(single_run, out, combine: str = "mean", weights=(0.5, 0.5)
                              for k, v in payload["state_dict"].items()}
     torch.save(payload, ckpt)
     shutil.copy(single_run / "data_summary.json", out / "data_summary.json")
-    write_json(out / "ensemble.json", {"format": "medclf-ensemble", "format_version": 1, "members": ["members/0", "members/1"],
-                                       "combine": combine, "weights": list(weights), "threshold": threshold})
+    write_json(out / "ensemble.json", {"format": "medclf-ensemble", "format_version": 1,
+                                       "members": ["members/0", "members/1"], "combine": combine,
+                                       "weights": list(weights), "threshold": threshold})
     return out

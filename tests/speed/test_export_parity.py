@@ -54,6 +54,7 @@ def test_onnx_matches_eager_with_dynamic_batch(run_copy, tiny_cache):
     assert meta["medclf.source"] == source_fingerprint(run_copy)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
 def test_torchscript_matches_eager_with_dynamic_batch(run_copy, tiny_cache, tmp_path):
     out = tmp_path / "exported.pt"
     result = export_run(run_copy, "torchscript", out=out)

@@ -19,9 +19,12 @@ _VAL = typer.Option(0.1, "--val", help="Fraction of patients for validation (per
 _TEST = typer.Option(0.1, "--test", help="Fraction of patients for test (per class).")
 _SEED = typer.Option(0, "--seed", help="Seed of the patient split.")
 _WORKERS = typer.Option(None, "--workers", help="Decoding processes [default: all cores].")
-_NORM = typer.Option("robust", "--norm", help="robust (LUTs + 0.5-99.5 percentile window) or deck (divide by max).")
-_SKIP_MISSING = typer.Option(False, "--skip-missing", help="Leave out images/labels that do not match instead of failing.")
-_SKIP_BAD = typer.Option(False, "--skip-bad", help="Skip files that cannot be decoded (recorded in cache.json) instead of failing.")
+_NORM = typer.Option("robust", "--norm", help="robust (LUTs + 0.5-99.5 percentile window), deck (divide by max, "
+                     "as the seed deck) or none (keep 8-bit values).")
+_SKIP_MISSING = typer.Option(False, "--skip-missing",
+                             help="Leave out images/labels that do not match instead of failing.")
+_SKIP_BAD = typer.Option(False, "--skip-bad",
+                         help="Skip files that cannot be decoded (recorded in cache.json) instead of failing.")
 _FORCE = typer.Option(False, "--force", help="Replace an existing cache made from other inputs.")
 _QUIET = typer.Option(False, "--quiet", help="No progress bar.")
 _NAMES = typer.Option(None, "--label-names", help="Comma-separated class names in label-index order.")
@@ -37,7 +40,8 @@ def rsna_cmd(
     images: Path = typer.Option(..., "--images", help="stage_2_train_images folder (<patientId>.dcm)."),
     labels: Path = typer.Option(..., "--labels", help="stage_2_train_labels.csv"),
     out: Path = _OUT,
-    classes: Optional[Path] = typer.Option(None, "--classes", help="stage_2_detailed_class_info.csv (checked against Target)."),
+    classes: Optional[Path] = typer.Option(None, "--classes",
+                                           help="stage_2_detailed_class_info.csv (checked against Target)."),
     label_mode: str = typer.Option("binary", "--label-mode", help="binary (normal/pneumonia) or detailed (3 classes)."),
     size: int = _SIZE, val: float = _VAL, test: float = _TEST, seed: int = _SEED,
     workers: Optional[int] = _WORKERS, norm: str = _NORM, skip_missing: bool = _SKIP_MISSING,

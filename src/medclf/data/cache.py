@@ -25,7 +25,8 @@ from medclf.errors import DataError
 from medclf.io import read_json, write_json, write_text
 
 FORMAT_VERSION = 1
-MANIFEST_COLUMNS = ["index", "id", "patient_id", "label", "label_name", "split", "boxes", "view", "sex", "age", "source"]
+MANIFEST_COLUMNS = ["index", "id", "patient_id", "label", "label_name", "split", "boxes", "view", "sex", "age",
+                    "source"]
 HASHED_COLUMNS = ["id", "patient_id", "label", "split", "boxes"]
 _STR_COLUMNS = ["id", "patient_id", "label_name", "split", "boxes", "view", "sex", "source"]
 
@@ -47,7 +48,8 @@ class Cache:
                 raise DataError(f"{path}: not a medclf cache ({name} missing); run `medclf prepare` first")
         meta = read_json(path / "cache.json")
         if meta.get("format_version") != FORMAT_VERSION:
-            raise DataError(f"{path}/cache.json: format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
+            raise DataError(f"{path}/cache.json: format_version {meta.get('format_version')!r}, "
+                            f"expected {FORMAT_VERSION}")
         images = np.load(path / "images.npy", mmap_mode="r")
         manifest = read_manifest(path / "manifest.csv")
         if len(manifest) != images.shape[0]:
@@ -109,11 +111,14 @@ def manifest_hash_bytes(manifest: pd.DataFrame) -> bytes:
 
 
 def split_counts(manifest: pd.DataFrame, label_names: list[str]) -> dict[str, dict[str, int]]:
+    """{split: {label_name: n}} for the splits that have rows."""
+    splits = manifest["split"].to_numpy()
+    labels = manifest["label"].to_numpy(dtype=np.int64)
     counts: dict[str, dict[str, int]] = {}
     for split in SPLITS:
-        labels = manifest.loc[manifest["split"] == split, "label"].to_numpy(dtype=np.int64)
-        if labels.size:
-            per = np.bincount(labels, minlength=len(label_names))
+        chosen = labels[splits == split]
+        if chosen.size:
+            per = np.bincount(chosen, minlength=len(label_names))
             counts[split] = {name: int(per[i]) for i, name in enumerate(label_names)}
     return counts
 
@@ -146,10 +151,28 @@ class CacheWriter:
     def __init__(self, tmp_dir: Path, n: int, size: int):
         self.tmp_dir = tmp_dir
         self.size = size
-        self.images = np.lib.format.open_memmap(tmp_dir / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size))
+        self.images = np.lib.format.open_memmap(tmp_dir / "images.npy", mode="w+", dtype=np.uint8,
+                                                shape=(n, size, size))
 
     def put(self, start: int, block: np.ndarray) -> None:
         self.images[start : start + len(block)] = block
+
+    def keep_rows(self, keep: np.ndarray) -> None:
+        """Drop the rows where `keep` is False (files that failed to decode), in blocks of bounded memory."""
+        if keep.all():
+            return
+        staged = self.tmp_dir / "images.kept.npy"
+        kept = np.lib.format.open_memmap(staged, mode="w+", dtype=np.uint8,
+                                         shape=(int(keep.sum()), self.size, self.size))
+        pos = 0
+        for start in range(0, len(keep), 1024):
+            block = self.images[start : start + 1024][keep[start : start + 1024]]
+            kept[pos : pos + len(block)] = block
+            pos += len(block)
+        kept.flush()
+        del self.images
+        os.replace(staged, self.tmp_dir / "images.npy")
+        self.images = kept
 
     def finish(self, manifest: pd.DataFrame, meta: dict[str, Any]) -> dict[str, Any]:
         label_names = list(meta["label_names"])
@@ -161,7 +184,8 @@ class CacheWriter:
         digest.update(manifest_hash_bytes(manifest))
         del self.images
         full = {
-            "format_version": FORMAT_VERSION, "source": meta.get("source", "custom"), "size": self.size, "n": len(manifest),
+            "format_version": FORMAT_VERSION, "source": meta.get("source", "custom"), "size": self.size,
+            "n": len(manifest),
             "label_names": label_names, "positive_index": int(meta["positive_index"]),
             "label_mode": meta.get("label_mode", ""), "params": meta.get("params", {}),
             "versions": meta.get("versions") or versions(), "split_counts": split_counts(manifest, label_names),

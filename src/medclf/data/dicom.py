@@ -63,6 +63,14 @@ def read_dicom(path: str | Path, *, norm: str = "robust", size: int | None = Non
     return DicomImage(pixels=pixels, header=header_fields(ds), original_shape=shape, draft=draft)
 
 
+def preload() -> None:
+    """Import the decoders this module loads lazily; called before forking workers so they inherit them."""
+    import PIL.JpegImagePlugin  # noqa: F401
+    import PIL.PngImagePlugin  # noqa: F401
+    import pydicom.encaps  # noqa: F401
+    import pydicom.pixels  # noqa: F401
+
+
 def read_header(path: str | Path) -> dict[str, Any]:
     """The header fields we keep, without decoding pixels."""
     path = Path(path)
@@ -188,10 +196,11 @@ def render(values: np.ndarray, norm: str, size: int | None, invert: bool = False
     """
     small = resize_long_side(values, size)
     if norm == "robust":
-        out = percentile_window(small)
-        if invert:
-            out = 255.0 - out
-    elif norm == "none":
+        lo, hi = image_percentiles(small)
+        if small.dtype == np.uint8:  # the 8-bit (RSNA) hot path: same arithmetic on the 256 values, then a lookup
+            return _to_uint8(window(np.arange(256, dtype=np.float32), lo, hi), invert)[small]
+        return _to_uint8(window(small, lo, hi), invert)
+    if norm == "none":
         out = none_normalise(small)
     else:
         out = small
@@ -219,13 +228,21 @@ def resize_long_side(values: np.ndarray, size: int | None) -> np.ndarray:
 
 
 def percentile_window(arr: np.ndarray, percentiles: tuple[float, float] = PERCENTILES) -> np.ndarray:
-    """Map [p_lo, p_hi] linearly to [0, 255], clipping outside; a flat image becomes all zeros."""
-    lo, hi = image_percentiles(arr, percentiles)
+    """Map [p_lo, p_hi] linearly to [0, 255] (float32), clipping outside; a flat image becomes all zeros."""
+    return window(arr, *image_percentiles(arr, percentiles))
+
+
+def window(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
     arr = np.asarray(arr, dtype=np.float32)
     if not hi > lo:
         return np.zeros_like(arr, dtype=np.float32)
     out = (arr - np.float32(lo)) * np.float32(255.0 / (hi - lo))
     return np.clip(out, 0.0, 255.0, out=out)
+
+
+def _to_uint8(display: np.ndarray, invert: bool) -> np.ndarray:
+    """Round [0, 255] floats to uint8; MONOCHROME1 is inverted before rounding."""
+    return np.rint(255.0 - display if invert else display).astype(np.uint8)
 
 
 def image_percentiles(arr: np.ndarray, percentiles: tuple[float, float] = PERCENTILES) -> tuple[float, float]:

@@ -46,7 +46,8 @@ def folder_source(images_dir: str | Path, labels_csv: str | Path, label_names: S
     exists = np.array([p.is_file() for p in paths])
     report.labels_without_images += sorted(frame.loc[~exists & (labels >= 0), "path"])
     dup = frame["path"].duplicated(keep=False) & (frame["path"] != "")
-    report.malformed_rows += [f"{labels_csv.name}:{ln}: path {p!r} listed twice" for ln, p in zip(frame["line"][dup], frame["path"][dup])]
+    report.malformed_rows += [f"{labels_csv.name}:{ln}: path {p!r} listed twice"
+                              for ln, p in zip(frame["line"][dup], frame["path"][dup])]
     report.malformed_rows += [f"{labels_csv.name}:{ln}: empty path" for ln in frame["line"][frame["path"] == ""]]
     keep = exists & (labels >= 0) & ~dup.to_numpy() & (frame["path"] != "").to_numpy()
     items = pd.DataFrame({
@@ -91,7 +92,8 @@ def _parse_labels(frame: pd.DataFrame, path: Path, label_names: Sequence[str] | 
         lookup = {n: i for i, n in enumerate(names)}
         labels = np.array([lookup.get(v, -1) for v in raw], dtype=np.int64)
     bad = (labels < 0) | (labels >= len(names))
-    report.malformed_rows += [f"{path.name}:{ln}: label {v!r} not one of {names}" for ln, v in zip(frame["line"][bad], raw[bad])]
+    report.malformed_rows += [f"{path.name}:{ln}: label {v!r} not one of {names}"
+                              for ln, v in zip(frame["line"][bad], raw[bad])]
     labels[bad] = -1
     if len(names) < 2:
         raise DataError(f"{path}: needs at least 2 classes, found {names}")

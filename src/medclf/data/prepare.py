@@ -1,14 +1,11 @@
 """`medclf prepare`: sources -> the cache of docs/architecture.md, each image decoded exactly once.
 
-How a run goes:
-1. The source (rsna/folder/medmnist) lists the labelled images and checks labels against files.
-2. An input fingerprint (parameters, label-file hashes, image names/sizes/mtimes) equal to the one in an
-   existing `OUT/cache.json` means nothing changed: the run says so and returns.
-3. Images are decoded in chunks by worker processes; each chunk is saved atomically to
-   `OUT.partial/<decode key>/chunk_NNNNNN.npz`, the key hashing everything that affects decoded pixels.
-   An interrupted or failed run leaves those chunks; the next run with the same key decodes only the rest.
-4. Chunks are streamed into `OUT.tmp-*/images.npy`, the manifest and cache.json are written beside it, and
-   the directory is renamed to `OUT` (never a half-written cache); then `OUT.partial` is removed.
+A run: the source lists the labelled images and checks them against the files; an unchanged input
+fingerprint (parameters, label-file hashes, image names/sizes/mtimes) makes it a no-op; worker processes
+decode chunks, each saved atomically as `OUT.partial/chunk_NNNNNN_<key>.npz` (key: what decides its pixels),
+so an interrupted or failed run resumes with the chunks it finds; finished chunks are copied into
+`OUT.tmp-*/images.npy` while the others decode; manifest and cache.json are written beside it and the
+directory is renamed to `OUT`, so no half-written cache is ever visible. docs/data.md has the details.
 """
 
 from __future__ import annotations
@@ -19,19 +16,20 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 
 from medclf.data.cache import cache_writer, versions, write_cache
-from medclf.data.dicom import NORMS
-from medclf.data.imageio import fit_square, load_with_info, scale_boxes
-from medclf.data.rsna import LabelReport, report_dict
+from medclf.data.dicom import NORMS, preload
+from medclf.data.imageio import load_with_info, scale_boxes
+from medclf.data.rsna import label_problems, report_dict
 from medclf.data.splits import leakage_audit, split_patients
 from medclf.errors import DataError
 from medclf.io import atomic_path, read_json
@@ -57,7 +55,7 @@ def mp_context() -> Any:
     return mp.get_context()
 
 
-def say(message: str) -> None:
+def say(message: str) -> None:  # progress notes go to stderr; stdout carries only the cache path
     print(message, file=sys.stderr, flush=True)
 
 
@@ -105,11 +103,7 @@ def file_sha256(path: str | Path) -> str:
 
 
 def _stat_list(paths: Sequence[str]) -> list[tuple[str, int, int]]:
-    stats = []
-    for p in paths:
-        st = os.stat(p)
-        stats.append((str(p), st.st_size, st.st_mtime_ns))
-    return stats
+    return [(str(p), (st := os.stat(p)).st_size, st.st_mtime_ns) for p in paths]
 
 
 def fingerprint(params: dict[str, Any], label_files: Sequence[str | Path], paths: Sequence[str],
@@ -134,25 +128,11 @@ def up_to_date(out: Path, fp: str, force: bool, params: dict[str, Any]) -> bool:
     if out.exists() and not force:
         old = meta.get("params", {})
         changed = sorted(k for k in params if k != "workers" and old.get(k) != params[k])
-        why = f"changed: {', '.join(changed)}" if changed else ("image or label files changed" if meta else "not a cache")
+        why = (f"changed: {', '.join(changed)}" if changed
+               else "image or label files changed" if meta else "not a cache")
         raise DataError(f"{out}: already exists and was made from other inputs ({why}); "
                         "pass --force to replace it or choose another --out")
     return False
-
-
-def label_problems(report: LabelReport, where: Path, out: Path, skip_missing: bool) -> None:
-    """Stop with the report (also written to OUT.label-report.json), or say what --skip-missing leaves out."""
-    if report.ok:
-        return
-    if not skip_missing:
-        report_path = out.parent / f"{out.name}.label-report.json"
-        from medclf.io import write_json
-
-        write_json(report_path, report.to_dict())
-        raise DataError(f"{where}: {report.summary()}; full list in {report_path}; "
-                        "pass --skip-missing to leave them out")
-    counts = ", ".join(f"{len(v)} {k.replace('_', ' ')}" for k, v in report.to_dict().items() if v)
-    say(f"--skip-missing: leaving out {counts} ({len(report.bad_patients)} labelled patients dropped)")
 
 
 # ---------------------------------------------------------------------------------------------------- decoding
@@ -163,8 +143,9 @@ def chunk_size(n: int) -> int:
     return int(min(256, max(8, n // 64)))
 
 
-def _decode_chunk(task: tuple[int, str, list[str], int, str]) -> tuple[int, list[dict[str, Any]]]:
-    """Worker: decode one chunk of files, save it atomically, return per-file metadata (errors included)."""
+def _decode_chunk(task: tuple[int, str, list[str], int, str]) -> tuple[int, list[dict[str, Any]], np.ndarray]:
+    """Worker: decode one chunk of files, save it atomically, return per-file metadata (errors included) and
+    the images (through the pipe: cheaper for the parent than reading the file back)."""
     index, chunk_path, paths, size, norm = task
     images = np.zeros((len(paths), size, size), dtype=np.uint8)
     meta: list[dict[str, Any]] = []
@@ -181,7 +162,7 @@ def _decode_chunk(task: tuple[int, str, list[str], int, str]) -> tuple[int, list
         meta.append({"ok": True, "header": loaded.header, "shape": list(loaded.original_shape)})
     with atomic_path(chunk_path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, images=images, meta=np.array(json.dumps(meta)))
-    return index, meta
+    return index, meta, images
 
 
 def _load_chunk_meta(path: Path, expected: int) -> list[dict[str, Any]] | None:
@@ -206,39 +187,63 @@ def _executor(workers: int, n_tasks: int) -> Iterator[Any]:
     if workers <= 1 or n_tasks <= 1:
         yield map
         return
-    with mp_context().Pool(min(workers, n_tasks)) as pool:  # __exit__ terminates workers on error/interrupt
+    preload()  # once here rather than once per forked worker
+    # Ctrl-C reaches the whole process group: workers ignore it, the parent stops the pool (__exit__ terminates)
+    with mp_context().Pool(min(workers, n_tasks), initializer=signal.signal,
+                           initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
         yield pool.imap_unordered
 
 
-def decode_files(paths: Sequence[str], partial: Path, size: int, norm: str, workers: int,
-                 skip_bad: bool, progress: bool) -> list[dict[str, Any]]:
-    """Decode every file into chunk files under `partial` (resuming), returning per-file metadata in order."""
+def chunk_files(paths: Sequence[str], partial: Path, size: int, norm: str) -> list[tuple[Path, list[str]]]:
+    """(chunk file, its paths) in order. A chunk's name hashes what decides its pixels (decoder version, size,
+    norm, each file's path, size and mtime), so changing one file invalidates only its own chunk."""
+    step = chunk_size(len(paths))
+    out = []
+    for i, start in enumerate(range(0, len(paths), step)):
+        members = list(paths[start : start + step])
+        key = json.dumps([DECODE_VERSION, size, norm, _stat_list(members)])
+        out.append((partial / f"chunk_{i:06d}_{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz", members))
+    return out
+
+
+def decode_files(chunks: list[tuple[Path, list[str]]], size: int, norm: str, workers: int, skip_bad: bool,
+                 progress: bool, on_chunk: Callable[[int, np.ndarray | None], None] | None = None,
+                 ) -> list[dict[str, Any]]:
+    """Decode every chunk of `chunk_files` not already on disk, returning per-file metadata in order.
+
+    `on_chunk(i, images)` runs in this process as soon as chunk i is done (images None when it was found on
+    disk), so the caller can assemble while the workers decode.
+    """
     from tqdm import tqdm
 
-    step = chunk_size(len(paths))
-    tasks = [(i, str(partial / f"chunk_{i:06d}.npz"), list(paths[s : s + step]), size, norm)
-             for i, s in enumerate(range(0, len(paths), step))]
+    on_chunk = on_chunk or (lambda i, images: None)
+
+    n_files = sum(len(members) for _, members in chunks)
     metas: dict[int, list[dict[str, Any]]] = {}
-    for task in tasks:
-        if Path(task[1]).is_file() and (meta := _load_chunk_meta(Path(task[1]), len(task[2]))) is not None:
-            metas[task[0]] = meta
+    for i, (file, members) in enumerate(chunks):
+        if file.is_file() and (meta := _load_chunk_meta(file, len(members))) is not None:
+            metas[i] = meta
     if metas:
         done = sum(len(m) for m in metas.values())
-        say(f"resuming: {len(metas)}/{len(tasks)} chunks ({done}/{len(paths)} images) already decoded in {partial}")
+        say(f"resuming: {len(metas)}/{len(chunks)} chunks ({done}/{n_files} images) already decoded "
+            f"in {chunks[0][0].parent}")
         if not skip_bad:
             _raise_bad([m for i in sorted(metas) for m in metas[i]])
-    pending = [t for t in tasks if t[0] not in metas]
-    partial.mkdir(parents=True, exist_ok=True)
+        for i in sorted(metas):
+            on_chunk(i, None)
+    pending = [(i, str(file), members, size, norm) for i, (file, members) in enumerate(chunks) if i not in metas]
+    chunks[0][0].parent.mkdir(parents=True, exist_ok=True)
     with _executor(workers, len(pending)) as run, tqdm(
-        total=len(paths), initial=sum(len(m) for m in metas.values()), unit="img", desc="prepare",
+        total=n_files, initial=sum(len(m) for m in metas.values()), unit="img", desc="prepare",
         disable=not progress, file=sys.stderr,
     ) as bar:
-        for index, meta in run(_decode_chunk, pending):
+        for index, meta, images in run(_decode_chunk, pending):
             metas[index] = meta
             bar.update(len(meta))
             if not skip_bad:
                 _raise_bad(meta)  # stop early; finished chunks stay for the next run
-    return [m for i in range(len(tasks)) for m in metas[i]]
+            on_chunk(index, images)
+    return [m for i in range(len(chunks)) for m in metas[i]]
 
 
 # -------------------------------------------------------------------------------------------------- assembling
@@ -253,27 +258,36 @@ def run_file_job(job: FileJob) -> Path:
     if job.items.empty:
         raise DataError(f"{out}: no labelled images to prepare")
     paths = job.items["path"].tolist()
-    key = hashlib.sha256(json.dumps([DECODE_VERSION, job.size, job.norm, _stat_list(paths)]).encode()).hexdigest()
-    partial = out.parent / f"{out.name}.partial" / key[:16]
-    metas = decode_files(paths, partial, job.size, job.norm, job.workers or default_workers(), job.skip_bad,
-                         job.progress)
-    ok = np.array([m["ok"] for m in metas])
-    skipped = [{"id": i, "path": p, "reason": m["error"]} for i, p, m in zip(job.items["id"], paths, metas) if not m["ok"]]
-    if skipped:
-        say(f"--skip-bad: skipped {len(skipped)} bad files: " + "; ".join(s["reason"] for s in skipped[:5]))
-    if not ok.any():
-        raise DataError(f"{out}: none of the {len(paths)} images could be decoded")
-    manifest = _manifest(job, job.items[ok].reset_index(drop=True), [m for m in metas if m["ok"]])
-    audit = leakage_audit(manifest["patient_id"], manifest["split"])
-    if not audit["ok"]:  # cannot happen with split_patients; guards any future split source
-        raise DataError(f"{out}: patients in several splits: {audit['patients_in_several_splits'][:5]}")
-    audit.update(job.extra_meta.pop("leakage_note", {}))
-    meta = _meta(job, audit, job.extra_meta.pop("skipped", []) + skipped)
-    with cache_writer(out, len(manifest), job.size, overwrite=True) as writer:
-        _stream_chunks(writer, partial, ok, chunk_size(len(paths)))
+    partial = out.parent / f"{out.name}.partial"
+    chunks = chunk_files(paths, partial, job.size, job.norm)
+    offsets = np.cumsum([0] + [len(members) for _, members in chunks])
+    with cache_writer(out, len(paths), job.size, overwrite=True) as writer:
+
+        def assemble(i: int, images: np.ndarray | None) -> None:  # fill the cache while the workers decode on
+            if images is None:
+                with np.load(chunks[i][0]) as data:
+                    images = data["images"]
+            writer.put(int(offsets[i]), images)
+
+        metas = decode_files(chunks, job.size, job.norm, job.workers or default_workers(), job.skip_bad,
+                             job.progress, assemble)
+        ok = np.array([m["ok"] for m in metas])
+        skipped = [{"id": i, "path": p, "reason": m["error"]}
+                   for i, p, m in zip(job.items["id"], paths, metas) if not m["ok"]]
+        if skipped:
+            say(f"--skip-bad: skipped {len(skipped)} bad files: " + "; ".join(s["reason"] for s in skipped[:5]))
+        if not ok.any():
+            raise DataError(f"{out}: none of the {len(paths)} images could be decoded")
+        writer.keep_rows(ok)
+        manifest = _manifest(job, job.items[ok].reset_index(drop=True), [m for m in metas if m["ok"]])
+        audit = leakage_audit(manifest["patient_id"], manifest["split"])
+        if not audit["ok"]:  # cannot happen with split_patients; guards any future split source
+            raise DataError(f"{out}: patients in several splits: {audit['patients_in_several_splits'][:5]}")
+        audit.update(job.extra_meta.pop("leakage_note", {}))
+        meta = _meta(job, audit, job.extra_meta.pop("skipped", []) + skipped)
         meta["timings"] = {"seconds": round(time.perf_counter() - started, 2)}
         full = writer.finish(manifest, meta)
-    shutil.rmtree(out.parent / f"{out.name}.partial", ignore_errors=True)
+    shutil.rmtree(partial, ignore_errors=True)
     _summary(out, full, len(skipped), time.perf_counter() - started)
     return out
 
@@ -299,16 +313,6 @@ def _meta(job: FileJob, audit: dict[str, Any], skipped: list[dict[str, Any]]) ->
         "label_mode": job.label_mode, "params": job.params, "versions": versions(), "leakage_audit": audit,
         "skipped": skipped, "input_fingerprint": job.fingerprint, **job.extra_meta,
     }
-
-
-def _stream_chunks(writer: Any, partial: Path, ok: np.ndarray, step: int) -> None:
-    pos = 0
-    for i, start in enumerate(range(0, len(ok), step)):
-        keep = ok[start : start + step]
-        with np.load(partial / f"chunk_{i:06d}.npz") as data:
-            block = data["images"][keep]
-        writer.put(pos, block)
-        pos += len(block)
 
 
 def _summary(out: Path, meta: dict[str, Any], n_skipped: int, seconds: float) -> None:
@@ -373,7 +377,7 @@ def prepare_medmnist(npz: str | Path, out: str | Path, *, size: int | None = Non
                      label_names: Sequence[str] | None = None, positive: str | int | None = None,
                      force: bool = False, progress: bool = True) -> Path:
     """MedMNIST .npz -> cache, keeping its own splits; `size=None` keeps the native size (28, 64, ...)."""
-    from medclf.data.medmnist import LEAKAGE_NOTE, medmnist_source
+    from medclf.data.medmnist import LEAKAGE_NOTE, medmnist_source, resize_images
 
     check_params(size, 0.0, 0.0, "none", None)
     out = Path(out)
@@ -384,7 +388,8 @@ def prepare_medmnist(npz: str | Path, out: str | Path, *, size: int | None = Non
         return out
     started = time.perf_counter()
     src = medmnist_source(npz, label_names, positive)
-    images = _resize_all(src.images, size, progress)
+    say(f"note: {LEAKAGE_NOTE}; the file's own splits are kept")
+    images = resize_images(src.images, size, progress)
     audit = leakage_audit(src.items["patient_id"], src.items["split"]) | {"note": LEAKAGE_NOTE}
     mode = "binary" if len(src.label_names) == 2 else "multiclass"
     meta = {"source": "medmnist", "label_names": src.label_names, "positive_index": src.positive_index,
@@ -392,17 +397,4 @@ def prepare_medmnist(npz: str | Path, out: str | Path, *, size: int | None = Non
             "input_fingerprint": fp}
     write_cache(out, images, src.items, meta, overwrite=True)
     _summary(out, read_json(out / "cache.json"), 0, time.perf_counter() - started)
-    return out
-
-
-def _resize_all(images: np.ndarray, size: int | None, progress: bool) -> np.ndarray:
-    """Already 8-bit arrays: only pad-to-square/resize (in-process: a 28-px image takes microseconds)."""
-    from tqdm import tqdm
-
-    if (size is None or size == images.shape[1]) and images.shape[1] == images.shape[2]:
-        return np.ascontiguousarray(images)
-    side = size or max(images.shape[1:])
-    out = np.empty((len(images), side, side), dtype=np.uint8)
-    for i in tqdm(range(len(images)), unit="img", desc="resize", disable=not progress, file=sys.stderr):
-        out[i] = fit_square(images[i], size)
     return out

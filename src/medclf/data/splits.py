@@ -99,8 +99,13 @@ def partition_indices(labels: Sequence[int], groups: Sequence[Any], k: int, seed
 
 def leakage_audit(patient_ids: Sequence[Any], splits: Sequence[str]) -> dict[str, Any]:
     """{'ok', 'patients_in_several_splits' (sorted), 'n_patients' {split: n}} as cache.json records it."""
-    frame = pd.DataFrame({"patient": pd.Series(patient_ids, dtype=object).astype(str), "split": list(splits)})
-    per_patient = frame.groupby("patient", sort=True)["split"].nunique()
-    leaked = sorted(per_patient.index[per_patient > 1].tolist())
-    n_patients = {s: int(frame.loc[frame["split"] == s, "patient"].nunique()) for s in SPLITS}
-    return {"ok": not leaked, "patients_in_several_splits": leaked, "n_patients": n_patients}
+    patients, names = pd.factorize(pd.Series(patient_ids, dtype=object).astype(str), sort=True)
+    split_code = pd.Categorical(list(splits), categories=list(SPLITS)).codes.astype(np.int64)
+    if (split_code < 0).any():
+        raise ValueError(f"unknown split values {sorted(set(splits) - set(SPLITS))}; valid: {list(SPLITS)}")
+    pairs = np.unique(patients * len(SPLITS) + split_code)  # distinct (patient, split) pairs
+    per_patient = np.bincount(pairs // len(SPLITS), minlength=len(names))
+    per_split = np.bincount(pairs % len(SPLITS), minlength=len(SPLITS))
+    leaked = [str(p) for p in np.asarray(names)[per_patient > 1]]
+    return {"ok": not leaked, "patients_in_several_splits": leaked,
+            "n_patients": {s: int(per_split[i]) for i, s in enumerate(SPLITS)}}

@@ -54,7 +54,8 @@ def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     return u, v
 
 
-def _ellipse(u: np.ndarray, v: np.ndarray, cu: float, cv: float, ru: float, rv: float, soft: float = 0.08) -> np.ndarray:
+def _ellipse(u: np.ndarray, v: np.ndarray, cu: float, cv: float, ru: float, rv: float,
+             soft: float = 0.08) -> np.ndarray:
     """1 inside, 0 outside, with a soft edge (anatomy has no hard borders)."""
     d = np.sqrt(((u - cu) / ru) ** 2 + ((v - cv) / rv) ** 2)
     return np.clip((1.0 - d) / soft, 0.0, 1.0)

@@ -80,7 +80,8 @@ def make_probs_fn(run: LoadedRun, engine: str, device: torch.device) -> ProbsFn 
     return onnx_probs_fn(onnx_session_for_run(run, device=device.type))
 
 
-def predict_batch(run: LoadedRun, files: list[Path], device: torch.device, probs_fn: ProbsFn | None = None) -> list[dict]:
+def predict_batch(run: LoadedRun, files: list[Path], device: torch.device,
+                  probs_fn: ProbsFn | None = None) -> list[dict]:
     images, good, rows = [], [], []
     for path in files:
         try:
@@ -111,7 +112,8 @@ def _ood_columns(run: LoadedRun, images: np.ndarray) -> list[dict]:
     return [{"ood": bool(f), "ood_score": float(s)} for s, f in zip(scores, flags)]
 
 
-def predict_arrays(run: LoadedRun, images: np.ndarray, device: torch.device, probs_fn: ProbsFn | None = None) -> np.ndarray:
+def predict_arrays(run: LoadedRun, images: np.ndarray, device: torch.device,
+                   probs_fn: ProbsFn | None = None) -> np.ndarray:
     """uint8 `B x S x S` -> probabilities `B x K` (eager PyTorch unless `probs_fn` is given, e.g. ONNX Runtime)."""
     transform = make_transform(run.contract, train=False)
     x = transform(torch.from_numpy(images).to(device))

@@ -75,8 +75,9 @@ class CamExplainer:
         cam_class = getattr(_grad_cam_module(), self.cam_class_name)
         targets = [LogOddsTarget(class_index) for _ in range(x.shape[0])]
         sink = contextlib.redirect_stderr(io.StringIO()) if self.quiet else contextlib.nullcontext()
-        with open_cam(cam_class, model) as cam, torch.enable_grad(), sink:
-            maps = cam(input_tensor=x, targets=targets)
+        # gradients are needed even when the caller runs under no_grad or inference_mode (a server)
+        with torch.inference_mode(False), torch.enable_grad(), open_cam(cam_class, model) as cam, sink:
+            maps = cam(input_tensor=x.clone(), targets=targets)
         return np.asarray(maps, dtype=np.float32)
 
 

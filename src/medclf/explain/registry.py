@@ -27,6 +27,7 @@ class Explainer(Protocol):
 
 
 _METHODS: dict[str, Callable[[], Explainer]] = {}
+BUILTIN_ORDER = ("gradcam", "gradcam++", "scorecam", "eigencam", "featuremaps", "rollout")
 
 
 def register_method(name: str, factory: Callable[[], Explainer]) -> None:
@@ -37,9 +38,10 @@ def register_method(name: str, factory: Callable[[], Explainer]) -> None:
 def list_methods(model: nn.Module | None = None) -> list[str]:
     """Method names in registration order; with `model`, only those that apply to it (rollout needs a ViT)."""
     _load_builtin()
+    names = sorted(_METHODS, key=lambda n: BUILTIN_ORDER.index(n) if n in BUILTIN_ORDER else len(BUILTIN_ORDER))
     if model is None:
-        return list(_METHODS)
-    return [n for n in _METHODS if _applies(_METHODS[n](), model)]
+        return names
+    return [n for n in names if _applies(_METHODS[n](), model)]
 
 
 def create_explainer(name: str) -> Explainer:
@@ -48,7 +50,7 @@ def create_explainer(name: str) -> Explainer:
     if name not in _METHODS:
         close = difflib.get_close_matches(name, list(_METHODS), n=2, cutoff=0.6)
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
-        raise MedclfError(f"unknown explanation method '{name}'{hint}; valid: {', '.join(_METHODS)}")
+        raise MedclfError(f"unknown explanation method '{name}'{hint}; valid: {', '.join(list_methods())}")
     return _METHODS[name]()
 
 

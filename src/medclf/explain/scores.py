@@ -1,7 +1,7 @@
 """Scores of maps against the RSNA boxes, and faithfulness (pure functions on arrays, DESIGN habit 5).
 
-- Pointing game (Zhang et al. 2016): a hit when the map's maximum lies inside a box. The maximum is the first
-  maximal pixel in row-major order (`np.argmax`); a flat map (nothing stands out) is a miss, counted as `flat`.
+- Pointing game (Zhang et al. 2016): a hit when the map's maximum lies inside a box (`peak`: a plateau of
+  maxima counts at its centre); a flat map (nothing stands out) is a miss, counted as `flat`.
 - Energy in box: the share of the map's total mass inside the union of the boxes (a flat zero map scores 0).
   A map that ignores the image scores the boxes' area fraction, reported as the chance level for both.
 - Faithfulness: ROAD (Rong et al. 2022) from grad-cam (`pytorch_grad_cam.metrics.road.ROADCombined`): pixels
@@ -15,6 +15,7 @@ Boxes are `[x, y, w, h]` in the map's pixels. A pixel belongs to a box when its 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -42,11 +43,22 @@ def is_flat(heat: np.ndarray) -> bool:
     return bool(np.ptp(heat) <= 1e-12)
 
 
+def peak(heat: np.ndarray) -> tuple[int, int]:
+    """(row, col) of the map's maximum. When the maximum is a plateau (a coarse map upsampled, e.g. 2x2 CAM
+    cells at 64 px, is flat around each cell centre up to the border), the maximal pixel nearest the
+    plateau's centroid, not its first pixel in row-major order, which would be the image's corner."""
+    top = np.argwhere(heat >= heat.max() - 1e-6)
+    if len(top) == 1:
+        return int(top[0, 0]), int(top[0, 1])
+    nearest = np.argmin(((top - top.mean(axis=0)) ** 2).sum(axis=1))
+    return int(top[nearest, 0]), int(top[nearest, 1])
+
+
 def pointing_hit(heat: np.ndarray, boxes: Sequence[Box]) -> bool:
-    """True when the map's maximum (first in row-major order) falls in a box; a flat map is a miss."""
+    """True when the map's maximum (`peak`) falls in a box; a flat map is a miss."""
     if is_flat(heat):
         return False
-    row, col = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    row, col = peak(heat)
     return bool(box_mask(boxes, heat.shape)[row, col])
 
 
@@ -77,15 +89,25 @@ def mean_ci(values: Sequence[float], n_boot: int = 1000, seed: int = 0) -> dict:
 
 def road_scores(model: torch.nn.Module, x: torch.Tensor, maps: np.ndarray, class_index: int,
                 percentiles: Sequence[int] = (10, 20, 30, 40, 50, 60, 70, 80, 90)) -> np.ndarray:
-    """ROAD combined score per image (`x`: normalised input batch, `maps`: B x H x W at its size)."""
+    """ROAD combined score per image (`x`: normalised input batch, `maps`: B x H x W at its size).
+
+    Equal to grad-cam's `ROADCombined` (mean over percentiles of (LeRF change - MoRF change) / 2): the
+    unperturbed probability cancels out of that difference, so it is not computed, which halves the forward
+    passes (`ROADCombined` recomputes it for every percentile and order).
+    """
     try:
-        from pytorch_grad_cam.metrics.road import ROADCombined
+        from pytorch_grad_cam.metrics.road import ROADLeastRelevantFirst, ROADMostRelevantFirst
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
     except ImportError as err:
         from medclf.errors import MedclfError
 
         raise MedclfError("ROAD needs the grad-cam package: pip install grad-cam") from err
     targets = [ClassifierOutputSoftmaxTarget(class_index) for _ in range(x.shape[0])]
-    with torch.no_grad():
-        scores = ROADCombined(percentiles=list(percentiles))(x, np.asarray(maps, dtype=np.float32), targets, model)
-    return np.asarray(scores, dtype=np.float64).reshape(-1)
+    cams = np.asarray(maps, dtype=np.float32)
+    after = {}
+    # grad-cam hands tensors to numpy functions, which NumPy 2 answers with a DeprecationWarning per call
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for order, metric in (("lerf", ROADLeastRelevantFirst), ("morf", ROADMostRelevantFirst)):
+            after[order] = np.mean([metric(p)(x, cams, targets, model, return_diff=False) for p in percentiles], 0)
+    return ((after["lerf"] - after["morf"]) / 2).astype(np.float64).reshape(-1)

@@ -40,6 +40,7 @@ def create_adversarial_objective(train_cfg, loss_fn: nn.Module, transform) -> Ca
     normalise = transform.normalise
 
     def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack=pgd) -> torch.Tensor:
+        model = local_module(model)
         with frozen_bn_stats(model):
             kwargs = {"keep_best": False} if attack is pgd else {}
             return attack(model, x, y, eps, normalise, steps=steps, generator=generator, **kwargs).detach()
@@ -55,7 +56,17 @@ def create_adversarial_objective(train_cfg, loss_fn: nn.Module, transform) -> Ca
         wrapper = find_advprop(model)
         with wrapper.auxiliary():
             x_adv = perturb(model, x, y)
-            adv_loss = loss_fn(model(normalise(x_adv)), y)
+            # one DDP forward per backward: the adversarial pass runs on the local module; its parameters
+            # (shared with the DDP model) still get their gradients reduced in the one backward
+            adv_loss = loss_fn(local_module(model)(normalise(x_adv)), y)
         return loss_fn(model(normalise(x)), y) + adv_loss
 
     return {"pgd": pgd_objective, "fgsm": fgsm_objective, "advprop": advprop_objective}[method]
+
+
+def local_module(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel: attack iterations need input gradients only, and extra DDP
+    forwards without their own backward would leave DDP's gradient reduction unfinished."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model

@@ -55,13 +55,15 @@ def attack_run(run_dir: str | Path, method: str = "pgd", eps: list[float] | tupl
         dataset = CacheDataset(cache, indices=dataset.indices[pick])
 
     run.model.eval()
+    tta = bool((run.config.get("eval") or {}).get("tta_flip", False))
+    model = FlipTTA(run.model) if tta else run.model  # attack the predictor as `evaluate` runs it
     transform = make_transform(run.contract, train=False)
     pos = run.contract.positive_index
     y = (dataset.labels == pos).astype(int)
     eps_list = sorted({0.0, *map(float, eps)})
     probs = {}
     for e in eps_list:
-        probs[e] = _attack_split(run.model, transform, dataset, run.contract.num_classes, attack, e, steps,
+        probs[e] = _attack_split(model, transform, dataset, run.contract.num_classes, attack, e, steps,
                                  batch_size, dev, seed, desc=f"{method} eps={e * 255:g}/255", progress=progress)
     clean_call = probs[0.0][:, pos] >= run.contract.threshold
     rows = []
@@ -72,15 +74,28 @@ def attack_run(run_dir: str | Path, method: str = "pgd", eps: list[float] | tupl
                      "loss": float(nll), "flip_rate": float(np.mean((probs[e][:, pos] >= run.contract.threshold) != clean_call)),
                      "ci": {k: m["ci"].get(k) for k in ROW_KEYS if k in (m.get("ci") or {})}})
     entry = {"method": method, "steps": steps if method == "pgd" else 1, "split": split, "data": str(cache_path),
-             "n": len(dataset), "n_pos": int(y.sum()), "threshold": float(run.contract.threshold), "rows": rows}
+             "n": len(dataset), "n_pos": int(y.sum()), "threshold": float(run.contract.threshold),
+             "tta_flip": tta, "rows": rows}
     _write(run_dir, entry)
     if n_examples > 0 and max(eps_list) > 0:
         from medclf.robust.plots import plot_attack_examples
 
         idx = _example_indices(probs[0.0][:, pos], probs[max(eps_list)][:, pos], run.contract.threshold, n_examples)
-        examples = _examples(run, transform, dataset, idx, attack, max(eps_list), steps, dev, seed)
+        examples = _examples(model, run.contract, transform, dataset, idx, attack, max(eps_list), steps, dev, seed)
         plot_attack_examples(examples, run.contract, method, max(eps_list), run_dir / f"attack_examples_{method}.png")
     return entry
+
+
+class FlipTTA(torch.nn.Module):
+    """The model averaged with its mirror image (eval.tta_flip), as log-probabilities, so attacks see it whole."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = (torch.softmax(self.model(x).float(), 1) + torch.softmax(self.model(x.flip(-1)).float(), 1)) / 2
+        return torch.log(probs.clamp_min(1e-12))
 
 
 def _attack_split(model, transform, dataset: CacheDataset, num_classes: int, attack, eps: float, steps: int,
@@ -105,16 +120,16 @@ def _example_indices(clean: np.ndarray, adv: np.ndarray, threshold: float, n: in
     return np.sort(order[:n])
 
 
-def _examples(run, transform, dataset: CacheDataset, idx: np.ndarray, attack, eps: float, steps: int,
+def _examples(model, contract, transform, dataset: CacheDataset, idx: np.ndarray, attack, eps: float, steps: int,
               device: torch.device, seed: int) -> list[dict]:
     images = torch.from_numpy(np.stack([np.asarray(dataset.cache.images[dataset.indices[i]]) for i in idx]))
     x = transform.unit(images.to(device))
     labels = torch.from_numpy(dataset.labels[idx]).to(device)
-    x_adv = attack(run.model, x, labels, eps, transform.normalise, steps=steps,
+    x_adv = attack(model, x, labels, eps, transform.normalise, steps=steps,
                    generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
-        p_clean = torch.softmax(run.model(transform.normalise(x)).float(), 1)[:, run.contract.positive_index]
-        p_adv = torch.softmax(run.model(transform.normalise(x_adv)).float(), 1)[:, run.contract.positive_index]
+        p_clean = torch.softmax(model(transform.normalise(x)).float(), 1)[:, contract.positive_index]
+        p_adv = torch.softmax(model(transform.normalise(x_adv)).float(), 1)[:, contract.positive_index]
     return [{"id": str(dataset.ids[i]), "label": int(dataset.labels[i]), "clean": x[j, 0].cpu().numpy(),
              "adv": x_adv[j, 0].cpu().numpy(), "p_clean": float(p_clean[j]), "p_adv": float(p_adv[j])}
             for j, i in enumerate(idx)]

@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from medclf.serve.predictor import Predictor
 from medclf.serve.uploads import UploadError, receive_uploads
@@ -111,10 +112,14 @@ def create_app(predictor: Predictor, max_upload_mb: float = DEFAULT_MAX_UPLOAD_M
         return info
 
     @app.post("/api/predict")
-    async def predict(request: Request, heatmap: bool = True, image: bool = True) -> dict[str, Any]:
+    async def predict(request: Request, heatmap: bool = True, image: bool = True) -> Any:
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="medclf-serve-", dir=upload_dir) as folder:
-            uploads = await receive_uploads(request.headers, request.stream(), Path(folder), max_bytes, max_files)
+            try:
+                uploads = await receive_uploads(request.headers, request.stream(), Path(folder), max_bytes,
+                                                max_files)
+            except ClientDisconnect:  # the client went away mid-upload: nobody to answer, nothing to log
+                return JSONResponse({"detail": "client disconnected"}, status_code=400)
             if not uploads:
                 raise UploadError(400, "no file in the request: send one or more files as multipart/form-data")
             results = await run_in_threadpool(predictor.predict, uploads, heatmap, image)

@@ -10,10 +10,9 @@ client's file name is kept for display only; it never becomes part of a path.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import AsyncIterator, BinaryIO
+from typing import AsyncIterator, BinaryIO, Mapping
 
 # What each accepted type starts with. DICOM: the 128-byte preamble then "DICM" (PS3.10 section 7.1).
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -115,7 +114,7 @@ class _Collector:
             raise UploadError(400, f"too many files in one request (at most {self.max_files})")
         self.part.filename = display_name(options[b"filename"].decode("utf-8", "replace"), index)
         self.part.path = self.folder / f"upload-{index:03d}"
-        # "xb": never follow or overwrite an existing file; 0o600 through the folder's own 0o700
+        # "xb": never follow or overwrite an existing file; others cannot read it (mkdtemp's folder is 0700)
         self.part.handle = open(self.part.path, "xb")
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
@@ -165,7 +164,7 @@ def multipart_boundary(content_type: str | None) -> bytes:
     return params[b"boundary"]
 
 
-async def receive_uploads(headers: dict[str, str] | object, stream: AsyncIterator[bytes], folder: Path,
+async def receive_uploads(headers: Mapping[str, str], stream: AsyncIterator[bytes], folder: Path,
                           max_bytes: int, max_files: int) -> list[Upload]:
     """Parse a multipart body from `stream` into files under `folder`, stopping with 413 past `max_bytes`.
 
@@ -180,7 +179,6 @@ async def receive_uploads(headers: dict[str, str] | object, stream: AsyncIterato
     declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise UploadError(413, too_large(max_bytes))
-    os.chmod(folder, 0o700)
     collector = _Collector(folder, max_files)
     parser = MultipartParser(boundary, collector.callbacks())
     received = 0

@@ -1,0 +1,193 @@
+"""Inference on the CPU from DICOM file to probability: eager PyTorch vs ONNX Runtime (and the deck's path).
+
+A ResNet50 run at 224 px (random weights: speed does not depend on them) is saved as a medclf run directory and
+exported with `medclf.export.export_run` (parity printed). Every engine goes through the same medclf path
+(`load_image` -> eval transform -> model), so the ratio is the engine's:
+- batch-1 latency per file, median and p95, engines alternated file by file so load changes hit both alike;
+- throughput: batches of `--batch` files through `predict_batch` (decode included);
+- the obvious ONNX Runtime levers (graph optimisation level, intra-op threads) on the model alone, batch 1.
+The deck's own per-file path (full-size decode, PIL, eager) is timed for reference at batch 1.
+Run: `python -m benchmarks.bench_inference` (writes benchmarks/results/inference.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks import common
+from benchmarks.deck_baseline import deck_model, deck_predict_file
+
+SIZE, CACHE_SIZE = 224, 256
+
+
+def make_run(out: Path) -> Path:
+    """A single-model run directory holding a seeded random ResNet50 (what `medclf train` would leave)."""
+    from medclf.models import create_model, save_checkpoint
+
+    torch.manual_seed(0)
+    model = create_model("resnet50", num_classes=2, input_size=SIZE, label_names=["normal", "pneumonia"])
+    with torch.no_grad():  # random ResNet50 logits are large; small ones keep probabilities off 0/1 so the
+        model.model.fc.weight.mul_(1e-3)  # parity check compares informative numbers
+    save_checkpoint(out / "best.pt", model, model.contract, config={}, extra={"cache_size": CACHE_SIZE})
+    return out
+
+
+def percentiles(ms: list[float]) -> tuple[float, float]:
+    return float(np.median(ms)), float(np.percentile(ms, 95))
+
+
+def latency(engines: dict, files: list[Path], run, device) -> dict[str, list[float]]:
+    """Milliseconds per file per engine, batch 1, the engines' order rotated from file to file."""
+    from medclf.engine.predict import predict_batch
+
+    out: dict[str, list[float]] = {name: [] for name in engines}
+    names = list(engines)
+    for i, path in enumerate(files):
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            start = time.perf_counter()
+            fn = engines[name]
+            if name == "deck":
+                fn(path)
+            else:
+                predict_batch(run, [path], device, fn)
+            out[name].append((time.perf_counter() - start) * 1000)
+    return out
+
+
+def throughput(engines: dict, files: list[Path], run, device, batch: int) -> dict[str, float]:
+    """images/s through predict_batch (decode + transform + model) per engine, batch by batch alternated."""
+    from medclf.engine.predict import predict_batch
+
+    seconds = {name: 0.0 for name in engines}
+    for start in range(0, len(files), batch):
+        chunk = files[start:start + batch]
+        for name, fn in engines.items():
+            t0 = time.perf_counter()
+            rows = predict_batch(run, chunk, device, fn)
+            seconds[name] += time.perf_counter() - t0
+            assert all(r["error"] == "" for r in rows)
+    return {name: len(files) / s for name, s in seconds.items()}
+
+
+def model_only_levers(onnx_path: Path, run, repeats: int) -> list[list]:
+    """Batch-1 model latency (ms, median) of eager PyTorch and ONNX Runtime sessions with other settings."""
+    from medclf.export import onnx_probs_fn, onnx_session
+    from medclf.engine.inference import predict_probs
+
+    x = torch.randn(1, 3, SIZE, SIZE)
+    cores = common.usable_cores()
+    threads = torch.get_num_threads()
+
+    def eager(n: int):
+        def call():
+            torch.set_num_threads(n)
+            try:
+                return predict_probs(run.model, x, torch.device("cpu"))
+            finally:
+                torch.set_num_threads(threads)
+        return call
+
+    configs = {f"eager PyTorch fp32, {n} threads": eager(n) for n in sorted({threads, 1}, reverse=True)}
+    for level, threads in [("all", cores), ("basic", cores), ("disable", cores), ("all", 1)]:
+        fn = onnx_probs_fn(onnx_session(onnx_path, threads=threads, opt_level=level))
+        configs[f"ONNX Runtime fp32, optimisation {level}, {threads} intra-op threads"] = (lambda f=fn: f(x))
+    times: dict[str, list[float]] = {name: [] for name in configs}
+    with torch.no_grad():
+        for fn in configs.values():
+            fn()  # warm-up
+    for _ in range(repeats):
+        for name, fn in configs.items():
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                fn()
+            times[name].append((time.perf_counter() - t0) * 1000)
+    return [[name, f"{np.median(ms):.1f}", f"{np.percentile(ms, 95):.1f}"] for name, ms in times.items()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=common.DEFAULT_DATA, help="RSNA-layout folder")
+    parser.add_argument("--files", type=int, default=20, help="files timed at batch 1")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--throughput-files", type=int, default=64, help="files timed in batches")
+    parser.add_argument("--repeats", type=int, default=10, help="model-only timings per lever")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if not common.data_available(args.data):
+        print(f"inference benchmark skipped: {args.data} not found")
+        return 0
+    from medclf.export import export_run, onnx_probs_fn, onnx_session
+    from medclf.runs import load_run
+
+    device = torch.device("cpu")  # the question is CPU serving; ONNX Runtime's CUDA provider is a separate install
+    files = sorted((args.data / "stage_2_train_images").glob("*.dcm"))
+    tmp = Path(tempfile.mkdtemp(prefix="bench-infer-"))
+    try:
+        run_dir = make_run(tmp / "run")
+        exported = export_run(run_dir, "onnx")
+        run = load_run(run_dir, device)
+        session = onnx_session(exported.path)
+        torch.manual_seed(0)
+        deck = deck_model(2).eval()
+        engines = {"eager": None, "onnx": onnx_probs_fn(session),
+                   "deck": lambda path: deck_predict_file(deck, path)}
+        latency(engines, files[:2], run, device)  # warm-up
+        t0 = time.perf_counter()
+        lat = latency(engines, files[: args.files], run, device)
+        t1 = time.perf_counter()
+        tput = throughput({"eager": None, "onnx": engines["onnx"]}, files[: args.throughput_files], run, device,
+                          args.batch)
+        t2 = time.perf_counter()
+        levers = model_only_levers(exported.path, run, args.repeats)
+        print(f"phases: export {exported.seconds:.0f} s, latency {t1 - t0:.0f} s, throughput {t2 - t1:.0f} s, "
+              f"levers {time.perf_counter() - t2:.0f} s")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    (e_med, e_p95), (o_med, o_p95), (d_med, d_p95) = (percentiles(lat[k]) for k in ("eager", "onnx", "deck"))
+    rows = [
+        ["deck (pydicom full decode, /max, PIL, Resize, eager fp32)", f"{d_med:.1f}", f"{d_p95:.1f}", "-"],
+        ["medclf eager PyTorch (load_image -> transform -> model)", f"{e_med:.1f}", f"{e_p95:.1f}",
+         f"{tput['eager']:.1f}"],
+        ["medclf ONNX Runtime (same path, --engine onnx)", f"{o_med:.1f}", f"{o_p95:.1f}", f"{tput['onnx']:.1f}"],
+    ]
+    lines = [
+        "# inference benchmark (ResNet50, 224 px, DICOM file -> probability, CPU)",
+        "",
+        f"machine: {common.machine()}",
+        f"device: {common.device_name(device)}; onnxruntime {onnx_version()}",
+        f"data: {args.files} RSNA DICOMs at batch 1 (engines alternated per file), "
+        f"{min(len(files), args.throughput_files)} for throughput at batch {args.batch}; decode to {CACHE_SIZE} px, "
+        f"model input {SIZE} px",
+        f"export: {exported.summary()}",
+        "",
+        *common.md_table(["path", "batch-1 latency median ms", "p95 ms", f"images/s at batch {args.batch}"], rows),
+        "",
+        f"ratio (ONNX Runtime / eager), batch-1 median latency: **{e_med / o_med:.2f}x** (target >= 1.5x); "
+        f"p95: {e_p95 / o_p95:.2f}x; throughput at batch {args.batch}: **{tput['onnx'] / tput['eager']:.2f}x**",
+        f"ratio (medclf eager / deck), batch-1 median latency: {d_med / e_med:.2f}x",
+        "",
+        "## levers, model only (batch 1, no decode)",
+        "",
+        *common.md_table(["engine and settings", "median ms", "p95 ms"], levers),
+        "",
+        "command: `python -m benchmarks.bench_inference`",
+    ]
+    common.write_result("inference", lines, args.out)
+    return 0
+
+
+def onnx_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,167 @@
+"""`medclf explain` end to end on the tiny cache: overlays, feature-map grids, box scores, gallery, report."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from medclf.data.cache import Cache
+from medclf.data.transforms import make_transform
+from medclf.engine.predict import predict_files
+from medclf.errors import MedclfError
+from medclf.explain.registry import compute_maps, resize_maps
+from medclf.explain.scores import energy_in_box
+from medclf.report.html import build_report
+from medclf.runs import load_run
+
+
+def _app():
+    from medclf.cli.main import app
+
+    return app
+
+
+def _invoke(*args):
+    return CliRunner().invoke(_app(), [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def pngs(tiny_cache, tmp_path_factory):
+    """Test-split images 9 (positive, box) and 14 (negative) of the tiny cache written as PNG files."""
+    folder = tmp_path_factory.mktemp("pngs")
+    images = Cache.open(tiny_cache).images
+    for i in (9, 14):
+        Image.fromarray(np.asarray(images[i])).save(folder / f"img{i:03d}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def scored(cnn_run, tiny_cache):
+    r = _invoke("explain", cnn_run, "--data", tiny_cache, "--split", "test", "--score", "--methods",
+                "gradcam,eigencam", "--n-boot", 50, "--gallery", 1)
+    assert r.exit_code == 0, r.output
+    return cnn_run, r.output
+
+
+def test_overlays_are_written_with_the_predicted_probability(cnn_run, pngs, tmp_path):
+    r = _invoke("explain", cnn_run, pngs, "--method", "gradcam++", "--out", tmp_path)
+    assert r.exit_code == 0, r.output
+    assert "2 overlay(s) written" in r.output
+    table = pd.read_csv(tmp_path / "explanations.csv")
+    assert table["png"].tolist() == [str(tmp_path / "img009_gradcampp.png"), str(tmp_path / "img014_gradcampp.png")]
+    expected = predict_files(cnn_run, [pngs], progress=False)["prob"].tolist()  # the probability predict gives
+    np.testing.assert_allclose(table["prob"], expected, atol=1e-6)
+    picture = np.asarray(Image.open(tmp_path / "img009_gradcampp.png"))
+    assert picture.shape == (192, 192, 3)  # a 32 px image drawn at the 192 px minimum
+    assert (picture[..., 0] != picture[..., 2]).any()  # the heat colour is blended in somewhere
+
+
+def test_overlay_keeps_the_grey_radiograph_where_the_map_is_zero():
+    from medclf.explain.overlay import heat_overlay
+
+    image = np.full((4, 4), 100, dtype=np.uint8)
+    heat = np.zeros((4, 4), dtype=np.float32)
+    heat[0, 0] = 1.0
+    rgb = heat_overlay(image, heat, alpha=0.5)
+    assert (rgb[3, 3] == 100).all()  # no false colour where the map says nothing
+    # jet(1.0) = (0.5, 0, 0): half opacity gives 0.5 * 100/255 + 0.5 * 0.5 -> 0.446 * 255 = 114 (red), 50 (g, b)
+    assert rgb[0, 0].tolist() == [114, 50, 50]
+
+
+def test_featuremaps_writes_a_grid_of_strongest_channels_per_stage(cnn_run, pngs, tmp_path):
+    r = _invoke("explain", cnn_run, pngs / "img009.png", "--method", "featuremaps", "--out", tmp_path)
+    assert r.exit_code == 0, r.output
+    grid = np.asarray(Image.open(tmp_path / "img009_featuremaps_grid.png"))
+    # 4 stages (layer1..layer4) x 6 channels of 128 px panels with 4 px gaps
+    assert grid.shape == (4 * 128 + 3 * 4, 6 * 128 + 5 * 4, 3)
+    assert (tmp_path / "img009_featuremaps.png").is_file()
+
+
+def test_bad_requests_fail_with_one_line_naming_the_problem(cnn_run, pngs, tiny_cache):
+    cases = [
+        (["--method", "gradcamm"], "unknown explanation method 'gradcamm' (did you mean gradcam"),
+        (["--method", "rollout"], "'rollout' needs a Vision Transformer and resnet18 is not one"),
+    ]
+    for extra, message in cases:
+        r = _invoke("explain", cnn_run, pngs, *extra)
+        assert isinstance(r.exception, MedclfError) and message in str(r.exception)
+    r = _invoke("explain", cnn_run, "--score")
+    assert str(r.exception) == "--score needs --data CACHE (a prepared cache whose manifest has boxes)"
+    r = _invoke("explain", cnn_run, "--data", tiny_cache, "--score", "--split", "holdout")
+    assert str(r.exception) == "--split must be one of train, val, test or all, not 'holdout'"
+    r = _invoke("explain", cnn_run, "--data", tiny_cache)
+    assert "add --score" in str(r.exception)
+
+
+def test_scores_cover_the_boxed_positives_of_the_split(scored, tiny_cache):
+    run, output = scored
+    result = json.loads((run / "explain_scores.json").read_text())
+    # test split = rows i % 5 == 4; positives i % 3 == 0: rows 9, 24, 39, 54, one 8 x 8 box each in 32 x 32
+    assert (result["n_images"], result["n_boxes"], result["cache_size"], result["input_size"]) == (4, 4, 32, 64)
+    assert result["chance"]["mean"] == pytest.approx(64 / 1024)
+    assert list(result["methods"]) == ["gradcam", "eigencam"]
+    for s in result["methods"].values():
+        assert s["n"] == 4 and s["pointing_game"]["mean"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+        assert 0.0 <= s["energy_in_box"]["mean"] <= 1.0
+        lo, hi = s["road"]["ci"]
+        assert -1.0 <= lo <= s["road"]["mean"] <= hi <= 1.0
+    assert "| gradcam | 4 |" in output and "| gradcam | 4 |" in (run / "explain_scores.md").read_text()
+    per_image = pd.read_csv(run / "explain_scores_per_image.csv")
+    assert per_image["id"].tolist() == ["img009", "img024", "img039", "img054"] * 2
+
+
+def test_scores_are_computed_on_maps_resized_to_the_cache(scored, tiny_cache):
+    run, _ = scored
+    per_image = pd.read_csv(run / "explain_scores_per_image.csv")
+    cache, loaded = Cache.open(tiny_cache), load_run(run)
+    x = make_transform(loaded.contract, train=False)(torch.from_numpy(np.asarray(cache.images[[9]])))
+    heat = resize_maps(compute_maps(loaded.model, x, "eigencam", 1), 32).numpy()[0]  # 64 px map -> 32 px cache
+    row = per_image[(per_image["method"] == "eigencam") & (per_image["id"] == "img009")].iloc[0]
+    assert row["energy_in_box"] == pytest.approx(energy_in_box(heat, cache.boxes(9)), abs=1e-6)
+
+
+def test_gallery_and_report_section(scored):
+    run, _ = scored
+    gallery = json.loads((run / "explain_scores.json").read_text())["gallery"]
+    assert gallery and set(gallery) <= {"tp", "fp", "fn", "tn"}
+    for outcome, info in gallery.items():
+        picture = np.asarray(Image.open(run / "explain" / info["png"]))
+        assert picture.shape == (192, 3 * 192 + 2 * 4, 3)  # one image: radiograph + 2 methods
+        assert len(info["images"]) == 1
+    html = build_report(run).read_text()
+    section = html.split('<section id="explanations">')[1].split("</section>")[0]
+    assert "<td>gradcam</td>" in section and "<td>eigencam</td>" in section
+    assert section.count("data:image/png;base64,") == len(gallery)
+
+
+def test_every_split_can_be_scored(cnn_run, tiny_cache, tmp_path):
+    r = _invoke("explain", cnn_run, "--data", tiny_cache, "--split", "all", "--score", "--methods", "featuremaps",
+                "--no-road", "--gallery", 0, "--n-boot", 20, "--out", tmp_path)
+    assert r.exit_code == 0, r.output
+    result = json.loads((tmp_path / "explain_scores.json").read_text())
+    assert result["n_images"] == 20 and result["methods"]["featuremaps"]["road"] is None  # 60 images, 1/3 positive
+    assert result["gallery"] == {} and not (tmp_path / "explain").exists()
+    r = _invoke("explain", cnn_run, "--data", tiny_cache, "--split", "all", "--score", "--methods", "featuremaps",
+                "--no-road", "--gallery", 0, "--n-boot", 20, "--out", tmp_path, "--max-images", 3)
+    assert json.loads((tmp_path / "explain_scores.json").read_text())["n_images"] == 3
+
+
+def test_report_has_no_explanations_section_before_scoring(run_factory, model_factory, tmp_path):
+    from medclf.report.section_explain import section_explain
+
+    write_run, _ = run_factory
+    run = write_run(tmp_path / "run", model_factory("resnet18", 64))
+    assert section_explain(run) is None
+    assert 'id="explanations"' not in build_report(run).read_text()
+
+
+def test_an_ensemble_run_is_explained_through_its_members(run_factory, model_factory, pngs, tmp_path):
+    _, write_ensemble_run = run_factory
+    run = write_ensemble_run(tmp_path / "ens", [model_factory("resnet18", 64, seed=s) for s in (1, 2)])
+    r = _invoke("explain", run, pngs / "img009.png", "--method", "gradcam")
+    assert r.exit_code == 0, r.output
+    assert np.asarray(Image.open(run / "explain" / "img009_gradcam.png")).shape == (192, 192, 3)
