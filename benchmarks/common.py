@@ -38,7 +38,8 @@ def device_name(device: torch.device) -> str:
 
 def machine() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return (f"{cpu_model()}; {usable_cores()} usable cores (os.cpu_count()={os.cpu_count()}); GPU: {gpu}; "
+    load = f"; load average {os.getloadavg()[0]:.1f} when measured" if hasattr(os, "getloadavg") else ""
+    return (f"{cpu_model()}; {usable_cores()} usable cores (os.cpu_count()={os.cpu_count()}){load}; GPU: {gpu}; "
             f"torch {torch.__version__}; python {platform.python_version()}; {platform.platform()}")
 
 

@@ -61,11 +61,11 @@ def rss_mib(pid: int) -> float:
     return int(re.search(r"VmRSS:\s+(\d+) kB", text).group(1)) / 1024
 
 
-def start_server(run: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
+def start_server(run: Path, log_path: Path, device: str = "cpu") -> tuple[subprocess.Popen, str]:
     """The server as a child process on a free port (uvicorn picks it: --port 0); returns (process, base URL)."""
     log = open(log_path, "w+")
     proc = subprocess.Popen([sys.executable, "-m", "medclf", "serve", str(run), "--host", HOST, "--port", "0",
-                             "--device", "cpu"], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+                             "--device", device], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         found = re.search(rf"Uvicorn running on http://{re.escape(HOST)}:(\d+)", log_path.read_text())
@@ -137,13 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=32)
+    parser.add_argument("--device", default="cpu", help="the server's --device (cpu, cuda, ...)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="markdown summary to write ('-': none)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="medclf-load-") as tmp:
         tmp = Path(tmp)
         run = args.run or stand_in_run(tmp / "run")
         image = args.image or stand_in_dicom(tmp / "data")
-        proc, base = start_server(run, tmp / "server.log")
+        proc, base = start_server(run, tmp / "server.log", args.device)
         try:
             warm = load(base, image, args.warmup, args.clients, proc.pid, max(1, args.warmup))
             rss_warm = rss_mib(proc.pid)
@@ -156,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
                    "rss_end_mib": round(rss_end, 1), "rss_growth_mib": round(growth, 1),
                    "run": str(args.run or "stand-in resnet18 224 px (untrained)"),
                    "image": str(args.image or "synthetic 1024 px JPEG-Baseline DICOM"),
-                   "clients": args.clients, "cpus": os.cpu_count(), "load_average": os.getloadavg()[0],
+                   "clients": args.clients, "device": args.device, "cpus": os.cpu_count(),
+                   "load_average": os.getloadavg()[0],
                    "python": platform.python_version()})
     flat = growth <= max(20.0, 0.05 * rss_warm)
     ok = result["failures"] == 0 and warm["failures"] == 0 and flat
@@ -178,8 +180,8 @@ def write_summary(path: Path, r: dict, ok: bool, argv: list[str]) -> None:
 Command: `{' '.join(['python -m benchmarks.load_serve', *argv])}`  ({'PASS' if ok else 'FAIL'})
 
 Served: {r['run']}; each request uploads {r['image']} and gets probability, decision and Grad-CAM heatmap.
-{r['requests']} requests from {r['clients']} concurrent clients on 127.0.0.1, one uvicorn worker, CPU only
-({r['cpus']} cores, load average {r['load_average']:.1f} at the end: the machine was shared).
+{r['requests']} requests from {r['clients']} concurrent clients on 127.0.0.1, one uvicorn worker, model on
+`{r['device']}` ({r['cpus']} CPU cores, load average {r['load_average']:.1f} at the end).
 
 | requests/s | p50 ms | p95 ms | p99 ms | max ms | failed |
 |---:|---:|---:|---:|---:|---:|

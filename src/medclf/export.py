@@ -23,6 +23,7 @@ import contextlib
 import copy
 import hashlib
 import json
+import logging
 import tempfile
 import time
 import warnings
@@ -42,7 +43,7 @@ FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 INPUT_NAME, OUTPUT_NAME = "input", "probs"
 ORT_LEVELS = ("disable", "basic", "extended", "all")
-DEFAULT_TOLERANCE = 1e-4
+log = logging.getLogger("medclf.export")
 
 
 class ProbabilityModel(nn.Module):
@@ -90,11 +91,12 @@ def export_run(run_dir: str | Path, format: str = "onnx", out: str | Path | None
     inputs = parity_inputs(run, n_check)
     module = ProbabilityModel(run.model).eval()
     meta = export_metadata(run)
+    example = torch.cat([inputs, inputs])[:2]  # batch 2: a batch-1 example would pin the batch axis to 1
     if format == "onnx":
-        export_onnx(module, inputs[:2], out, meta)
+        export_onnx(module, example, out, meta)
         exported = onnx_probs_fn(onnx_session(out))
     else:
-        export_torchscript(module, inputs[:2], out, meta)
+        export_torchscript(module, example, out, meta)
         exported = torchscript_probs_fn(load_torchscript(out))
     diff = parity(module, exported, inputs)
     result = ExportResult(out, format, diff, len(inputs), tuple(inputs.shape), time.perf_counter() - start)
@@ -110,15 +112,34 @@ def export_run(run_dir: str | Path, format: str = "onnx", out: str | Path | None
 def export_onnx(module: nn.Module, example: torch.Tensor, path: str | Path, metadata: dict[str, str] | None = None,
                 opset: int | None = None) -> Path:
     """ONNX with a dynamic batch axis, written atomically; `torch.export`-based exporter (torch's default)."""
-    _require("onnx", "onnxscript")
+    onnx = _require("onnx", "onnxscript")[0]
     batch = torch.export.Dim("batch", min=1, max=65536)
-    with _quiet():
-        program = torch.onnx.export(module, (example,), None, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                    dynamic_shapes={"x": {0: batch}}, opset_version=opset, dynamo=True,
-                                    verbose=False)
+    try:
+        with _quiet():
+            program = torch.onnx.export(module, (example,), None, input_names=[INPUT_NAME],
+                                        output_names=[OUTPUT_NAME], dynamic_shapes={"x": {0: batch}},
+                                        opset_version=opset, dynamo=True, verbose=False)
+    except Exception as err:  # an op torch.export cannot capture: the TorchScript-based exporter may still manage
+        log.warning("torch.export-based ONNX export failed (%s); using the TorchScript-based exporter",
+                    str(err).splitlines()[0] if str(err) else type(err).__name__)
+        return _export_onnx_legacy(onnx, module, example, path, metadata or {}, opset)
     program.model.metadata_props.update(metadata or {})
     with atomic_path(path) as tmp:
         program.save(tmp, external_data=False)  # one self-contained file (models < 2 GB)
+    return Path(path)
+
+
+def _export_onnx_legacy(onnx, module: nn.Module, example: torch.Tensor, path: str | Path, metadata: dict[str, str],
+                        opset: int | None) -> Path:
+    with atomic_path(path) as tmp, _quiet():
+        torch.onnx.export(module, (example,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                          opset_version=opset or 17, dynamo=False)
+        model = onnx.load(str(tmp))
+        for key, value in metadata.items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(model, str(tmp))
     return Path(path)
 
 

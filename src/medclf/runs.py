@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from medclf.errors import MedclfError
@@ -20,6 +21,13 @@ class LoadedRun:
     image_size: int  # the square size images are brought to before the model's own resize (the cache size)
     name: str
     config: dict
+    norm: str = "robust"  # the grey-level normalisation the cache was prepared with (`prepare --norm`)
+
+    def load_image(self, path: str | Path) -> "np.ndarray":
+        """One DICOM/PNG/JPEG file as the uint8 `S x S` image the training cache would have held."""
+        from medclf.data.imageio import load_image
+
+        return load_image(path, self.image_size, norm=self.norm)
 
 
 def load_run(run_dir: str | Path, device: torch.device | str = "cpu") -> LoadedRun:
@@ -49,6 +57,7 @@ def load_single(checkpoint: Path, device: torch.device | str = "cpu") -> LoadedR
         image_size=int(extra.get("cache_size") or contract.input_size),
         name=checkpoint.parent.name,
         config=payload.get("config") or {},
+        norm=extra.get("cache_norm") or "robust",
     )
 
 

@@ -58,7 +58,7 @@ def test_three_shards_merge_into_the_unsharded_cache(synthetic, tmp_path):
     merged = merge_shards(list(reversed(parts)), tmp_path / "merged", progress=False)  # any order
     _same_cache(whole, merged)
     meta = Cache.open(merged).meta
-    assert "shard" not in meta and "shard" not in meta["params"] and len(meta["merged_from"]) == 3
+    assert "shard" not in meta and len(meta["merged_from"]) == 3
     assert meta["input_fingerprint"] == Cache.open(whole).meta["input_fingerprint"]
     # the unsharded prepare recognises the merged cache as its own output
     _rsna(synthetic, merged)

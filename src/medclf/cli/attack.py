@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
                                 help="Comma-separated L-inf radii in unit grey range; fractions allowed (1/255)."),
         steps: int = typer.Option(10, "--steps", help="PGD iterations (step size 2.5*eps/steps, random start)."),
         split: str = typer.Option("test", "--split", help="train, val or test."),
-        data: Optional[Path] = typer.Option(None, "--data", help="Another prepared cache [default: the run's]."),
+        data: Optional[Path] = typer.Option(None, "--data", help="Another prepared cache (default: the run's cache)."),
         batch_size: int = typer.Option(32, "--batch-size"),
         max_images: Optional[int] = typer.Option(None, "--max-images", help="Attack a seeded random subset."),
         n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the 95% intervals."),

@@ -44,8 +44,9 @@ def main() -> None:
         if isinstance(err, click.exceptions.ClickException):
             err.show()
             sys.exit(err.exit_code)
-        if isinstance(err, click.exceptions.Abort):
-            sys.exit(1)
+        if isinstance(err, click.exceptions.Abort):  # click turns Ctrl-C into Abort
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
         raise
 
 

@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
         run: Path = typer.Argument(..., help="Run directory."),
         ood: str = typer.Option(..., "--ood", help="Prepared cache of OOD images, or 'noise' / 'natural' (synthetic)."),
         split: str = typer.Option("test", "--split", help="In-distribution split to compare with (train, val, test)."),
-        data: Optional[Path] = typer.Option(None, "--data", help="In-distribution cache [default: the run's]."),
+        data: Optional[Path] = typer.Option(None, "--data", help="In-distribution cache (default: the run's cache)."),
         score: str = typer.Option("mahalanobis", "--score", help="Score stored in the checkpoint for predict/serve."),
         accept_rate: float = typer.Option(0.95, "--accept-rate", help="Share of validation images the threshold accepts."),
         store: bool = typer.Option(True, "--store/--no-store", help="Save the fitted detector into best.pt."),

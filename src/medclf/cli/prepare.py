@@ -1,9 +1,9 @@
-"""`medclf prepare rsna|medmnist|folder`: decode a dataset once into the cache the other commands read."""
+"""`medclf prepare rsna|medmnist|folder|merge`: decode a dataset once into the cache the other commands read."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -29,6 +29,14 @@ _FORCE = typer.Option(False, "--force", help="Replace an existing cache made fro
 _QUIET = typer.Option(False, "--quiet", help="No progress bar.")
 _NAMES = typer.Option(None, "--label-names", help="Comma-separated class names in label-index order.")
 _POSITIVE = typer.Option(None, "--positive", help="Positive class (name or index) for binary metrics.")
+_SHARD = typer.Option(None, "--shard", help="i/n: prepare only part i (0..n-1) of the labelled images, e.g. one "
+                      "part per machine; join the parts with `medclf prepare merge`.")
+
+
+def _shard(text: Optional[str]) -> Optional[tuple[int, int]]:
+    from medclf.data.shards import parse_shard
+
+    return parse_shard(text) if text else None
 
 
 def _names(text: Optional[str]) -> Optional[list[str]]:
@@ -45,14 +53,14 @@ def rsna_cmd(
     label_mode: str = typer.Option("binary", "--label-mode", help="binary (normal/pneumonia) or detailed (3 classes)."),
     size: int = _SIZE, val: float = _VAL, test: float = _TEST, seed: int = _SEED,
     workers: Optional[int] = _WORKERS, norm: str = _NORM, skip_missing: bool = _SKIP_MISSING,
-    skip_bad: bool = _SKIP_BAD, force: bool = _FORCE, quiet: bool = _QUIET,
+    skip_bad: bool = _SKIP_BAD, force: bool = _FORCE, quiet: bool = _QUIET, shard: Optional[str] = _SHARD,
 ) -> None:
     """RSNA Pneumonia Detection Challenge layout -> cache (one label per patient, boxes scaled)."""
     from medclf.data.prepare import prepare_rsna
 
     path = prepare_rsna(images, labels, out, classes=classes, label_mode=label_mode, size=size, val=val, test=test,
                         seed=seed, workers=workers, norm=norm, skip_missing=skip_missing, skip_bad=skip_bad,
-                        force=force, progress=not quiet)
+                        force=force, progress=not quiet, shard=_shard(shard))
     typer.echo(str(path))
 
 
@@ -81,14 +89,28 @@ def folder_cmd(
     workers: Optional[int] = _WORKERS, norm: str = _NORM,
     label_names: Optional[str] = _NAMES, positive: Optional[str] = _POSITIVE,
     skip_missing: bool = _SKIP_MISSING, skip_bad: bool = _SKIP_BAD, force: bool = _FORCE, quiet: bool = _QUIET,
+    shard: Optional[str] = _SHARD,
 ) -> None:
     """Folder of images + labels CSV -> cache, split by patient like RSNA."""
     from medclf.data.prepare import prepare_folder
 
     path = prepare_folder(images, labels, out, size=size, val=val, test=test, seed=seed, workers=workers, norm=norm,
                           label_names=_names(label_names), positive=positive, skip_missing=skip_missing,
-                          skip_bad=skip_bad, force=force, progress=not quiet)
+                          skip_bad=skip_bad, force=force, progress=not quiet, shard=_shard(shard))
     typer.echo(str(path))
+
+
+@prepare_app.command("merge")
+def merge_cmd(
+    shards: List[Path] = typer.Argument(..., help="The shard caches written with --shard i/n (all n of them)."),
+    out: Path = _OUT,
+    force: bool = typer.Option(False, "--force", help="Replace an existing cache at --out."),
+    quiet: bool = _QUIET,
+) -> None:
+    """Join the parts of a sharded prepare into one cache, identical to an unsharded run's (same content_hash)."""
+    from medclf.data.shards import merge_shards
+
+    typer.echo(str(merge_shards(shards, out, force=force, progress=not quiet)))
 
 
 def register(app: typer.Typer) -> None:

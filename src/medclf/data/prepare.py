@@ -30,7 +30,8 @@ from medclf.data.cache import cache_writer, versions, write_cache
 from medclf.data.dicom import NORMS, preload
 from medclf.data.imageio import load_with_info, scale_boxes
 from medclf.data.rsna import label_problems, report_dict
-from medclf.data.splits import leakage_audit, split_patients
+from medclf.data.shards import job_fingerprint, shard_meta, split_then_shard
+from medclf.data.splits import leakage_audit
 from medclf.errors import DataError
 from medclf.io import atomic_path, read_json
 
@@ -81,6 +82,7 @@ class FileJob:
     force: bool = False
     progress: bool = True
     extra_meta: dict[str, Any] = field(default_factory=dict)
+    shard: tuple[int, int] | None = None  # (i, n): only block i of n of the table (shards.py)
 
 
 def check_params(size: int | None, val: float, test: float, norm: str, workers: int | None) -> None:
@@ -253,11 +255,12 @@ def run_file_job(job: FileJob) -> Path:
     """Decode (resumably), split, audit and write the cache of a file-based source."""
     started = time.perf_counter()
     out = job.out
-    if up_to_date(out, job.fingerprint, job.force, job.params):
+    if up_to_date(out, job_fingerprint(job.fingerprint, job.shard), job.force, job.params):
         return out
     if job.items.empty:
         raise DataError(f"{out}: no labelled images to prepare")
-    paths = job.items["path"].tolist()
+    items = split_then_shard(job.items, job.val, job.test, job.seed, job.shard)
+    paths = items["path"].tolist()
     partial = out.parent / f"{out.name}.partial"
     chunks = chunk_files(paths, partial, job.size, job.norm)
     offsets = np.cumsum([0] + [len(members) for _, members in chunks])
@@ -273,18 +276,20 @@ def run_file_job(job: FileJob) -> Path:
                              job.progress, assemble)
         ok = np.array([m["ok"] for m in metas])
         skipped = [{"id": i, "path": p, "reason": m["error"]}
-                   for i, p, m in zip(job.items["id"], paths, metas) if not m["ok"]]
+                   for i, p, m in zip(items["id"], paths, metas) if not m["ok"]]
         if skipped:
             say(f"--skip-bad: skipped {len(skipped)} bad files: " + "; ".join(s["reason"] for s in skipped[:5]))
         if not ok.any():
             raise DataError(f"{out}: none of the {len(paths)} images could be decoded")
         writer.keep_rows(ok)
-        manifest = _manifest(job, job.items[ok].reset_index(drop=True), [m for m in metas if m["ok"]])
+        manifest = _manifest(job, items[ok].reset_index(drop=True), [m for m in metas if m["ok"]])
         audit = leakage_audit(manifest["patient_id"], manifest["split"])
         if not audit["ok"]:  # cannot happen with split_patients; guards any future split source
             raise DataError(f"{out}: patients in several splits: {audit['patients_in_several_splits'][:5]}")
         audit.update(job.extra_meta.pop("leakage_note", {}))
         meta = _meta(job, audit, job.extra_meta.pop("skipped", []) + skipped)
+        if job.shard is not None:
+            meta.update(shard_meta(job.shard, len(job.items), job.fingerprint))
         meta["timings"] = {"seconds": round(time.perf_counter() - started, 2)}
         full = writer.finish(manifest, meta)
     shutil.rmtree(partial, ignore_errors=True)
@@ -294,11 +299,7 @@ def run_file_job(job: FileJob) -> Path:
 
 def _manifest(job: FileJob, kept: pd.DataFrame, metas: list[dict[str, Any]]) -> pd.DataFrame:
     headers = [m["header"] for m in metas]
-    frame = kept[["id", "patient_id", "label", "label_name"]].copy()
-    if "split" in kept:
-        frame["split"] = kept["split"].to_numpy()
-    else:
-        frame["split"] = split_patients(kept["label"], kept["patient_id"], job.val, job.test, job.seed)
+    frame = kept[["id", "patient_id", "label", "label_name", "split"]].copy()
     frame["boxes"] = [json.dumps(scale_boxes(b, tuple(m["shape"]), job.size)) for b, m in zip(kept["boxes"], metas)]
     frame["view"] = [h.get("view", "") for h in headers]
     frame["sex"] = [h.get("sex", "") for h in headers]
@@ -326,8 +327,9 @@ def _summary(out: Path, meta: dict[str, Any], n_skipped: int, seconds: float) ->
 def prepare_rsna(images: str | Path, labels: str | Path, out: str | Path, *, classes: str | Path | None = None,
                  label_mode: str = "binary", size: int = 256, val: float = 0.1, test: float = 0.1, seed: int = 0,
                  workers: int | None = None, norm: str = "robust", skip_missing: bool = False,
-                 skip_bad: bool = False, force: bool = False, progress: bool = True) -> Path:
-    """RSNA challenge layout -> cache; returns the cache path."""
+                 skip_bad: bool = False, force: bool = False, progress: bool = True,
+                 shard: tuple[int, int] | None = None) -> Path:
+    """RSNA challenge layout -> cache; returns the cache path. `shard=(i, n)`: block i of n only (shards.py)."""
     from medclf.data.rsna import rsna_source
 
     check_params(size, val, test, norm, workers)
@@ -343,7 +345,7 @@ def prepare_rsna(images: str | Path, labels: str | Path, out: str | Path, *, cla
                   for n in src.report.images_without_labels]
     job = FileJob("rsna", src.items, out, size, norm, src.label_names, src.positive_index, label_mode,
                   {**params, "workers": workers}, fp, val, test, seed, workers, skip_bad, force, progress,
-                  {"label_check": report, "skipped": unlabelled})
+                  {"label_check": report, "skipped": unlabelled}, shard=shard)
     return run_file_job(job)
 
 
@@ -351,8 +353,9 @@ def prepare_folder(images: str | Path, labels: str | Path, out: str | Path, *, s
                    test: float = 0.1, seed: int = 0, workers: int | None = None, norm: str = "robust",
                    label_names: Sequence[str] | None = None, positive: str | int | None = None,
                    skip_missing: bool = False, skip_bad: bool = False, force: bool = False,
-                   progress: bool = True) -> Path:
-    """Folder of PNG/JPEG/DICOM + `path,label[,patient_id]` CSV -> cache; returns the cache path."""
+                   progress: bool = True, shard: tuple[int, int] | None = None) -> Path:
+    """Folder of PNG/JPEG/DICOM + `path,label[,patient_id]` CSV -> cache; returns the cache path.
+    `shard=(i, n)`: block i of n only (shards.py)."""
     from medclf.data.folder import folder_source
 
     check_params(size, val, test, norm, workers)
@@ -369,7 +372,8 @@ def prepare_folder(images: str | Path, labels: str | Path, out: str | Path, *, s
         extra["leakage_note"] = {"note": "no patient_id column: each image is its own patient"}
     mode = "binary" if len(src.label_names) == 2 else "multiclass"
     job = FileJob("folder", src.items, out, size, norm, src.label_names, src.positive_index, mode,
-                  {**params, "workers": workers}, fp, val, test, seed, workers, skip_bad, force, progress, extra)
+                  {**params, "workers": workers}, fp, val, test, seed, workers, skip_bad, force, progress, extra,
+                  shard=shard)
     return run_file_job(job)
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from medclf.data.cache import Cache, cache_writer
-from medclf.data.splits import leakage_audit
+from medclf.data.splits import leakage_audit, split_patients
 from medclf.errors import DataError
 from medclf.io import read_json
 
@@ -61,14 +61,31 @@ def shard_rows(n_rows: int, shard: tuple[int, int]) -> slice:
     return slice(start, stop)
 
 
-def shard_fingerprint(full_fingerprint: str, shard: tuple[int, int]) -> str:
-    """A shard's own input fingerprint (its `up to date` check), derived from the whole job's."""
+def split_then_shard(items: pd.DataFrame, val: float, test: float, seed: int,
+                     shard: tuple[int, int] | None) -> pd.DataFrame:
+    """The label table with its `split` column (assigned on the full table unless the source gave one), cut to
+    the shard's rows when `shard` is given: each row gets the split it has in an unsharded run."""
+    if "split" not in items:
+        items = items.assign(split=split_patients(items["label"], items["patient_id"], val, test, seed))
+    if shard is None:
+        return items
+    check_shard(shard)
+    return items.iloc[shard_rows(len(items), shard)].reset_index(drop=True)
+
+
+def job_fingerprint(full_fingerprint: str, shard: tuple[int, int] | None) -> str:
+    """The input fingerprint of the cache a job writes: the whole job's, or one derived from it for a shard."""
+    if shard is None:
+        return full_fingerprint
     return hashlib.sha256(f"{full_fingerprint}:shard:{shard[0]}/{shard[1]}".encode()).hexdigest()
 
 
-def shard_meta(shard: tuple[int, int], rows: slice, n_total: int, full_fingerprint: str) -> dict[str, Any]:
-    return {"index": shard[0], "count": shard[1], "rows": [rows.start, rows.stop], "n_total": n_total,
-            "input_fingerprint": full_fingerprint}
+def shard_meta(shard: tuple[int, int], n_total: int, full_fingerprint: str) -> dict[str, Any]:
+    """cache.json keys of a shard: what `merge` needs to check and order the parts."""
+    rows = shard_rows(n_total, shard)
+    return {"input_fingerprint": job_fingerprint(full_fingerprint, shard),
+            "shard": {"index": shard[0], "count": shard[1], "rows": [rows.start, rows.stop], "n_total": n_total,
+                      "input_fingerprint": full_fingerprint}}
 
 
 def merge_shards(shards: Sequence[str | Path], out: str | Path, force: bool = False, progress: bool = True) -> Path:
@@ -130,7 +147,6 @@ def _manifest_as_written(path: Path) -> pd.DataFrame:
 def _merged_meta(caches: list[Cache], manifest: pd.DataFrame, full_fp: str) -> dict[str, Any]:
     first = caches[0].meta
     meta = {k: v for k, v in first.items() if k not in _PER_SHARD_KEYS}
-    meta["params"] = {k: v for k, v in first.get("params", {}).items() if k != "shard"}
     audit = leakage_audit(manifest["patient_id"], manifest["split"])
     if "note" in first.get("leakage_audit", {}):
         audit["note"] = first["leakage_audit"]["note"]

@@ -10,7 +10,6 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from medclf.data.imageio import load_image
 from medclf.data.transforms import make_transform
 from medclf.engine.device import pick_device
 from medclf.engine.inference import predict_probs
@@ -85,7 +84,7 @@ def predict_batch(run: LoadedRun, files: list[Path], device: torch.device,
     images, good, rows = [], [], []
     for path in files:
         try:
-            images.append(load_image(path, run.image_size))
+            images.append(run.load_image(path))
             good.append(path)
         except MedclfError as err:
             rows.append({"path": str(path), "prob": None, "label": None, "error": str(err)})

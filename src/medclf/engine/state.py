@@ -62,7 +62,8 @@ def save_epoch(s, eval_model, ema, stopper: EarlyStopper, history: list[dict], e
         "model": s.model.state_dict(),
         "ema": ema.state_dict() if ema is not None else None,
     }
-    extra = {"epoch": epoch + 1, "cache_size": s.cache.size}
+    # inference must bring new images to the same size and grey-level normalisation as the cache held
+    extra = {"epoch": epoch + 1, "cache_size": s.cache.size, "cache_norm": s.cache.meta.get("params", {}).get("norm")}
     save_checkpoint(s.out_dir / "last.pt", eval_model, s.contract, config, {**extra, "train_state": train_state})
     if improved:
         save_checkpoint(s.out_dir / "best.pt", eval_model, s.contract, config, extra)

@@ -68,7 +68,7 @@ def model_outputs(model: nn.Module, contract, batches: Iterable[torch.Tensor], d
 
 def array_batches(images: np.ndarray, batch_size: int = 64) -> Iterable[torch.Tensor]:
     for start in range(0, len(images), batch_size):
-        yield torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size]))
+        yield torch.from_numpy(np.array(images[start:start + batch_size]))  # a copy: memmaps are read-only
 
 
 # ----------------------------------------------------------------------------------------------- scores

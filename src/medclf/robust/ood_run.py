@@ -57,15 +57,15 @@ def ood_run(run_dir: str | Path, ood: str | Path, split: str = "test", data: str
         return model_outputs(run.model, run.contract, tqdm(batches, total=total, desc=desc, disable=not progress,
                                                            leave=False), dev)
 
+    eval_set = CacheDataset(cache, split=split)
+    if len(eval_set) == 0:
+        raise DataError(f"{cache_path}: split '{split}' is empty")
+    name, ood_images = load_ood_images(ood, cache.size, n=len(eval_set), seed=seed)
     train_set = _subset(CacheDataset(cache, split="train"), fit_max, seed)
     if len(train_set) < 2:
         raise DataError(f"{cache_path}: the training split has {len(train_set)} images; the detector needs >= 2")
     fit_out = outputs(train_set, "ood: fit on train")
     maha = fit_mahalanobis(fit_out.features, train_set.labels) if fit_out.features is not None else None
-    eval_set = CacheDataset(cache, split=split)
-    if len(eval_set) == 0:
-        raise DataError(f"{cache_path}: split '{split}' is empty")
-    name, ood_images = load_ood_images(ood, cache.size, n=len(eval_set), seed=seed)
     in_out = outputs(eval_set, f"ood: {split}")
     out_out = outputs(ood_images, f"ood: {name}")
 

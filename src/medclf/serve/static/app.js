@@ -124,11 +124,11 @@ function showResult(card, r) {
 function renderOod(box, r) {
   if (r.ood && r.ood.flag) {
     box.className = "ood warn";
-    box.textContent = `⚠ Unlike the training data (OOD score ${r.ood.score.toFixed(3)}). ` +
+    box.textContent = `⚠ Unlike the training data (OOD score ${r.ood.score.toPrecision(4)}). ` +
       "The prediction may not be reliable for this image.";
   } else if (r.ood) {
     box.className = "ood ok";
-    box.textContent = `Resembles the training data (OOD score ${r.ood.score.toFixed(3)}).`;
+    box.textContent = `Resembles the training data (OOD score ${r.ood.score.toPrecision(4)}).`;
   } else {
     box.className = "ood na";
     box.textContent = "Out-of-distribution check not available for this model.";
