@@ -5,7 +5,8 @@ exported with `medclf.export.export_run` (parity printed). Every engine goes thr
 (`load_image` -> eval transform -> model), so the ratio is the engine's:
 - batch-1 latency per file, median and p95, engines alternated file by file so load changes hit both alike;
 - throughput: batches of `--batch` files through `predict_batch` (decode included);
-- the obvious ONNX Runtime levers (graph optimisation level, intra-op threads) on the model alone, batch 1.
+- the obvious ONNX Runtime levers (graph optimisation level, intra-op threads, thread spinning) on the model alone,
+  batch 1, configurations taken in turn.
 The deck's own per-file path (full-size decode, PIL, eager) is timed for reference at batch 1.
 Run: `python -m benchmarks.bench_inference` (writes benchmarks/results/inference.md).
 """
@@ -77,38 +78,38 @@ def throughput(engines: dict, files: list[Path], run, device, batch: int) -> dic
 
 
 def model_only_levers(onnx_path: Path, run, repeats: int) -> list[list]:
-    """Batch-1 model latency (ms, median) of eager PyTorch and ONNX Runtime sessions with other settings."""
+    """Batch-1 model latency (ms) of eager PyTorch and ONNX Runtime with other settings, configurations taken in
+    turn. Changing torch's thread count rebuilds its thread pool, so each eager timing follows an untimed call."""
     from medclf.export import onnx_probs_fn, onnx_session
     from medclf.engine.inference import predict_probs
 
     x = torch.randn(1, 3, SIZE, SIZE)
     cores = common.usable_cores()
-    threads = torch.get_num_threads()
-
-    def eager(n: int):
-        def call():
-            torch.set_num_threads(n)
-            try:
-                return predict_probs(run.model, x, torch.device("cpu"))
-            finally:
-                torch.set_num_threads(threads)
-        return call
-
-    configs = {f"eager PyTorch fp32, {n} threads": eager(n) for n in sorted({threads, 1}, reverse=True)}
-    for level, threads in [("all", cores), ("basic", cores), ("disable", cores), ("all", 1)]:
-        fn = onnx_probs_fn(onnx_session(onnx_path, threads=threads, opt_level=level))
-        configs[f"ONNX Runtime fp32, optimisation {level}, {threads} intra-op threads"] = (lambda f=fn: f(x))
+    default_threads = torch.get_num_threads()
+    configs: dict[str, tuple[int | None, object]] = {}
+    for n in sorted({default_threads, 1}, reverse=True):
+        configs[f"eager PyTorch fp32, {n} threads"] = (n, lambda: predict_probs(run.model, x, torch.device("cpu")))
+    for level, ort_threads, spin in [("all", cores, False), ("basic", cores, False), ("disable", cores, False),
+                                     ("all", 1, False), ("all", cores, True)]:
+        fn = onnx_probs_fn(onnx_session(onnx_path, threads=ort_threads, opt_level=level, spinning=spin))
+        name = f"ONNX Runtime fp32, optimisation {level}, {ort_threads} intra-op threads"
+        name += ", threads spin (ORT's default)" if spin else ", no spinning (medclf's default)"
+        configs[name] = (None, lambda f=fn: f(x))
     times: dict[str, list[float]] = {name: [] for name in configs}
-    with torch.no_grad():
-        for fn in configs.values():
-            fn()  # warm-up
-    for _ in range(repeats):
-        for name, fn in configs.items():
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                fn()
-            times[name].append((time.perf_counter() - t0) * 1000)
-    return [[name, f"{np.median(ms):.1f}", f"{np.percentile(ms, 95):.1f}"] for name, ms in times.items()]
+    try:
+        with torch.no_grad():
+            for _ in range(repeats + 1):
+                for name, (torch_threads, fn) in configs.items():
+                    if torch_threads is not None:
+                        torch.set_num_threads(torch_threads)
+                        fn()
+                    t0 = time.perf_counter()
+                    fn()
+                    times[name].append((time.perf_counter() - t0) * 1000)
+    finally:
+        torch.set_num_threads(default_threads)
+    # the first round is a warm-up
+    return [[name, f"{np.median(ms[1:]):.1f}", f"{np.percentile(ms[1:], 95):.1f}"] for name, ms in times.items()]
 
 
 def main(argv: list[str] | None = None) -> int:

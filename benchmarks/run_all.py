@@ -15,6 +15,8 @@ import time
 import traceback
 from pathlib import Path
 
+import torch
+
 from benchmarks import common
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -48,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     summary = ["# benchmark summary (`make bench`)", "", f"machine: {common.machine()}", ""]
     failed = []
     start_all = time.perf_counter()
+    threads = torch.get_num_threads()
     for name in modules:
         print(f"\n=== {name} ===", flush=True)
+        torch.set_num_threads(threads)  # every benchmark starts from the same settings, whatever the last did
         start = time.perf_counter()
         try:
             code = importlib.import_module(f"benchmarks.{name}").main([])

@@ -7,7 +7,8 @@ from medclf.errors import ConfigError
 def test_defaults_then_preset_then_overrides(tmp_path):
     preset = tmp_path / "p.yaml"
     preset.write_text("model: {name: resnet34}\ntrain: {epochs: 7, lr: 1e-3}\n")
-    cfg = load_config(preset, ["train.epochs=2", "loss.name=focal", "train.patience=null"])
+    cfg = load_config(preset, ["train.epochs=2", "loss.name=focal", "train.patience=null", "train.adv_eps=2/255"])
+    assert cfg.train.adv_eps == pytest.approx(2 / 255)
     assert cfg.model.name == "resnet34"
     assert cfg.train.epochs == 2
     assert cfg.train.lr == pytest.approx(0.001)  # YAML 1.1 reads 1e-3 as a string: accepted as a float

@@ -181,10 +181,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if option is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
     if float in options and isinstance(value, str):
-        # YAML 1.1 reads "1e-3" (no dot) as a string; accept it as the number the user meant.
+        # YAML 1.1 reads "1e-3" (no dot) as a string, and eps are written as grey levels like "2/255"
         try:
-            return float(value)
-        except ValueError:
+            num, slash, den = value.partition("/")
+            return float(num) / float(den) if slash else float(value)
+        except (ValueError, ZeroDivisionError):
             pass
     names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
     raise ConfigError(f"{where} must be {names}, got {value!r}")

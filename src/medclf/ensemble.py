@@ -78,7 +78,7 @@ class Ensemble(nn.Module):
 
     def member_probs(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax probabilities of every member, `M x B x K` (float32)."""
-        return torch.stack([torch.softmax(m(self._member_input(i, x)).float(), dim=1)
+        return torch.stack([torch.softmax(m(self.member_input(i, x)).float(), dim=1)
                             for i, m in enumerate(self.members)])
 
     def combine_probs(self, member_probs: torch.Tensor) -> torch.Tensor:
@@ -100,7 +100,7 @@ class Ensemble(nn.Module):
         """Log of the combined probabilities: callers' softmax turns it back into them."""
         return torch.log(self.combine_probs(self.member_probs(x)).clamp_min(_TINY))
 
-    def _member_input(self, i: int, x: torch.Tensor) -> torch.Tensor:
+    def member_input(self, i: int, x: torch.Tensor) -> torch.Tensor:
         """Re-express the ensemble's normalised input in member i's contract (size, channels, mean/std)."""
         if not self._adapters[i]:
             return x
@@ -108,6 +108,7 @@ class Ensemble(nn.Module):
         unit = x[:, :1] * c.std[0] + c.mean[0]  # grey is replicated across channels, so channel 0 is the image
         member = make_transform(self.member_contracts[i], train=False)
         return member.normalise(resize(unit, self.member_contracts[i].input_size))
+
 
 
 def _needs_adapter(member: DataContract, ensemble: DataContract) -> bool:

@@ -10,8 +10,9 @@ The exported graph is the model *with its softmax*:
 Decoding (DICOM/PNG/JPEG -> uint8 S x S, `medclf.data.imageio.load_image`) and resize/normalise stay outside the
 graph: they are the same code for every engine, so an exported model sees exactly the pixels eager PyTorch sees.
 The run's data contract travels with the file (ONNX `metadata_props["medclf.contract"]`; TorchScript extra file
-`medclf.json`), plus `medclf.image_size` (the size images are decoded to) and `medclf.source` (a fingerprint of
-the checkpoints, so `predict --engine onnx` can tell a current RUN/model.onnx from a stale one).
+`medclf.json`), plus `medclf.image_size` and `medclf.norm` (how images are decoded: `load_image(path, size,
+norm)`) and `medclf.source` (a fingerprint of the checkpoints, so `predict --engine onnx` can tell a current
+RUN/model.onnx from a stale one).
 
 Parity: eager and exported probabilities are compared on sample inputs — images of the run's cache when it is
 still there, else seeded random images — at batch 1 and batch N; the max absolute difference is reported.
@@ -78,27 +79,36 @@ class ExportResult:
 
 
 def export_run(run_dir: str | Path, format: str = "onnx", out: str | Path | None = None, n_check: int = 8,
-               tolerance: float = 1e-3) -> ExportResult:
+               tolerance: float = 1e-3, progress: bool = False) -> ExportResult:
     """Export `RUN` (default file `RUN/model.onnx` or `RUN/model.torchscript.pt`) and check parity.
 
     Raises MedclfError for an unknown format, or when parity exceeds `tolerance` (the file is kept for a look).
     """
+    from tqdm import tqdm
+
     if format not in FORMATS:
         raise MedclfError(f"--format: unknown '{format}' (valid: {', '.join(FORMATS)})")
     start = time.perf_counter()
+    bar = tqdm(total=3, desc="load run", disable=not progress, leave=False)
     run = load_run(run_dir, "cpu")  # exported on the CPU in float32: the graph does not depend on the device
     out = Path(out) if out is not None else Path(run_dir) / f"model{SUFFIXES[format]}"
     inputs = parity_inputs(run, n_check)
     module = ProbabilityModel(run.model).eval()
     meta = export_metadata(run)
     example = torch.cat([inputs, inputs])[:2]  # batch 2: a batch-1 example would pin the batch axis to 1
+    bar.update()
+    bar.set_description(f"export {format}")
     if format == "onnx":
         export_onnx(module, example, out, meta)
         exported = onnx_probs_fn(onnx_session(out))
     else:
         export_torchscript(module, example, out, meta)
         exported = torchscript_probs_fn(load_torchscript(out))
+    bar.update()
+    bar.set_description("parity check")
     diff = parity(module, exported, inputs)
+    bar.update()
+    bar.close()
     result = ExportResult(out, format, diff, len(inputs), tuple(inputs.shape), time.perf_counter() - start)
     if not diff <= tolerance:
         raise MedclfError(f"{out}: exported probabilities differ from eager PyTorch by {diff:.2e} "
@@ -161,6 +171,7 @@ def export_metadata(run: LoadedRun) -> dict[str, str]:
     return {
         "medclf.contract": json.dumps(run.contract.to_dict()),
         "medclf.image_size": str(run.image_size),
+        "medclf.norm": str(getattr(run, "norm", "robust")),  # grey-level normalisation of the decode (load_image)
         "medclf.source": source_fingerprint(run.run_dir),
         "medclf.input": f"{INPUT_NAME}: float32 B x C x H x W normalised by the contract's mean/std",
         "medclf.output": f"{OUTPUT_NAME}: float32 B x K softmax probabilities",
@@ -181,9 +192,12 @@ def source_fingerprint(run_dir: str | Path) -> str:
 # ---------------------------------------------------------------- reading and running
 
 
-def onnx_session(path: str | Path, threads: int | None = None, opt_level: str = "all", device: str = "cpu"):
+def onnx_session(path: str | Path, threads: int | None = None, opt_level: str = "all", device: str = "cpu",
+                 spinning: bool = False):
     """An ONNX Runtime session; `threads` defaults to the cores this process may use (ORT's own default counts
-    the host's cores, which oversubscribes a container)."""
+    the host's cores, which oversubscribes a container). Idle pool threads do not spin by default: on a CPU
+    shared with other busy processes spinning threads steal the cores the work needs (docs/performance.md has
+    the measurement); `spinning=True` is ORT's own default, for a machine dedicated to serving."""
     ort = _require("onnxruntime")[0]
     if opt_level not in ORT_LEVELS:
         raise MedclfError(f"unknown ONNX Runtime optimisation level '{opt_level}' (valid: {', '.join(ORT_LEVELS)})")
@@ -193,6 +207,8 @@ def onnx_session(path: str | Path, threads: int | None = None, opt_level: str = 
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[opt_level]
     options.intra_op_num_threads = threads or _usable_cores()
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = ["CPUExecutionProvider"]
     if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")

@@ -58,19 +58,41 @@ def weights_bytes(model: nn.Module) -> int:
 
 
 def count_flops(model: nn.Module, x: torch.Tensor, backward: bool = False) -> int:
-    """Total FLOPs of `model(x)` (and of its backward when `backward`), as FlopCounterMode counts them."""
+    """Total FLOPs of `model(x)` (and of its backward when `backward`), as FlopCounterMode counts them.
+
+    Autograd stays on even for the forward count: in no-grad eval mode `nn.MultiheadAttention` (torchvision's
+    ViT) takes a fused fast path that FlopCounterMode does not see, which would drop its FLOPs from the count.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_cpu_attention_formulas())
     with counter:
+        out = model(x)
         if backward:
-            model(x).float().sum().backward()
-        else:
-            with torch.no_grad():
-                model(x)
-    if backward:
-        model.zero_grad(set_to_none=True)
+            out.float().sum().backward()
+    model.zero_grad(set_to_none=True)
     return int(counter.get_total_flops())
+
+
+def _cpu_attention_formulas() -> dict:
+    """FLOP formulas for the CPU kernels of scaled_dot_product_attention, which FlopCounterMode's registry
+    (CUDA flash/efficient/cudnn kernels) lacks; the formulas are torch's own."""
+    from torch.utils import flop_counter as fc
+
+    aten = torch.ops.aten
+
+    def forward(query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return fc.sdpa_flop_count(query, key, value)
+
+    def backward(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return fc.sdpa_backward_flop_count(grad_out, query, key, value)
+
+    formulas = {}
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        formulas[aten._scaled_dot_product_flash_attention_for_cpu] = forward
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward"):
+        formulas[aten._scaled_dot_product_flash_attention_for_cpu_backward] = backward
+    return formulas
 
 
 # ---------------------------------------------------------------- speed and memory of one mode

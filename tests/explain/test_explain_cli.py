@@ -165,3 +165,11 @@ def test_an_ensemble_run_is_explained_through_its_members(run_factory, model_fac
     r = _invoke("explain", run, pngs / "img009.png", "--method", "gradcam")
     assert r.exit_code == 0, r.output
     assert np.asarray(Image.open(run / "explain" / "img009_gradcam.png")).shape == (192, 192, 3)
+
+
+def test_a_vit_run_is_explained_with_rollout(run_factory, vit, pngs, tmp_path):
+    write_run, _ = run_factory
+    run = write_run(tmp_path / "vit", vit)
+    r = _invoke("explain", run, pngs / "img009.png", "--method", "rollout", "--out", tmp_path / "maps")
+    assert r.exit_code == 0, r.output
+    assert np.asarray(Image.open(tmp_path / "maps" / "img009_rollout.png")).shape == (192, 192, 3)

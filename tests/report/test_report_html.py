@@ -88,8 +88,9 @@ def test_registered_sections_are_added_in_order(run_dir):
     register_section("Nothing here", 46, lambda d: None)
     register_section("Broken", 47, lambda d: 1 / 0)
     try:
-        assert [s.name for s in registered_sections()][:5] == ["Summary", "Data", "Configuration", "Training",
-                                                                "Evaluation"]
+        builtin = ["Summary", "Data", "Configuration", "Training", "Evaluation"]
+        # feature modules (ensemble, explain, robustness) register their own sections too; keep to the built-ins
+        assert [s.name for s in registered_sections() if s.name in builtin] == builtin
         with pytest.warns(UserWarning, match="Broken"):
             page = build_report(run_dir).read_text(encoding="utf-8")
     finally:

@@ -65,8 +65,15 @@ def test_attack_command_writes_metrics_per_eps(ce_run):
         assert entry["rows"][0][key] == pytest.approx(clean[key], abs=1e-6)
     assert entry["rows"][2]["accuracy"] <= entry["rows"][0]["accuracy"]
     assert entry["rows"][2]["loss"] > entry["rows"][0]["loss"]
+    r = CliRunner().invoke(_app(), ["attack", str(ce_run), "--eps", "1/255", "--steps", "2", "--split", "test",
+                                    "--n-boot", "0", "--method", "fgsm"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(_app(), ["attack", str(ce_run), "--eps", "1/255", "--steps", "3", "--split", "test",
+                                    "--n-boot", "0"])  # more radii for the same attack: merged by eps
+    assert r.exit_code == 0, r.output
     table = pd.read_csv(ce_run / "robustness.csv")
-    assert list(table["eps_255"]) == [0.0, 0.5, 4.0] and set(table["method"]) == {"pgd"}
+    assert table[["method", "eps_255"]].values.tolist() == [["fgsm", 0.0], ["fgsm", 1.0], ["pgd", 0.0], ["pgd", 0.5],
+                                                            ["pgd", 1.0], ["pgd", 4.0]]
     for name in ("robustness.png", "attack_examples_pgd.png"):
         assert (ce_run / name).stat().st_size > 1000
 

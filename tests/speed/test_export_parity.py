@@ -50,7 +50,7 @@ def test_onnx_matches_eager_with_dynamic_batch(run_copy, tiny_cache):
         assert np.abs(got - eager[:batch]).max() < TOL
     meta = session.get_modelmeta().custom_metadata_map
     assert json.loads(meta["medclf.contract"]) == run.contract.to_dict()
-    assert meta["medclf.image_size"] == "32"
+    assert (meta["medclf.image_size"], meta["medclf.norm"]) == ("32", "robust")
     assert meta["medclf.source"] == source_fingerprint(run_copy)
 
 

@@ -37,6 +37,29 @@ def test_flops_of_a_conv_and_a_linear_by_hand():
     assert linear.weight.grad is None  # counting leaves no gradients behind
 
 
+def test_attention_flops_by_hand():
+    """scaled_dot_product_attention on the CPU (FlopCounterMode's registry covers only the CUDA kernels) and
+    nn.MultiheadAttention in eval mode (whose no-grad fast path the counter would not see) are counted."""
+
+    class Attention(nn.Module):
+        def forward(self, q):
+            return nn.functional.scaled_dot_product_attention(q, q, q)
+
+    # q @ k^T and weights @ v: 2 matmuls of 10 x 10 x 8 multiply-adds, per batch item and head
+    assert count_flops(Attention(), torch.randn(1, 2, 10, 8)) == 2 * 2 * (10 * 10 * 8) * 2
+
+    class MHA(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+
+        def forward(self, x):
+            return self.attn(x, x, x, need_weights=False)[0]
+
+    projections = 2 * 10 * 16 * (3 * 16) + 2 * 10 * 16 * 16  # qkv in-projection + out-projection, 10 tokens
+    assert count_flops(MHA().eval(), torch.randn(1, 10, 16)) == projections + 2 * 2 * (10 * 10 * 8) * 2
+
+
 def test_resnet18_row_is_sane(tmp_path):
     table = profile_models(["resnet18"], size=32, batch=2, steps=1, device="cpu", out=tmp_path / "prof.md",
                            progress=False)

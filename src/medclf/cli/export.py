@@ -21,6 +21,5 @@ def register(app: typer.Typer) -> None:
         """Export a run; the graph takes the normalised B x C x H x W input (B dynamic) and outputs probabilities."""
         from medclf.export import export_run
 
-        typer.echo(f"exporting {run} to {format} ...", err=True)
-        result = export_run(run, format=format, out=out, n_check=check, tolerance=tolerance)
+        result = export_run(run, format=format, out=out, n_check=check, tolerance=tolerance, progress=True)
         typer.echo(result.summary())

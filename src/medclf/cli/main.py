@@ -27,27 +27,15 @@ for _name in COMMAND_MODULES:
 
 
 def main() -> None:
-    """Console entry point: user errors print one line and exit 2, never a traceback."""
+    """Console entry point: user errors print one line and exit 2, never a traceback.
+
+    Click's standalone mode handles usage errors (exit 2) and Ctrl-C itself; our own errors pass through it.
+    """
     try:
-        app(standalone_mode=False)
+        app()
     except MedclfError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    except SystemExit:
-        raise
-    except Exception as err:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(err, click.exceptions.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
-        if isinstance(err, click.exceptions.Abort):  # click turns Ctrl-C into Abort
-            print("interrupted", file=sys.stderr)
-            sys.exit(130)
-        raise
 
 
 if __name__ == "__main__":

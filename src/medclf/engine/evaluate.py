@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from medclf.data.cache import Cache
 from medclf.data.dataset import CacheDataset
 from medclf.engine.device import pick_device
@@ -12,7 +14,7 @@ from medclf.ensemble import Ensemble, predict_ensemble_dataset
 from medclf.errors import DataError, MedclfError
 from medclf.evaluation.metrics import evaluate_predictions
 from medclf.io import atomic_path
-from medclf.runs import load_run, run_cache_path
+from medclf.runs import LoadedRun, load_run, run_cache_path
 
 
 def evaluate_run(
@@ -30,17 +32,10 @@ def evaluate_run(
     """
     run_dir = Path(run_dir)
     dev = pick_device(device)
-    run = load_run(run_dir, dev)
-    own_cache = run_cache_path(run_dir)
-    cache_path = Path(data) if data else own_cache
-    if cache_path is None:
-        raise MedclfError(f"{run_dir}: no data_summary.json naming its cache; pass --data CACHE")
-    cache = Cache.open(cache_path)
-    check_labels(cache, run.contract.label_names, cache_path)
-    dataset = CacheDataset(cache, split=split)
-    if len(dataset) == 0:
-        raise DataError(f"{cache_path}: split '{split}' is empty")
-    tag = split if _same_cache(cache_path, own_cache) else f"{split}@{cache.meta.get('content_hash', 'ext')[:8]}"
+    run, cache = open_run_and_cache(run_dir, data, dev)
+    dataset = split_dataset(cache, split)
+    own = _same_cache(cache.path, run_cache_path(run_dir))
+    tag = split if own else f"{split}@{cache.meta.get('content_hash', 'ext')[:8]}"
 
     tta_flip = bool(run.config.get("eval", {}).get("tta_flip", False))
     kw = dict(progress=progress, desc=f"evaluate {split}", tta_flip=tta_flip)
@@ -57,6 +52,24 @@ def evaluate_run(
     metrics = evaluate_predictions(table, run.contract.threshold, run_dir, tag, n_boot=n_boot,
                                    positive_index=run.contract.positive_index, label_names=run.contract.label_names)
     return metrics
+
+
+def open_run_and_cache(run_dir: Path, data: str | Path | None, device: torch.device) -> tuple[LoadedRun, Cache]:
+    """A run and the cache to run it on: its own (from data_summary.json) unless `data` names another."""
+    run = load_run(run_dir, device)
+    cache_path = Path(data) if data else run_cache_path(run_dir)
+    if cache_path is None:
+        raise MedclfError(f"{run_dir}: no data_summary.json naming its cache; pass --data CACHE")
+    cache = Cache.open(cache_path)
+    check_labels(cache, run.contract.label_names, cache_path)
+    return run, cache
+
+
+def split_dataset(cache: Cache, split: str) -> CacheDataset:
+    dataset = CacheDataset(cache, split=split)
+    if len(dataset) == 0:
+        raise DataError(f"{cache.path}: split '{split}' is empty")
+    return dataset
 
 
 def check_labels(cache: Cache, label_names: list[str], cache_path: Path) -> None:

@@ -46,10 +46,10 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
     history: list[dict] = []
     stopper = EarlyStopper(cfg.train.early_stop_metric, cfg.train.patience)
     start = restore_state(s, ema, stopper, history) if resume else 0
-    if cfg.train.contrastive and start == 0:
+    if cfg.train.contrastive:  # representation first, then the epochs below fine-tune (or linear-probe) it
         from medclf.robust.contrastive import contrastive_pretrain
 
-        contrastive_pretrain(s, progress=progress)  # representation first, then the epochs below fine-tune
+        contrastive_pretrain(s, progress=progress, resumed=start > 0)  # resumed: only re-applies a probe's freeze
 
     for epoch in range(start, cfg.train.epochs):
         if stopper.should_stop:
@@ -143,7 +143,9 @@ def finalize_threshold(s: TrainingSetup) -> None:
 
     best_path = s.out_dir / "best.pt"
     model, contract, payload = load_checkpoint(best_path, device=s.device)
-    probs = predict_dataset(model, contract, s.val_set, s.device, batch_size=s.cfg.eval.batch_size)
+    # the same test-time flip evaluate applies, so the threshold fits the probabilities it will be compared with
+    probs = predict_dataset(model, contract, s.val_set, s.device, batch_size=s.cfg.eval.batch_size,
+                            tta_flip=s.cfg.eval.tta_flip)
     y = (s.val_set.labels == contract.positive_index).astype(int)
     contract.threshold = choose_threshold(y, probs[:, contract.positive_index], method=s.cfg.eval.threshold,
                                           target=s.cfg.eval.target_sensitivity)

@@ -68,7 +68,7 @@ def _panels(run: LoadedRun, cache: Cache, chosen: np.ndarray, probs: np.ndarray,
     for i, r in enumerate(chosen):
         boxes = cache.boxes(int(r))
         ident = str(cache.manifest["id"].iat[r])
-        row = [render(images[i], None, f"{ident[:12]} p={probs[i]:.2f}", boxes, side=PANEL_SIDE)]
+        row = [render(images[i], None, f"{ident[:16]} p={probs[i]:.2f}", boxes, side=PANEL_SIDE)]
         for m in methods:
             verdict = (" hit" if pointing_hit(maps[m][i], boxes) else " miss") if boxes else ""
             row.append(render(images[i], maps[m][i], f"{m}{verdict}", boxes, side=PANEL_SIDE))

@@ -112,7 +112,7 @@ def member_input(model: nn.Module, i: int, x: torch.Tensor) -> torch.Tensor:
     if getattr(model, "members", None) is None:
         return x
     # medclf.ensemble.Ensemble re-expresses x in each member's own contract (size, channels, mean/std)
-    adapt = getattr(model, "_member_input", None)
+    adapt = getattr(model, "member_input", None)
     if adapt is not None:
         return adapt(i, x)
     size = getattr(getattr(model.members[i], "contract", None), "input_size", None)

@@ -65,8 +65,9 @@ def create_adversarial_objective(train_cfg, loss_fn: nn.Module, transform) -> Ca
 
 
 def local_module(model: nn.Module) -> nn.Module:
-    """The module inside DistributedDataParallel: attack iterations need input gradients only, and extra DDP
-    forwards without their own backward would leave DDP's gradient reduction unfinished."""
+    """The module inside torch.compile and DistributedDataParallel: attack iterations need input gradients only,
+    and extra DDP forwards without their own backward would leave DDP's gradient reduction unfinished."""
     from torch.nn.parallel import DistributedDataParallel
 
+    model = getattr(model, "_orig_mod", model)
     return model.module if isinstance(model, DistributedDataParallel) else model

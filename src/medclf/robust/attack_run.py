@@ -17,16 +17,14 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from medclf.data.cache import Cache
 from medclf.data.dataset import CacheDataset, make_loader
 from medclf.data.transforms import make_transform
 from medclf.engine.device import pick_device
-from medclf.engine.evaluate import check_labels
-from medclf.errors import DataError, MedclfError
+from medclf.engine.evaluate import open_run_and_cache, split_dataset
+from medclf.errors import MedclfError
 from medclf.evaluation.metrics import binary_metrics
 from medclf.io import atomic_path, read_json, write_json
 from medclf.robust.attacks import get_attack
-from medclf.runs import load_run, run_cache_path
 
 ROW_KEYS = ("accuracy", "f1", "roc_auc", "recall", "specificity", "precision", "pr_auc")
 
@@ -41,15 +39,8 @@ def attack_run(run_dir: str | Path, method: str = "pgd", eps: list[float] | tupl
     if steps < 1:
         raise MedclfError(f"--steps must be at least 1, got {steps}")
     dev = pick_device(device)
-    run = load_run(run_dir, dev)
-    cache_path = Path(data) if data else run_cache_path(run_dir)
-    if cache_path is None:
-        raise MedclfError(f"{run_dir}: no data_summary.json naming its cache; pass --data CACHE")
-    cache = Cache.open(cache_path)
-    check_labels(cache, run.contract.label_names, cache_path)
-    dataset = CacheDataset(cache, split=split)
-    if len(dataset) == 0:
-        raise DataError(f"{cache_path}: split '{split}' is empty")
+    run, cache = open_run_and_cache(run_dir, data, dev)
+    dataset = split_dataset(cache, split)
     if max_images is not None and len(dataset) > max_images:
         pick = np.sort(np.random.default_rng(seed).choice(len(dataset), size=max_images, replace=False))
         dataset = CacheDataset(cache, indices=dataset.indices[pick])
@@ -73,7 +64,7 @@ def attack_run(run_dir: str | Path, method: str = "pgd", eps: list[float] | tupl
         rows.append({"eps": e, "eps_255": round(e * 255, 6), **{k: m[k] for k in ROW_KEYS},
                      "loss": float(nll), "flip_rate": float(np.mean((probs[e][:, pos] >= run.contract.threshold) != clean_call)),
                      "ci": {k: m["ci"].get(k) for k in ROW_KEYS if k in (m.get("ci") or {})}})
-    entry = {"method": method, "steps": steps if method == "pgd" else 1, "split": split, "data": str(cache_path),
+    entry = {"method": method, "steps": steps if method == "pgd" else 1, "split": split, "data": str(cache.path),
              "n": len(dataset), "n_pos": int(y.sum()), "threshold": float(run.contract.threshold),
              "tta_flip": tta, "rows": rows}
     _write(run_dir, entry)
@@ -139,7 +130,13 @@ def _write(run_dir: Path, entry: dict) -> None:
     path = run_dir / "robustness.json"
     entries = read_json(path).get("entries", []) if path.is_file() else []
     key = (entry["method"], entry["steps"], entry["split"], entry["data"])
-    entries = [e for e in entries if (e["method"], e["steps"], e["split"], e["data"]) != key] + [entry]
+    old = next((e for e in entries if (e["method"], e["steps"], e["split"], e["data"]) == key), None)
+    if old is not None and (old["n"], old["threshold"], old.get("tta_flip")) == (entry["n"], entry["threshold"],
+                                                                                entry["tta_flip"]):
+        # the same model and images attacked at more radii: keep the earlier radii, new values win
+        rows = {r["eps"]: r for r in old["rows"]} | {r["eps"]: r for r in entry["rows"]}
+        entry["rows"] = [rows[e] for e in sorted(rows)]
+    entries = [e for e in entries if e is not old] + [entry]
     write_json(path, {"entries": entries})
     table = robustness_table(entries)
     with atomic_path(run_dir / "robustness.csv") as tmp:

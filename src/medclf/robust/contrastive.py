@@ -63,7 +63,8 @@ def contrastive_pretrain(setup, progress: bool = True, resumed: bool = False) ->
 
     Writes `contrastive_history.csv` (epoch, supcon_loss, seconds) into the run directory and returns its rows.
     Uses its own AdamW (the setup's optimizer and schedule belong to the supervised epochs that follow).
-    `resumed=True` (a run resumed after pre-training) only re-applies the linear probe's freezing.
+    `resumed=True` (a run resumed after pre-training) only re-applies the linear probe's freezing. One process
+    only (build_setup refuses DDP with contrastive pre-training: the stage calls `embed`, which DDP does not wrap).
     """
     cfg = setup.cfg.train
     check_contrastive_config(cfg)
@@ -120,7 +121,6 @@ def _pretrain_epoch(setup, classifier: nn.Module, head: nn.Module, optimizer, sc
             raise MedclfError(f"contrastive pre-training diverged at epoch {epoch + 1} step {step}; lower train.lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        _average_gradients_across_ranks(classifier, head)
         if cfg.clip_grad:
             torch.nn.utils.clip_grad_norm_(list(classifier.parameters()) + list(head.parameters()), cfg.clip_grad)
         optimizer.step()
@@ -129,20 +129,6 @@ def _pretrain_epoch(setup, classifier: nn.Module, head: nn.Module, optimizer, sc
         count += len(y)
         bar.set_postfix(loss=f"{total / count:.4f}")
     return total / max(1, count)
-
-
-def _average_gradients_across_ranks(*modules: nn.Module) -> None:
-    # the stage calls the classifier's embed directly (DDP only wraps forward), so under DDP the gradients
-    # are averaged here; the projection head starts identical on every rank (same seed)
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return
-    for module in modules:
-        for p in module.parameters():
-            if p.grad is not None:
-                dist.all_reduce(p.grad)
-                p.grad /= dist.get_world_size()
 
 
 def _keep_eval_mode(module: nn.Module, args) -> None:

@@ -22,11 +22,11 @@ from tqdm import tqdm
 from medclf.data.cache import Cache
 from medclf.data.dataset import CacheDataset, make_loader
 from medclf.engine.device import pick_device
+from medclf.engine.evaluate import open_run_and_cache
 from medclf.errors import DataError, MedclfError
 from medclf.io import atomic_path, read_json, write_json
 from medclf.robust.ood import (OOD_SCORES, Outputs, array_batches, detection_metrics, fit_mahalanobis,
                                get_score, make_detector, model_outputs)
-from medclf.runs import load_run, run_cache_path
 
 SYNTHETIC_SETS = ("noise", "natural")
 
@@ -41,11 +41,7 @@ def ood_run(run_dir: str | Path, ood: str | Path, split: str = "test", data: str
         raise MedclfError(f"--accept-rate must be in (0, 1), got {accept_rate}")
     get_score(store_score)
     dev = pick_device(device)
-    run = load_run(run_dir, dev)
-    cache_path = Path(data) if data else run_cache_path(run_dir)
-    if cache_path is None:
-        raise MedclfError(f"{run_dir}: no data_summary.json naming its cache; pass --data CACHE")
-    cache = Cache.open(cache_path)
+    run, cache = open_run_and_cache(run_dir, data, dev)
 
     def outputs(dataset_or_images, desc: str) -> Outputs:
         if isinstance(dataset_or_images, np.ndarray):
@@ -59,17 +55,17 @@ def ood_run(run_dir: str | Path, ood: str | Path, split: str = "test", data: str
 
     eval_set = CacheDataset(cache, split=split)
     if len(eval_set) == 0:
-        raise DataError(f"{cache_path}: split '{split}' is empty")
+        raise DataError(f"{cache.path}: split '{split}' is empty")
     name, ood_images = load_ood_images(ood, cache.size, n=len(eval_set), seed=seed)
     train_set = _subset(CacheDataset(cache, split="train"), fit_max, seed)
     if len(train_set) < 2:
-        raise DataError(f"{cache_path}: the training split has {len(train_set)} images; the detector needs >= 2")
+        raise DataError(f"{cache.path}: the training split has {len(train_set)} images; the detector needs >= 2")
     fit_out = outputs(train_set, "ood: fit on train")
     maha = fit_mahalanobis(fit_out.features, train_set.labels) if fit_out.features is not None else None
     in_out = outputs(eval_set, f"ood: {split}")
     out_out = outputs(ood_images, f"ood: {name}")
 
-    entry = {"name": name, "split": split, "data": str(cache_path), "n_in": len(eval_set),
+    entry = {"name": name, "split": split, "data": str(cache.path), "n_in": len(eval_set),
              "n_out": int(len(ood_images)), "scores": {}, "skipped": {}}
     for score_name, fn in OOD_SCORES.items():
         try:
