@@ -140,7 +140,7 @@ def load_ensemble(run_dir: str | Path, device: torch.device | str = "cpu") -> Lo
     config_path = run_dir / "config.yaml"
     config = yaml.safe_load(config_path.read_text(encoding="utf-8")) if config_path.exists() else {}
     return LoadedRun(run_dir=run_dir, model=model, contract=contract, image_size=runs[0].image_size,
-                     name=run_dir.name, config=config or {})
+                     name=run_dir.name, config=config or {}, norm=runs[0].norm)
 
 
 def read_ensemble_json(run_dir: Path) -> dict:

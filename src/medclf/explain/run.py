@@ -14,7 +14,6 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from medclf.data.imageio import load_image
 from medclf.data.transforms import make_transform
 from medclf.engine.device import pick_device
 from medclf.engine.inference import predict_probs
@@ -74,7 +73,7 @@ def _explain_chunk(run: LoadedRun, files: list[Path], method: str, out_dir: Path
     images, good, rows = [], [], []
     for path in files:
         try:
-            images.append(load_image(path, run.image_size))
+            images.append(run.load_image(path))
             good.append(path)
         except MedclfError as err:
             rows.append({"path": str(path), "method": method, "prob": None, "png": "", "error": str(err)})

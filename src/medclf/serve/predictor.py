@@ -100,12 +100,12 @@ class Predictor:
         try:
             if upload.kind == "dicom":
                 _check_dicom_size(upload.path)
-            loaded = load_with_info(upload.path, size)
+            loaded = load_with_info(upload.path, size, norm=self.run.norm)
             display = loaded.image
             side = max(loaded.original_shape)
             target = max(size, min(DISPLAY_MAX, side))
             if want_display and target != size:
-                display = load_image(upload.path, target)
+                display = load_image(upload.path, target, norm=self.run.norm)
         except UploadError:
             raise
         except Exception as err:  # DataError from our readers, and anything odder a hostile file provokes
