@@ -45,3 +45,4 @@ def test_affine_and_contrast_stay_in_range():
     assert x.shape == (4, 1, 32, 32)
     assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
     assert not torch.allclose(x, images.unsqueeze(1).float() / 255)
+

@@ -18,6 +18,7 @@ class EarlyStopper:
         self.metric = metric
         self.patience = patience
         self.best: float | None = None
+        self.best_loss: float | None = None  # val_loss at the best epoch, to break ties of a saturated metric
         self.bad_epochs = 0
 
     @property
@@ -34,18 +35,22 @@ class EarlyStopper:
         value = row[self.metric]
         if value is None or (isinstance(value, float) and math.isnan(value)):
             value = -math.inf if self.higher_is_better else math.inf
+        loss = row.get("val_loss")
         better = self.best is None or (value > self.best if self.higher_is_better else value < self.best)
-        if better:
-            self.best, self.bad_epochs = value, 0
-        else:
-            self.bad_epochs += 1
-        return better
+        # a saturated metric (val AUC 1.0 on a small set) ties from an early epoch on: the lower loss then wins
+        tie = self.best is not None and value == self.best and loss is not None and self.best_loss is not None
+        if better or (tie and loss < self.best_loss):
+            self.best, self.best_loss, self.bad_epochs = value, loss, 0
+            return True
+        self.bad_epochs += 1
+        return False
 
     def state_dict(self) -> dict:
-        return {"best": self.best, "bad_epochs": self.bad_epochs}
+        return {"best": self.best, "best_loss": self.best_loss, "bad_epochs": self.bad_epochs}
 
     def load_state_dict(self, state: dict) -> None:
         self.best, self.bad_epochs = state["best"], state["bad_epochs"]
+        self.best_loss = state.get("best_loss")
 
 
 def save_epoch(s, eval_model, ema, stopper: EarlyStopper, history: list[dict], epoch: int, improved: bool) -> None:
