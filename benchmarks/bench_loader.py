@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             "ours": ours_epoch_fn(cache, w, device),
             "ours_1t": with_threads(1, ours_epoch_fn(cache, w, device)),
             "ours_0w": ours_epoch_fn(cache, 0, device),
+            "deck_0w": deck_epoch_fn(paths, labels, 0, device),
             "read": ours_epoch_fn(cache, w, device, transform_batches=False),
         }
         r = measure_alternating(fns, args.seconds, device)
@@ -151,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"main process {threads} torch threads (default)",
         "ours_1t": f"medclf, same, {w} workers, main process 1 torch thread",
         "ours_0w": f"medclf, same, 0 workers (batches read in the main process), {threads} torch threads",
+        "deck_0w": "deck MDataset, same, 0 workers (items decoded in the main process)",
         "read": f"medclf uint8 batches only, {w} workers (the CPU's share when the transform runs on a GPU)",
     }
     rows = [[labels_[k], f"{v[0]:.1f}", v[1], f"{v[2]:.2f}"] for k, v in r.items()]
@@ -170,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         f"ratio (medclf / deck images/s, {w} workers each, full pipeline on {device.type}, default threads): "
         f"**{r['ours'][0] / deck:.1f}x** (target >= 50x)",
         f"ratio (same, medclf's main process at 1 torch thread): **{r['ours_1t'][0] / deck:.1f}x**",
+        f"ratio (medclf / deck images/s, 0 workers each — medclf's default, no worker processes needed): "
+        f"**{r['ours_0w'][0] / r['deck_0w'][0]:.1f}x** (target >= 50x)",
+        f"ratio (medclf at 0 workers / deck at {w} workers): {r['ours_0w'][0] / deck:.1f}x",
         f"ratio (medclf CPU-side uint8 batches / deck images/s, {w} workers each): {r['read'][0] / deck:.0f}x",
         "",
         "command: `python -m benchmarks.bench_loader`",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -115,11 +117,28 @@ def predict_arrays(run: LoadedRun, images: np.ndarray, device: torch.device,
                    probs_fn: ProbsFn | None = None) -> np.ndarray:
     """uint8 `B x S x S` -> probabilities `B x K` (eager PyTorch unless `probs_fn` is given, e.g. ONNX Runtime)."""
     transform = make_transform(run.contract, train=False)
-    x = transform(torch.from_numpy(images).to(device))
     if probs_fn is not None:
+        with single_torch_thread(device):  # the resize is cheap; the cores belong to ONNX Runtime's threads
+            x = transform(torch.from_numpy(images).to(device))
         return probs_fn(x)
+    x = transform(torch.from_numpy(images).to(device))
     with torch.no_grad():
         return predict_probs(run.model, x, device)
+
+
+@contextlib.contextmanager
+def single_torch_thread(device: torch.device) -> Iterator[None]:
+    """Run torch CPU ops on one thread: its OpenMP pool spin-waits after each op and would steal the cores
+    another engine (ONNX Runtime) is about to use — measured 26 ms vs 23 ms per DICOM at batch 1."""
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def decide(probs: np.ndarray, positive_index: int, threshold: float, label_names: list[str]) -> str:
