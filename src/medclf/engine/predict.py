@@ -81,17 +81,23 @@ def make_probs_fn(run: LoadedRun, engine: str, device: torch.device) -> ProbsFn 
     return onnx_probs_fn(onnx_session_for_run(run, device=device.type))
 
 
-def predict_batch(run: LoadedRun, files: list[Path], device: torch.device,
-                  probs_fn: ProbsFn | None = None) -> list[dict]:
-    images, good, rows = [], [], []
+def read_images(run: LoadedRun, files: list[Path]) -> tuple[np.ndarray | None, list[Path], list[tuple[Path, str]]]:
+    """Decode files as the run's cache would hold them: (uint8 batch or None, readable paths, (path, reason) failures)."""
+    images, good, failed = [], [], []
     for path in files:
         try:
             images.append(run.load_image(path))
             good.append(path)
         except MedclfError as err:
-            rows.append({"path": str(path), "prob": None, "label": None, "error": str(err)})
-    if images:
-        batch = np.stack(images)
+            failed.append((path, str(err)))
+    return (np.stack(images) if images else None), good, failed
+
+
+def predict_batch(run: LoadedRun, files: list[Path], device: torch.device,
+                  probs_fn: ProbsFn | None = None) -> list[dict]:
+    batch, good, failed = read_images(run, files)
+    rows = [{"path": str(path), "prob": None, "label": None, "error": err} for path, err in failed]
+    if batch is not None:
         probs = predict_arrays(run, batch, device, probs_fn)
         ood = _ood_columns(run, batch)
         names = run.contract.label_names

@@ -17,8 +17,7 @@ from tqdm import tqdm
 from medclf.data.transforms import make_transform
 from medclf.engine.device import pick_device
 from medclf.engine.inference import predict_probs
-from medclf.engine.predict import expand_inputs
-from medclf.errors import MedclfError
+from medclf.engine.predict import expand_inputs, read_images
 from medclf.explain.featuremaps import feature_grid
 from medclf.explain.overlay import render, save_png
 from medclf.explain.registry import (check_applies, compute_maps, create_explainer, member_input, members_of,
@@ -70,16 +69,10 @@ def explain_files(run_dir: str | Path, inputs: Iterable[str | Path], method: str
 
 
 def _explain_chunk(run: LoadedRun, files: list[Path], method: str, out_dir: Path, dev: torch.device) -> list[dict]:
-    images, good, rows = [], [], []
-    for path in files:
-        try:
-            images.append(run.load_image(path))
-            good.append(path)
-        except MedclfError as err:
-            rows.append({"path": str(path), "method": method, "prob": None, "png": "", "error": str(err)})
-    if not images:
+    batch, good, failed = read_images(run, files)
+    rows = [{"path": str(path), "method": method, "prob": None, "png": "", "error": err} for path, err in failed]
+    if batch is None:
         return rows
-    batch = np.stack(images)
     maps, probs = explain_batch(run, batch, method, dev)
     names = _unique_stems(good)
     for path, name, image, heat, prob in zip(good, names, batch, maps, probs):
