@@ -21,6 +21,12 @@ def shared_data(*parts: str) -> Path:
     return path
 
 
+@pytest.fixture()
+def shared():
+    """`shared("rsna-sample")` -> path under ../shared/data, or skip the test when it is absent."""
+    return shared_data
+
+
 def make_tiny_images(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray, list]:
     """Grey noise; positives carry a bright square blob, so a tiny CNN learns them in a few steps."""
     rng = np.random.default_rng(seed)

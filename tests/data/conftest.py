@@ -7,22 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED = (REPO / ".." / "shared" / "data").resolve()
-
-
-def _shared(*parts: str) -> Path:
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"real data not available: {path}")
-    return path
-
-
-@pytest.fixture()
-def shared():
-    """`shared("rsna-sample")` -> path under ../shared/data, or skip the test when it is absent."""
-    return _shared
-
 
 def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", bits_stored: int | None = None,
                 compress: str | None = None, **attrs) -> Path:

@@ -14,7 +14,6 @@ from medclf.data.prepare import prepare_rsna
 from medclf.data.shards import merge_shards, parse_shard, shard_rows
 from medclf.errors import DataError
 
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
 
 def _rsna(root: Path, out: Path, **kw) -> Path:
@@ -90,10 +89,8 @@ def test_merge_refuses_incomplete_or_foreign_sets(synthetic, tmp_path):
     assert not (tmp_path / "merged").exists()
 
 
-def test_real_rsna_sample_two_shards_through_the_cli(tmp_path):
-    root = (SHARED / "rsna-sample").resolve()
-    if not root.exists():
-        pytest.skip(f"real data not available: {root}")
+def test_real_rsna_sample_two_shards_through_the_cli(tmp_path, shared):
+    root = shared("rsna-sample")
     from medclf.cli.main import app
 
     common = ["--images", str(root / "stage_2_train_images"), "--labels", str(root / "stage_2_train_labels.csv"),
