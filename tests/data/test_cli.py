@@ -94,3 +94,12 @@ def test_real_entry_point_exits_2_with_one_line(bad_folder, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {root / 'corrupt.dcm'}: ")
     assert not out.exists()
+
+
+def test_missing_npz_is_a_one_line_error_naming_it(tmp_path):
+    missing, out = tmp_path / "absent.npz", tmp_path / "cache"
+    proc = subprocess.run([sys.executable, "-m", "medclf", "prepare", "medmnist", "--npz", str(missing),
+                           "--out", str(out)], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"error: {missing}: cannot read (No such file or directory)"]
+    assert not out.exists()

@@ -97,10 +97,14 @@ def check_params(size: int | None, val: float, test: float, norm: str, workers: 
 
 
 def file_sha256(path: str | Path) -> str:
+    """Hash of an input file (labels, .npz); a missing or unreadable one is the user's to fix, named."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror or err})") from None
     return digest.hexdigest()
 
 
