@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,20 @@ def shared_data(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data not available: {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def scratch(tmp_path_factory):
+    """`scratch(request, name)`: a folder deleted when the asking fixture ends.
+
+    For module- and session-scoped runs: their checkpoints add up to gigabytes over a suite, and CI shares its disk.
+    """
+    def make(request: pytest.FixtureRequest, name: str) -> Path:
+        path = tmp_path_factory.mktemp(name)
+        request.addfinalizer(lambda: shutil.rmtree(path, ignore_errors=True))
+        return path
+
+    return make
 
 
 @pytest.fixture()

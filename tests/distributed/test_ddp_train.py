@@ -78,8 +78,8 @@ def _env() -> dict:
 
 
 @pytest.fixture(scope="module")
-def ddp(tiny_cache, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ddp")
+def ddp(tiny_cache, scratch, request):
+    out = scratch(request, "ddp")
     cli = subprocess.run(
         [sys.executable, "-m", "medclf", "train", "--gpus", "2", "--data", str(tiny_cache), "--out",
          str(out / "straight"), *DDP_TINY, "train.epochs=2"],

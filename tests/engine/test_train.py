@@ -25,8 +25,8 @@ TINY = ["model.name=resnet18", "model.input_size=32", "data.batch_size=8", "trai
 
 
 @pytest.fixture(scope="module")
-def trained_run(tiny_cache, tmp_path_factory):
-    run = tmp_path_factory.mktemp("run") / "run"
+def trained_run(tiny_cache, scratch, request):
+    run = scratch(request, "run") / "run"
     train(load_config(None, TINY + ["train.epochs=3"]), tiny_cache, run, progress=False)
     return run
 

@@ -22,9 +22,9 @@ def tiny_cfg():
 
 
 @pytest.fixture(scope="session")
-def partition_run(tiny_cache, tmp_path_factory):
+def partition_run(tiny_cache, scratch, request):
     """A 3-member partition ensemble (mean) trained on the tiny cache; tests must not modify it."""
     from medclf.ensemble import train_ensemble
 
-    out = tmp_path_factory.mktemp("ens") / "partition3"
+    out = scratch(request, "ens") / "partition3"
     return train_ensemble(tiny_config(), tiny_cache, out, members=3, mode="partition", progress=False)

@@ -52,8 +52,8 @@ def vit():
 
 
 @pytest.fixture(scope="module")
-def cnn_run(tmp_path_factory, cnn):
-    return write_run(tmp_path_factory.mktemp("explain") / "run", cnn)
+def cnn_run(scratch, request, cnn):
+    return write_run(scratch(request, "explain") / "run", cnn)
 
 
 @pytest.fixture(scope="session")

@@ -25,8 +25,8 @@ TINY = ["model.name=resnet18", "model.input_size=32", "data.batch_size=8", "trai
 
 
 @pytest.fixture(scope="module")
-def ce_run(tiny_cache, tmp_path_factory):
-    run = tmp_path_factory.mktemp("robust") / "ce"
+def ce_run(tiny_cache, scratch, request):
+    run = scratch(request, "robust") / "ce"
     train(load_config(None, TINY), tiny_cache, run, progress=False)
     return run
 

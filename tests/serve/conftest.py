@@ -11,13 +11,13 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def serve_run(tiny_cache: Path, tmp_path_factory) -> Path:
+def serve_run(tiny_cache: Path, scratch, request) -> Path:
     """resnet18 at 32 px, one epoch on the tiny cache (a few seconds)."""
     from medclf.config import load_config
     from medclf.engine.train import train
 
     cfg = load_config(None, ["model.name=resnet18", "model.input_size=32", "data.batch_size=8", "train.epochs=1"])
-    return train(cfg, tiny_cache, tmp_path_factory.mktemp("serve") / "run", progress=False)
+    return train(cfg, tiny_cache, scratch(request, "serve") / "run", progress=False)
 
 
 @pytest.fixture(scope="session")
@@ -28,13 +28,13 @@ def predictor(serve_run: Path):
 
 
 @pytest.fixture(scope="session")
-def ensemble_run(serve_run: Path, tmp_path_factory) -> Path:
+def ensemble_run(serve_run: Path, scratch, request) -> Path:
     """An ensemble run of two identical members (copies of serve_run): its answers must equal the single run's."""
     from medclf.ensemble import ENSEMBLE_FORMAT
     from medclf.io import write_json
     from medclf.models.checkpoint import read_checkpoint
 
-    root = tmp_path_factory.mktemp("serve-ens") / "ens"
+    root = scratch(request, "serve-ens") / "ens"
     for i in range(2):
         (root / "members" / str(i)).mkdir(parents=True)
         shutil.copy(serve_run / "best.pt", root / "members" / str(i) / "best.pt")

@@ -13,11 +13,11 @@ TINY = ["model.name=resnet18", "model.input_size=32", "data.batch_size=8", "trai
 
 
 @pytest.fixture(scope="session")
-def speed_run(tiny_cache, tmp_path_factory):
+def speed_run(tiny_cache, scratch, request):
     """resnet18 at 32 px trained 1 epoch on `tiny_cache`; tests copy it before writing into it."""
     from medclf.engine.train import train
 
-    return train(load_config(None, TINY), tiny_cache, tmp_path_factory.mktemp("speed") / "run", progress=False)
+    return train(load_config(None, TINY), tiny_cache, scratch(request, "speed") / "run", progress=False)
 
 
 @pytest.fixture()
