@@ -13,6 +13,7 @@ Run from the repository root: `python -m benchmarks.bench_prepare` (writes bench
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import shutil
 import tempfile
@@ -45,13 +46,16 @@ def naive_one(path: str) -> np.ndarray:
 @dataclass
 class Timing:
     wall: float  # seconds
-    cpu: float  # CPU seconds of this process and its (finished) worker processes
+    cpu: float  # CPU seconds of this process and its worker processes
 
 
 def _clock(fn: Callable[[], object]) -> Timing:
     before, start = os.times(), time.perf_counter()
     fn()
-    wall, after = time.perf_counter() - start, os.times()
+    wall = time.perf_counter() - start
+    for child in multiprocessing.active_children():  # prepare returns before its workers finish exiting:
+        child.join()  # their CPU time counts only once they are reaped
+    after = os.times()
     cpu = sum(getattr(after, k) - getattr(before, k) for k in ("user", "system", "children_user", "children_system"))
     return Timing(wall, cpu)
 

@@ -125,3 +125,17 @@ def test_fixing_a_file_redecodes_only_its_chunk(synthetic_rsna, synthetic_cache,
     cache = Cache.open(_prepare(root, out, workers=1, classes=root / "stage_2_detailed_class_info.csv"))
     assert "resuming: 2/5 chunks (16/40 images) already decoded" in capsys.readouterr().err
     assert cache.meta["content_hash"] == Cache.open(synthetic_cache).meta["content_hash"]
+
+
+def test_executor_runs_each_task_once_and_leaves_no_worker_behind():
+    import multiprocessing
+
+    from medclf.data.prepare import _executor, _wait_for_reapers
+
+    before = set(multiprocessing.active_children())  # another test's server may be running
+    tasks = list(range(-40, 0))
+    with _executor(3, len(tasks)) as run:  # two forked children and this process share the tasks
+        results = list(run(abs, tasks))
+    assert sorted(results) == list(range(1, 41))
+    _wait_for_reapers()
+    assert set(multiprocessing.active_children()) <= before

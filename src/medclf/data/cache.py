@@ -169,7 +169,6 @@ class CacheWriter:
             block = self.images[start : start + 1024][keep[start : start + 1024]]
             kept[pos : pos + len(block)] = block
             pos += len(block)
-        kept.flush()
         del self.images
         os.replace(staged, self.tmp_dir / "images.npy")
         self.images = kept
@@ -177,10 +176,11 @@ class CacheWriter:
     def finish(self, manifest: pd.DataFrame, meta: dict[str, Any]) -> dict[str, Any]:
         label_names = list(meta["label_names"])
         manifest = normalise_manifest(manifest, label_names)
-        self.images.flush()
+        # No msync: the rename makes the cache appear whole to readers (they share the page cache); like the
+        # rest of medclf it does not promise durability across a power cut, only across a killed process.
         digest = hashlib.sha256()
         for start in range(0, len(self.images), 1024):  # bounded memory for large caches
-            digest.update(np.ascontiguousarray(self.images[start : start + 1024]).tobytes())
+            digest.update(memoryview(np.ascontiguousarray(self.images[start : start + 1024])).cast("B"))
         digest.update(manifest_hash_bytes(manifest))
         del self.images
         full = {

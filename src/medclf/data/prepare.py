@@ -18,7 +18,9 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -188,16 +190,52 @@ def _raise_bad(metas: Sequence[dict[str, Any]]) -> None:
 
 
 @contextlib.contextmanager
-def _executor(workers: int, n_tasks: int) -> Iterator[Any]:
-    """A process pool's imap_unordered, or plain map in-process when one worker is enough."""
+def _executor(workers: int, n_tasks: int) -> Iterator[Callable[[Callable[[Any], Any], Sequence[Any]], Iterator[Any]]]:
+    """`run(fn, tasks)` -> results in completion order: plain map in-process when one worker is enough, else
+    `workers - 1` forked processes with this process as the last worker (`_share_tasks`)."""
     if workers <= 1 or n_tasks <= 1:
         yield map
         return
     preload()  # once here rather than once per forked worker
-    # Ctrl-C reaches the whole process group: workers ignore it, the parent stops the pool (__exit__ terminates)
-    with mp_context().Pool(min(workers, n_tasks), initializer=signal.signal,
-                           initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
-        yield pool.imap_unordered
+    _wait_for_reapers()  # fork with no helper thread running (Python 3.12+ warns about forking threaded parents)
+    children = min(workers, n_tasks) - 1
+    # Ctrl-C reaches the whole process group: workers ignore it, the parent stops the pool
+    pool = mp_context().Pool(children, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
+    try:
+        yield lambda fn, tasks: _share_tasks(pool, fn, tasks, children)
+    except BaseException:
+        pool.terminate()
+        raise
+    pool.close()
+    # A child of a process that imported torch takes ~10 ms to exit; this process writes the cache meanwhile.
+    reaper = threading.Thread(target=pool.join, name="medclf-prepare-reaper", daemon=True)
+    reaper.start()
+    _REAPERS.append(reaper)
+
+
+_REAPERS: list[threading.Thread] = []
+
+
+def _wait_for_reapers() -> None:
+    while _REAPERS:
+        _REAPERS.pop().join()
+
+
+def _share_tasks(pool: Any, fn: Callable[[Any], Any], tasks: Sequence[Any], children: int) -> Iterator[Any]:
+    """Children take tasks from the front (two queued each, so none waits for the next), this process from the
+    back whenever no child result is waiting. The parent would otherwise idle while the children work, and
+    one fork fewer is a large share of a small job: forking a process that has imported torch takes ~10 ms."""
+    todo, running = deque(tasks), deque()
+    while todo or running:
+        while todo and len(running) < 2 * children:
+            running.append(pool.apply_async(fn, (todo.popleft(),)))
+        finished = [r for r in running if r.ready()]
+        for result in finished:
+            running.remove(result)
+            yield result.get()
+        if finished:
+            continue
+        yield fn(todo.pop()) if todo else running.popleft().get()
 
 
 def chunk_files(paths: Sequence[str], partial: Path, size: int, norm: str) -> list[tuple[Path, list[str]]]:
