@@ -248,18 +248,21 @@ def torchscript_probs_fn(module: torch.jit.ScriptModule) -> Callable[[torch.Tens
 def onnx_session_for_run(run: LoadedRun, threads: int | None = None, device: str = "cpu",
                          work_dir: str | Path | None = None):
     """A session on `RUN/model.onnx` when it was exported from the run's current checkpoints; else on a fresh
-    export into `work_dir` (a temp dir by default: predicting never writes into the run directory)."""
+    export into `work_dir`, or into a temp dir that is deleted once the session has loaded the model
+    (predicting never writes into the run directory)."""
     current = run.run_dir / "model.onnx"
     if current.is_file():
         with contextlib.suppress(MedclfError):
             session = onnx_session(current, threads=threads, device=device)
             if onnx_metadata(session).get("medclf.source") == source_fingerprint(run.run_dir):
                 return session
-    out = Path(work_dir or tempfile.mkdtemp(prefix="medclf-onnx-")) / "model.onnx"
-    model = copy.deepcopy(run.model).cpu() if _device_of(run.model).type != "cpu" else run.model
-    example = torch.zeros(2, run.contract.in_chans, run.contract.input_size, run.contract.input_size)
-    export_onnx(ProbabilityModel(model).eval(), example, out, export_metadata(run))
-    return onnx_session(out, threads=threads, device=device)
+    with contextlib.ExitStack() as stack:
+        folder = work_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="medclf-onnx-"))
+        out = Path(folder) / "model.onnx"
+        model = copy.deepcopy(run.model).cpu() if _device_of(run.model).type != "cpu" else run.model
+        example = torch.zeros(2, run.contract.in_chans, run.contract.input_size, run.contract.input_size)
+        export_onnx(ProbabilityModel(model).eval(), example, out, export_metadata(run))
+        return onnx_session(out, threads=threads, device=device)
 
 
 # ---------------------------------------------------------------- parity

@@ -33,17 +33,23 @@ def predict(run, pngs, engine):
     return predict_files(run, [pngs], batch_size=5, device="cpu", progress=False, engine=engine)
 
 
-def test_onnx_engine_equals_eager(run_copy, pngs, tmp_path):
+def test_onnx_engine_equals_eager(run_copy, pngs, tmp_path, monkeypatch):
+    import tempfile
+
     from typer.testing import CliRunner
 
     from medclf.cli.main import app
 
     eager = predict(run_copy, pngs, "torch")
     out = tmp_path / "p.csv"
+    system_tmp = tmp_path / "system-tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
     # no RUN/model.onnx yet: exported on the fly into a temp dir, the run directory is left alone
     result = CliRunner().invoke(app, ["predict", str(run_copy), str(pngs), "--engine", "onnx", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert not (run_copy / "model.onnx").exists()
+    assert list(system_tmp.iterdir()) == []  # the on-the-fly export (45 MB) is gone once loaded
     onnx = pd.read_csv(out, keep_default_na=False)
     assert len(onnx) == 12 and (onnx["error"] == "").all()
     assert onnx["path"].tolist() == eager["path"].tolist()
