@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from medclf.config import Config
 from medclf.data.cache import Cache
@@ -52,6 +54,14 @@ class TrainingSetup:
     def __post_init__(self) -> None:
         if self.train_model is None:
             self.train_model = self.model
+
+    def epoch_batches(self, sampler_epoch: int, desc: str, progress: bool) -> tqdm:
+        """One epoch's training batches behind a progress bar: the sampler reseeded for `sampler_epoch`, and no
+        more than `steps_per_epoch` batches read (the cap stops the loader instead of fetching one to drop)."""
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(sampler_epoch)
+        return tqdm(itertools.islice(self.loader, self.steps_per_epoch), total=self.steps_per_epoch, desc=desc,
+                    disable=not progress, leave=False)
 
 
 def build_setup(cfg: Config, data_dir: str | Path, out_dir: str | Path, dist: DistContext | None = None) -> TrainingSetup:

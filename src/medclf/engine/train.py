@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from medclf.config import Config, save_config
 from medclf.engine.device import autocast, epoch_seed, seed_everything
@@ -86,15 +85,10 @@ def train_one_epoch(s: TrainingSetup, epoch: int, ema, progress: bool) -> float:
     seed = epoch_seed(s.cfg.train.seed, epoch, s.dist.rank)
     torch.manual_seed(seed)  # dropout and any other torch randomness in this epoch
     augment_rng = torch.Generator().manual_seed(seed)
-    if hasattr(s.sampler, "set_epoch"):
-        s.sampler.set_epoch(epoch)
     s.train_model.train()
     total, count = 0.0, 0
-    bar = tqdm(s.loader, total=s.steps_per_epoch, desc=f"epoch {epoch + 1}/{s.cfg.train.epochs}",
-               disable=not progress, leave=False)
+    bar = s.epoch_batches(epoch, f"epoch {epoch + 1}/{s.cfg.train.epochs}", progress)
     for step, (images, labels, _) in enumerate(bar):
-        if step >= s.steps_per_epoch:
-            break
         x = s.train_transform.unit(images.to(s.device, non_blocking=True), augment_rng)
         y = labels.to(s.device, non_blocking=True)
         with autocast(s.device, s.cfg.train.amp):

@@ -18,7 +18,6 @@ import time
 import pandas as pd
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from medclf.engine.device import autocast, epoch_seed
 from medclf.errors import ConfigError, MedclfError
@@ -102,16 +101,11 @@ def _pretrain_epoch(setup, classifier: nn.Module, head: nn.Module, optimizer, sc
     seed = epoch_seed(cfg.seed, -1 - epoch)
     torch.manual_seed(seed)
     views = (torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1))
-    if hasattr(setup.sampler, "set_epoch"):
-        setup.sampler.set_epoch(10_000 + epoch)
     classifier.train()
     head.train()
     total, count = 0.0, 0
-    bar = tqdm(setup.loader, total=setup.steps_per_epoch, desc=f"supcon {epoch + 1}/{cfg.contrastive_epochs}",
-               disable=not progress, leave=False)
+    bar = setup.epoch_batches(10_000 + epoch, f"supcon {epoch + 1}/{cfg.contrastive_epochs}", progress)
     for step, (images, labels, _) in enumerate(bar):
-        if step >= setup.steps_per_epoch:
-            break
         images, y = images.to(setup.device), labels.to(setup.device)
         x = torch.cat([setup.train_transform(images, g) for g in views])
         with autocast(setup.device, cfg.amp):
