@@ -13,7 +13,6 @@ Run: `python -m benchmarks.bench_inference` (writes benchmarks/results/inference
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import tempfile
 import time
@@ -113,16 +112,13 @@ def model_only_levers(onnx_path: Path, run, repeats: int) -> list[list]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=common.DEFAULT_DATA, help="RSNA-layout folder")
+    parser = common.parser(__doc__)
     parser.add_argument("--files", type=int, default=20, help="files timed at batch 1")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--throughput-files", type=int, default=64, help="files timed in batches")
     parser.add_argument("--repeats", type=int, default=10, help="model-only timings per lever")
-    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    if not common.data_available(args.data):
-        print(f"inference benchmark skipped: {args.data} not found")
+    if common.skipped_without_data(args.data, "inference"):
         return 0
     from medclf.export import export_run, onnx_probs_fn, onnx_session
     from medclf.runs import load_run

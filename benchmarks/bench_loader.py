@@ -16,7 +16,6 @@ Run: `python -m benchmarks.bench_loader` (writes benchmarks/results/loader.md).
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import tempfile
 import time
@@ -115,14 +114,11 @@ def measure_alternating(epoch_fns: dict, seconds: float, device: torch.device) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=common.DEFAULT_DATA, help="RSNA-layout folder")
+    parser = common.parser(__doc__)
     parser.add_argument("--workers", type=int, default=common.usable_cores())
     parser.add_argument("--seconds", type=float, default=5.0, help="minimum timed seconds per pipeline")
-    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    if not common.data_available(args.data):
-        print(f"loader benchmark skipped: {args.data} not found")
+    if common.skipped_without_data(args.data, "loader"):
         return 0
     device = common.pick_bench_device()
     tmp = Path(tempfile.mkdtemp(prefix="bench-loader-"))

@@ -12,7 +12,6 @@ Run from the repository root: `python -m benchmarks.bench_prepare` (writes bench
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import os
 import shutil
@@ -26,9 +25,7 @@ import numpy as np
 
 from benchmarks import common
 from medclf.data.prepare import default_workers, mp_context, prepare_rsna
-from medclf.io import write_text
 
-RESULTS = common.RESULTS / "prepare.md"
 SIZE = 224
 
 
@@ -92,15 +89,12 @@ def run(data: Path, workers: int, repeats: int) -> tuple[Timing, Timing]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=common.DEFAULT_DATA, help="RSNA-layout folder")
+    parser = common.parser(__doc__)
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     data = args.data.resolve()
-    if not (data / "stage_2_train_images").is_dir():
-        print(f"skipped: {data} not found")
+    if common.skipped_without_data(data, "prepare"):
         return 0
     paths = sorted(str(p) for p in (data / "stage_2_train_images").glob("*.dcm"))
     load_before = os.getloadavg()[0]
@@ -126,9 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         "command: `python -m benchmarks.bench_prepare`",
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    write_text(args.out, text)
+    common.write_result("prepare", lines, args.out)
     return 0
 
 

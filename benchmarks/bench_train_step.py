@@ -92,18 +92,15 @@ def alternate(steppers: dict, warmup_rounds: dict, rounds: int, k: int, device: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=common.DEFAULT_DATA, help="RSNA-layout folder")
+    parser = common.parser(__doc__)
     parser.add_argument("--workers", type=int, default=common.usable_cores())
     parser.add_argument("--batch", type=int, default=None, help="default 8 on CPU, 64 on CUDA")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds (pipelines alternate round by round)")
     parser.add_argument("--round-steps", type=int, default=None, help="steps per round; default 1 on CPU, 10 on CUDA")
     parser.add_argument("--compile", dest="compile_model", action=argparse.BooleanOptionalAction, default=None,
                         help="train.compile=true for medclf (default: on with CUDA, off on CPU)")
-    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    if not common.data_available(args.data):
-        print(f"train-step benchmark skipped: {args.data} not found")
+    if common.skipped_without_data(args.data, "train-step"):
         return 0
     device = common.pick_bench_device()
     cuda = device.type == "cuda"

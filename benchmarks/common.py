@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import time
@@ -54,6 +55,22 @@ def sync(device: torch.device) -> None:
 
 def data_available(data: Path) -> bool:
     return (data / "stage_2_train_images").is_dir() and (data / "stage_2_train_labels.csv").is_file()
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """The options every benchmark has: `--data` (an RSNA-layout folder) and `--out` (default: its results file)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="RSNA-layout folder")
+    parser.add_argument("--out", type=Path, default=None, help="markdown file to write (default: benchmarks/results/)")
+    return parser
+
+
+def skipped_without_data(data: Path, name: str) -> bool:
+    """True (after saying so) when `data` is not an RSNA-layout folder: benchmarks skip rather than fail."""
+    if data_available(data):
+        return False
+    print(f"{name} benchmark skipped: {data} not found")
+    return True
 
 
 def prepare_sample_cache(data: Path, out: Path, size: int = 256) -> Path:
