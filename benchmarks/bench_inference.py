@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     if common.skipped_without_data(args.data, "inference"):
         return 0
     from medclf.export import export_run, onnx_probs_fn, onnx_session
-    from medclf.runs import load_run
+    from medclf.runs import open_run
 
     device = torch.device("cpu")  # the question is CPU serving; ONNX Runtime's CUDA provider is a separate install
     files = sorted((args.data / "stage_2_train_images").glob("*.dcm"))
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_dir = make_run(tmp / "run")
         exported = export_run(run_dir, "onnx")
-        run = load_run(run_dir, device)
+        run = open_run(run_dir, device)
         session = onnx_session(exported.path)
         torch.manual_seed(0)
         deck = deck_model(2).eval()

@@ -33,7 +33,7 @@ PASSES = 5
 
 
 def resnet_contract():
-    from medclf.models.contract import DataContract
+    from medclf.contract import DataContract
 
     return DataContract(model_name="resnet50", num_classes=2, label_names=["normal", "pneumonia"], positive_index=1,
                         input_size=SIZE, in_chans=3, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))

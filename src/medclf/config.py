@@ -36,7 +36,6 @@ class DataConfig:
     flip: bool = True  # the seed deck's random horizontal flip
     affine: bool = False  # mild random rotation/scale/translation
     contrast: bool = False  # mild brightness/contrast jitter
-    train_subset: str | None = None  # internal: ensembles pick member rows (partition/kfold/bootstrap)
 
 
 @dataclass
@@ -88,6 +87,8 @@ class EvalConfig:
     n_boot: int = 1000
     batch_size: int = 64
     tta_flip: bool = False  # average the prediction on the image and its mirror
+    ood_detector: bool = True  # fit the Mahalanobis OOD detector on the training split when training ends
+    ood_fit_max: int = 5000  # training images it is fitted on at most (seeded draw)
 
 
 @dataclass

@@ -135,7 +135,7 @@ def measure(model: nn.Module, mode: str, batch: int, size: int, steps: int, devi
 def _step_fn(model: nn.Module, mode: str, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> Callable[[], None]:
     """One inference batch, or one training step (forward, backward, AdamW) with medclf's optimiser settings."""
     from medclf.config import TrainConfig
-    from medclf.engine.device import autocast
+    from medclf.device import autocast
     from medclf.engine.optim import create_optimizer
 
     if mode == "infer":
@@ -249,7 +249,7 @@ def profile_models(names: list[str], size: int = 224, batch: int = 8, steps: int
     import pandas as pd
     from tqdm import tqdm
 
-    from medclf.engine.device import pick_device
+    from medclf.device import pick_device
     from medclf.models.registry import TIMM_PREFIX, list_models
 
     names = [n.strip() for n in names if n.strip()]

@@ -138,7 +138,7 @@ def test_only_rank0_writes_and_prints(ddp):
 
 def test_checkpoint_in_one_process_gives_the_ddp_validation_metrics(ddp, tiny_cache, tmp_path):
     from medclf.config import load_config
-    from medclf.engine.inference import predict_dataset
+    from medclf.runs import Predictor
     from medclf.engine.setup import build_setup
     from medclf.engine.train import validate
     from medclf.models.checkpoint import load_checkpoint
@@ -151,7 +151,7 @@ def test_checkpoint_in_one_process_gives_the_ddp_validation_metrics(ddp, tiny_ca
     row = validate(s, model)
     for key in ("val_loss", "val_auc", "val_f1", "val_accuracy"):
         assert row[key] == pytest.approx(logged[key], abs=1e-6), key
-    probs = predict_dataset(model, contract, s.val_set, torch.device("cpu"))[:, 1]
+    probs = Predictor(model, contract).predict_dataset(s.val_set).probs[:, 1]
     assert roc_auc_score(s.val_set.labels, probs) == pytest.approx(logged["val_auc"], abs=1e-6)
     assert 0.0 < torch.load(run / "best.pt", weights_only=True)["contract"]["threshold"] <= 1.0
 

@@ -84,7 +84,7 @@ def test_predict_files_reports_bad_ones(trained_run, tiny_cache, tmp_path):
     table = predict_files(trained_run, [tmp_path], out=tmp_path / "out.csv", progress=False)
     assert table["path"].map(lambda s: Path(s).name).tolist() == ["a.png", "b.png", "broken.png"]
     good = table[table["error"] == ""]
-    assert good["prob"].between(0, 1).all() and set(good["label"]) <= {"normal", "pneumonia"}
+    assert good["prob"].between(0, 1).all() and set(good["predicted"]) <= {"normal", "pneumonia"}
     assert "broken.png" in table.loc[2, "error"]
     assert (tmp_path / "out.csv").exists()
 

@@ -1,7 +1,7 @@
 import torch
 
 from medclf.data.transforms import Augment, make_transform
-from medclf.models.contract import DataContract
+from medclf.contract import DataContract
 
 
 def contract(in_chans=3, size=32):

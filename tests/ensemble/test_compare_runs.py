@@ -10,7 +10,7 @@ import pytest
 from medclf.compare import compare_runs, comparison_markdown
 from medclf.errors import MedclfError
 from medclf.evaluation.bootstrap import paired_bootstrap
-from medclf.evaluation.metrics import evaluate_predictions
+from medclf.engine.evaluate import write_evaluation
 
 LABELS = np.array([0, 0, 0, 0, 1, 1, 0, 1, 0, 1])
 # A ranks one negative (0.6) above one positive (0.55): AUC = 23/24; B ranks perfectly: AUC = 1
@@ -24,7 +24,7 @@ def fake_run(root, name, probs, labels=LABELS, ids=None, split="test", threshold
     run.mkdir(parents=True)
     ids = ids if ids is not None else [f"img{i:02d}" for i in range(len(labels))]
     table = pd.DataFrame({"id": ids, "label": labels, "prob": probs, "split": split, "model": name})
-    evaluate_predictions(table, threshold, run, split, n_boot=200)
+    write_evaluation(table, threshold, run, split, n_boot=200)
     if shuffle:  # row order must not matter: runs are aligned by image id
         table = table.sample(frac=1.0, random_state=1)
     table.to_csv(run / f"predictions_{split}.csv", index=False)

@@ -8,8 +8,8 @@ import torch
 
 from medclf.data.cache import Cache
 from medclf.data.dataset import CacheDataset
-from medclf.engine.inference import predict_dataset, predict_probs
-from medclf.ensemble import Ensemble, ensemble_contract, predict_members
+from medclf.runs import Predictor
+from medclf.models.ensemble import Ensemble, ensemble_contract
 from medclf.errors import MedclfError
 from medclf.models import create_model
 
@@ -33,8 +33,8 @@ def test_mean_ensemble_equals_mean_of_members_on_a_cache_split(tiny_cache):
     models, contracts = _members()
     ens = Ensemble(models, contracts, ensemble_contract(contracts[0], 0.5, "ens"))
     test = CacheDataset(Cache.open(tiny_cache), split="test")
-    got = predict_dataset(ens, ens.contract, test, CPU)
-    singles = np.stack([predict_dataset(m, c, test, CPU) for m, c in zip(models, contracts)])
+    got = Predictor(ens, ens.contract).predict_dataset(test).probs
+    singles = np.stack([Predictor(m, c).predict_dataset(test).probs for m, c in zip(models, contracts)])
     assert got.shape == (12, 2)
     assert singles[:, :, 1].std(axis=0).mean() > 0.01  # the members do disagree
     np.testing.assert_allclose(got, singles.mean(axis=0), atol=1e-6)
@@ -48,7 +48,7 @@ def test_forward_is_log_of_combined_probabilities():
         p = [torch.softmax(m(x), dim=1) for m in models]
         expected = 0.75 * p[0] + 0.25 * p[1]
         torch.testing.assert_close(torch.exp(ens(x)), expected, atol=1e-6, rtol=0)
-        np.testing.assert_allclose(predict_probs(ens, x, CPU), expected.numpy(), atol=1e-6)
+        np.testing.assert_allclose(torch.softmax(ens(x), dim=1).numpy(), expected.numpy(), atol=1e-6)
 
 
 def test_vote_is_the_fraction_of_members_at_their_own_thresholds():
@@ -72,8 +72,9 @@ def test_member_with_another_input_size_sees_its_own_transform(tiny_cache):
     contracts = [small[0].contract, big[0].contract]
     ens = Ensemble([small[0], big[0]], contracts, ensemble_contract(big[0].contract, 0.5, "ens"))
     test = CacheDataset(Cache.open(tiny_cache), split="test")
-    members, combined = predict_members(ens, ens.contract, test, CPU)
-    alone = predict_dataset(small[0], small[0].contract, test, CPU)  # 32 px cache resized to 16 by its own transform
+    both = Predictor(ens, ens.contract).predict_dataset(test)
+    members, combined = both.member_probs, both.probs
+    alone = Predictor(small[0], small[0].contract).predict_dataset(test).probs  # 32 px cache resized to 16 by its own transform
     np.testing.assert_allclose(members[0], alone, atol=1e-5)
     np.testing.assert_allclose(combined, members.mean(axis=0), atol=1e-6)
 

@@ -17,13 +17,13 @@ from medclf.data.cache import Cache
 from medclf.data.dataset import CacheDataset
 from medclf.data.splits import partition_indices
 from medclf.engine.evaluate import evaluate_run
-from medclf.engine.inference import predict_dataset
+from medclf.runs import Predictor
 from medclf.engine.predict import predict_files
 from medclf.ensemble import plan_members, train_ensemble
 from medclf.errors import MedclfError
 from medclf.evaluation.thresholds import choose_threshold
 from medclf.report.html import build_report
-from medclf.runs import load_run
+from medclf.runs import open_run
 
 CPU = torch.device("cpu")
 
@@ -32,8 +32,8 @@ def _member_probs(run_dir, split):
     """Each member's positive-class probabilities on a split of its ensemble's cache, loaded on its own."""
     cache = Cache.open(json.loads((run_dir / "data_summary.json").read_text())["cache"])
     data = CacheDataset(cache, split=split)
-    probs = [predict_dataset(r.model, r.contract, data, CPU)[:, 1]
-             for r in (load_run(run_dir / "members" / str(i), CPU) for i in range(3))]
+    probs = [Predictor(r.model, r.contract).predict_dataset(data).probs[:, 1]
+             for r in (open_run(run_dir / "members" / str(i), CPU) for i in range(3))]
     return data, np.stack(probs)
 
 
@@ -62,7 +62,7 @@ def test_ensemble_threshold_is_chosen_on_val_with_combined_probabilities(partiti
     val, probs = _member_probs(partition_run, "val")
     expected = choose_threshold((val.labels == 1).astype(int), probs.mean(axis=0), method="f1")
     assert spec["threshold"] == pytest.approx(expected, abs=1e-6)
-    assert load_run(partition_run, CPU).contract.threshold == pytest.approx(spec["threshold"])
+    assert open_run(partition_run, CPU).contract.threshold == pytest.approx(spec["threshold"])
 
 
 def test_evaluate_writes_mean_and_member_std(partition_run, tmp_path):
@@ -70,7 +70,7 @@ def test_evaluate_writes_mean_and_member_std(partition_run, tmp_path):
     shutil.copytree(partition_run, run)
     metrics = evaluate_run(run, split="test", n_boot=0, progress=False)
     table = pd.read_csv(run / "predictions_test.csv")
-    assert list(table.columns) == ["id", "label", "prob", "split", "model", "std"]
+    assert list(table.columns) == ["id", "label", "prob", "predicted", "threshold", "split", "model", "std", "ood", "ood_score"]
     test, probs = _member_probs(run, "test")
     assert table["id"].tolist() == list(test.ids)
     np.testing.assert_allclose(table["prob"], probs.mean(axis=0), atol=1e-6)
@@ -87,8 +87,8 @@ def test_evaluate_writes_mean_and_member_std(partition_run, tmp_path):
     out = predict_files(run, files, progress=False)
     singles = np.stack([predict_files(run / "members" / str(i), files, progress=False)["prob"] for i in range(3)])
     np.testing.assert_allclose(out["prob"], singles.mean(axis=0), atol=1e-6)
-    threshold = load_run(run, CPU).contract.threshold
-    assert out["label"].tolist() == ["pneumonia" if p >= threshold else "normal" for p in out["prob"]]
+    threshold = open_run(run, CPU).contract.threshold
+    assert out["predicted"].tolist() == ["pneumonia" if p >= threshold else "normal" for p in out["prob"]]
 
     page = build_report(run).read_text(encoding="utf-8")
     assert '<section id="ensemble"><h2>Ensemble</h2>' in page
@@ -126,8 +126,8 @@ def test_kfold_members_validate_on_their_held_out_fold(tiny_cache, tmp_path, tin
         held_out = view.indices("val")
         assert held_out.tolist() == rows[1 - i].tolist()  # validated on exactly the rows it did not train on
         assert not set(rows[i]) & set(cache.indices("val"))
-        member = load_run(run / "members" / str(i), CPU)
-        probs = predict_dataset(member.model, member.contract, CacheDataset(view, split="val"), CPU)[:, 1]
+        member = open_run(run / "members" / str(i), CPU)
+        probs = Predictor(member.model, member.contract).predict_dataset(CacheDataset(view, split="val")).probs[:, 1]
         expected = choose_threshold((cache.manifest["label"].to_numpy()[held_out] == 1).astype(int), probs)
         assert member.contract.threshold == pytest.approx(expected, abs=1e-6)
     info = json.loads((run / "ensemble.json").read_text())["member_info"]

@@ -1,4 +1,4 @@
-"""binary_metrics and evaluate_predictions against hand-computed values and scikit-learn."""
+"""binary_metrics and write_evaluation against hand-computed values and scikit-learn."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from medclf.errors import DataError, MedclfError
-from medclf.evaluation.metrics import METRIC_KEYS, binary_metrics, evaluate_predictions
+from medclf.engine.evaluate import write_evaluation
+from medclf.evaluation.metrics import METRIC_KEYS, binary_metrics
 
 # 4 positives, 6 negatives; at threshold 0.5: called positive = 0.9, 0.8, 0.6 (pos) and 0.7, 0.55 (neg)
 Y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
@@ -105,11 +106,11 @@ def test_bootstrap_is_fast_on_30k_predictions():
     assert elapsed < 10.0, elapsed  # about 1 s on 2 shared cores; generous for a busy CI machine
 
 
-def test_evaluate_predictions_writes_files(tmp_path):
+def test_write_evaluation_writes_files(tmp_path):
     # three classes, positive_index 2: binary y = (label == 2)
     df = pd.DataFrame({"id": [f"im{i}" for i in range(10)], "label": np.where(Y == 1, 2, [0, 1] * 5),
                        "prob": P, "split": "test", "model": "m"})
-    m = evaluate_predictions(df, 0.5, tmp_path, "test", n_boot=50, positive_index=2,
+    m = write_evaluation(df, 0.5, tmp_path, "test", n_boot=50, positive_index=2,
                              label_names=["normal", "other", "opacity"])
     assert (m["tp"], m["fp"], m["fn"], m["tn"]) == (3, 2, 1, 4)
     saved = json.loads((tmp_path / "metrics_test.json").read_text())
@@ -118,21 +119,21 @@ def test_evaluate_predictions_writes_files(tmp_path):
     for kind in ("confusion", "roc", "pr", "calibration"):
         assert (tmp_path / f"{kind}_test.png").stat().st_size > 1000
 
-    evaluate_predictions(df, 0.5, tmp_path / "v", "val", n_boot=0)
+    write_evaluation(df, 0.5, tmp_path / "v", "val", n_boot=0)
     assert (tmp_path / "v" / "metrics_val.json").is_file() and not (tmp_path / "v" / "metrics.json").exists()
 
 
-def test_evaluate_predictions_errors(tmp_path):
+def test_write_evaluation_errors(tmp_path):
     with pytest.raises(DataError, match="prob"):
-        evaluate_predictions(pd.DataFrame({"id": [1], "label": [1]}), 0.5, tmp_path, "test")
+        write_evaluation(pd.DataFrame({"id": [1], "label": [1]}), 0.5, tmp_path, "test")
     with pytest.raises(DataError, match="1 row"):
-        evaluate_predictions(pd.DataFrame({"label": [1, None], "prob": [0.5, 0.2]}), 0.5, tmp_path, "test")
+        write_evaluation(pd.DataFrame({"label": [1, None], "prob": [0.5, 0.2]}), 0.5, tmp_path, "test")
     with pytest.raises(MedclfError, match="file name"):
-        evaluate_predictions(pd.DataFrame({"label": [1], "prob": [0.5]}), 0.5, tmp_path, "../x")
+        write_evaluation(pd.DataFrame({"label": [1], "prob": [0.5]}), 0.5, tmp_path, "../x")
 
 
 def test_single_class_split_still_evaluates(tmp_path):
     df = pd.DataFrame({"id": range(6), "label": [0] * 6, "prob": [0.1, 0.2, 0.3, 0.6, 0.7, 0.05]})
-    m = evaluate_predictions(df, 0.5, tmp_path, "test", n_boot=20)
+    m = write_evaluation(df, 0.5, tmp_path, "test", n_boot=20)
     assert m["roc_auc"] is None and m["fp"] == 2 and not math.isnan(m["ece"])
     assert (tmp_path / "roc_test.png").is_file()

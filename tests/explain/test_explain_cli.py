@@ -16,7 +16,7 @@ from medclf.errors import MedclfError
 from medclf.explain.registry import compute_maps, resize_maps
 from medclf.explain.scores import energy_in_box
 from medclf.report.html import build_report
-from medclf.runs import load_run
+from medclf.runs import open_run
 
 
 def _app():
@@ -117,7 +117,7 @@ def test_scores_cover_the_boxed_positives_of_the_split(scored, tiny_cache):
 def test_scores_are_computed_on_maps_resized_to_the_cache(scored, tiny_cache):
     run, _ = scored
     per_image = pd.read_csv(run / "explain_scores_per_image.csv")
-    cache, loaded = Cache.open(tiny_cache), load_run(run)
+    cache, loaded = Cache.open(tiny_cache), open_run(run)
     x = make_transform(loaded.contract, train=False)(torch.from_numpy(np.asarray(cache.images[[9]])))
     heat = resize_maps(compute_maps(loaded.model, x, "eigencam", 1), 32).numpy()[0]  # 64 px map -> 32 px cache
     row = per_image[(per_image["method"] == "eigencam") & (per_image["id"] == "img009")].iloc[0]

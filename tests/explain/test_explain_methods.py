@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from medclf.ensemble import Ensemble, ensemble_contract
+from medclf.models.ensemble import Ensemble, ensemble_contract
 from medclf.errors import MedclfError
 from medclf.explain.cams import LogOddsTarget
 from medclf.explain.featuremaps import feature_grid

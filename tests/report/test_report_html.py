@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from medclf.errors import MedclfError
-from medclf.evaluation.metrics import evaluate_predictions
+from medclf.engine.evaluate import write_evaluation
 from medclf.evaluation.plots import plot_curves
 from medclf.report.html import build_report, register_section, registered_sections, unregister_section
 
@@ -32,7 +32,7 @@ def run_dir(tmp_path):
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 200)
     prob = np.clip(rng.normal(0.35 + 0.3 * y, 0.2), 0, 1)
-    evaluate_predictions(pd.DataFrame({"id": range(200), "label": y, "prob": prob}), 0.5, run, "test", n_boot=100)
+    write_evaluation(pd.DataFrame({"id": range(200), "label": y, "prob": prob}), 0.5, run, "test", n_boot=100)
     return run
 
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from medclf.data.transforms import make_transform
 from medclf.errors import MedclfError
-from medclf.models.contract import DataContract
+from medclf.contract import DataContract
 from medclf.robust.attacks import fgsm, frozen_bn_stats, parse_eps, pgd
 
 
@@ -83,7 +83,7 @@ def test_frozen_bn_stats_keeps_running_averages():
 
 
 def test_pgd_attacks_an_ensemble_through_all_members(setup):
-    from medclf.ensemble import Ensemble
+    from medclf.models.ensemble import Ensemble
 
     model, transform, x, y = setup
     contract = DataContract("small", 2, ["normal", "pneumonia"], 1, 32, 1, [0.5], [0.25])

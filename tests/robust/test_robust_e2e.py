@@ -18,7 +18,7 @@ from medclf.engine.evaluate import evaluate_run
 from medclf.engine.predict import predict_files
 from medclf.engine.train import train
 from medclf.models import load_checkpoint
-from medclf.runs import load_run
+from medclf.runs import open_run
 
 TINY = ["model.name=resnet18", "model.input_size=32", "data.batch_size=8", "train.epochs=1", "train.lr=0.003",
         "train.warmup_epochs=0"]
@@ -97,20 +97,23 @@ def test_ood_command_stores_a_detector_that_predict_uses(ce_run, tiny_cache, tmp
     assert det["score"] == "mahalanobis" and len(det["means"]) == 2 and len(det["precision"]) == 512
     load_checkpoint(ce_run / "best.pt")  # still loads strictly
 
-    from medclf.robust.ood import ood_flags
     from medclf.robust.ood_run import synthetic_ood_images
 
-    run = load_run(ce_run)
+    predictor = open_run(ce_run).predictor()
     cache = Cache.open(tiny_cache)
-    val_scores, val_flags = ood_flags(run, np.asarray(cache.images[cache.indices("val")]))
+
+    def ood_flags(images):
+        return predictor.ood(predictor.predict_arrays(images))
+
+    val_scores, val_flags = ood_flags(np.asarray(cache.images[cache.indices("val")]))
     # the threshold accepts 95% of the 12 validation images: the 'higher' quantile is their maximum
     assert det["threshold"] == pytest.approx(val_scores.max()) and not val_flags.any()
-    noise_scores, _ = ood_flags(run, synthetic_ood_images("noise", 8, 32, seed=1))
+    noise_scores, _ = ood_flags(synthetic_ood_images("noise", 8, 32, seed=1))
     assert noise_scores.shape == (8,)
 
     Image.fromarray(np.asarray(cache.images[0])).save(tmp_path / "a.png")
     table = predict_files(ce_run, [tmp_path / "a.png"], progress=False)
-    assert list(table.columns) == ["path", "prob", "label", "error", "ood", "ood_score"]
+    assert list(table.columns) == ["path", "prob", "predicted", "threshold", "ood", "ood_score", "error"]
     assert table["ood_score"].iloc[0] > 0 and table["ood"].iloc[0] == (table["ood_score"].iloc[0] > det["threshold"])
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from medclf.errors import MedclfError
-from medclf.robust.ood import (Outputs, detection_metrics, fit_mahalanobis, get_score, mahalanobis_scores,
+from medclf.evaluation.ood import (Outputs, detection_metrics, fit_mahalanobis, get_score, mahalanobis_scores,
                                score_energy, score_msp)
 
 

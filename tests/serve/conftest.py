@@ -22,15 +22,15 @@ def serve_run(tiny_cache: Path, scratch, request) -> Path:
 
 @pytest.fixture(scope="session")
 def predictor(serve_run: Path):
-    from medclf.serve.predictor import Predictor
+    from medclf.serve.predictor import ServeModel
 
-    return Predictor.load(serve_run, "cpu")
+    return ServeModel.load(serve_run, "cpu")
 
 
 @pytest.fixture(scope="session")
 def ensemble_run(serve_run: Path, scratch, request) -> Path:
     """An ensemble run of two identical members (copies of serve_run): its answers must equal the single run's."""
-    from medclf.ensemble import ENSEMBLE_FORMAT
+    from medclf.runs import ENSEMBLE_FORMAT
     from medclf.io import write_json
     from medclf.models.checkpoint import read_checkpoint
 

@@ -21,7 +21,7 @@ from medclf.engine.predict import predict_files
 from medclf.errors import MedclfError
 from medclf.models.checkpoint import read_checkpoint
 from medclf.serve.app import create_app
-from medclf.serve.predictor import SAFE_DICOM_FIELDS, Predictor
+from medclf.serve.predictor import SAFE_DICOM_FIELDS, ServeModel
 from medclf.serve.server import check_options
 
 MB = 2**20
@@ -125,7 +125,7 @@ def test_client_file_names_never_become_paths(client, sample_files, upload_root)
 
 def test_ensemble_run_of_identical_members_answers_like_one_member(ensemble_run, client, sample_files):
     single = post(client, read_file(sample_files["dicom"])).json()["results"][0]
-    with TestClient(create_app(Predictor.load(ensemble_run, "cpu"))) as ens:
+    with TestClient(create_app(ServeModel.load(ensemble_run, "cpu"))) as ens:
         m = ens.get("/api/model").json()
         assert (m["kind"], m["members"], m["name"]) == ("ensemble", 2, "ens")
         assert m["training_data"]["n"] == 60
@@ -136,19 +136,19 @@ def test_ensemble_run_of_identical_members_answers_like_one_member(ensemble_run,
 
 
 def test_ood_score_and_flag_when_the_checkpoint_has_a_detector(serve_run, tmp_path, sample_files):
-    from medclf.robust.ood import ood_flags
     from medclf.robust.ood_run import ood_run
-    from medclf.runs import load_run
+    from medclf.runs import open_run
 
     run_dir = tmp_path / "run-ood"
     shutil.copytree(serve_run, run_dir)
     ood_run(run_dir, "noise", device="cpu", progress=False)  # fits and stores contract.ood in best.pt
     files = [sample_files["dicom"], sample_files["png"]]
-    with TestClient(create_app(Predictor.load(run_dir, "cpu"))) as c:
+    with TestClient(create_app(ServeModel.load(run_dir, "cpu"))) as c:
         assert c.get("/api/model").json()["ood"] is True
         results = post(c, *map(read_file, files), heatmap="false").json()["results"]
-    run = load_run(run_dir, "cpu")
-    scores, flags = ood_flags(run, np.stack([load_image(f, 32) for f in files]))
+    run = open_run(run_dir, "cpu")
+    predictor = run.predictor()
+    scores, flags = predictor.ood(predictor.predict_arrays(np.stack([load_image(f, 32) for f in files])))
     for r, score, flag in zip(results, scores, flags):
         assert r["ood_reason"] is None
         assert r["ood"] == {"score": pytest.approx(float(score), rel=1e-5, abs=1e-6), "flag": bool(flag)}
@@ -272,7 +272,7 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path):
     marker = tmp_path / "pwned"
     torch.save({"format": "medclf-checkpoint", "payload": _Payload(marker)}, run / "best.pt")
     with pytest.raises(MedclfError, match="weights-only"):
-        Predictor.load(run, "cpu")
+        ServeModel.load(run, "cpu")
     assert not marker.exists()
 
 

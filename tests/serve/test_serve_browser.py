@@ -30,10 +30,10 @@ def live_server(predictor, tmp_path_factory):
     import uvicorn
 
     from medclf.serve.app import create_app
-    from medclf.serve.predictor import Predictor
+    from medclf.serve.predictor import ServeModel
 
     if os.environ.get("MEDCLF_SERVE_RUN"):
-        predictor = Predictor.load(os.environ["MEDCLF_SERVE_RUN"], "cpu")
+        predictor = ServeModel.load(os.environ["MEDCLF_SERVE_RUN"], "cpu")
     upload_dir = tmp_path_factory.mktemp("live-uploads")
     # 1 MiB keeps the streaming test short; the docs picture shows the default limit
     limit = 20 if os.environ.get("MEDCLF_SERVE_SCREENSHOT") else 1

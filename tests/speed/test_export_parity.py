@@ -17,14 +17,14 @@ from medclf.cli.main import app
 from medclf.data.cache import Cache
 from medclf.data.transforms import make_transform
 from medclf.export import export_run, load_torchscript, source_fingerprint
-from medclf.runs import load_run
+from medclf.runs import open_run
 
 TOL = 1e-4
 
 
 def eager_and_inputs(run_dir, cache_dir, n: int = 5):
     """Normalised test images of the tiny cache and the eager softmax probabilities on them."""
-    run = load_run(run_dir, "cpu")
+    run = open_run(run_dir, "cpu")
     cache = Cache.open(cache_dir)
     images = torch.from_numpy(np.asarray(cache.images[cache.indices("test")[:n]]))
     x = make_transform(run.contract, train=False)(images)

@@ -13,9 +13,10 @@ from PIL import Image
 from medclf.data.cache import Cache
 from medclf.engine.predict import predict_files
 from medclf.errors import MedclfError
-from medclf.export import ProbabilityModel, export_metadata, export_onnx
+from medclf.runs import Predictor
+from medclf.runs.onnx import export_metadata, export_onnx
 from medclf.models import create_model
-from medclf.runs import load_run
+from medclf.runs import open_run
 
 
 @pytest.fixture()
@@ -54,17 +55,18 @@ def test_onnx_engine_equals_eager(run_copy, pngs, tmp_path, monkeypatch):
     assert len(onnx) == 12 and (onnx["error"] == "").all()
     assert onnx["path"].tolist() == eager["path"].tolist()
     assert np.abs(onnx["prob"].to_numpy(float) - eager["prob"].to_numpy(float)).max() < 1e-5
-    assert onnx["label"].tolist() == eager["label"].tolist()
+    assert onnx["predicted"].tolist() == eager["predicted"].tolist()
 
 
 def test_current_model_onnx_is_used_and_stale_one_ignored(run_copy, pngs):
     eager = predict(run_copy, pngs, "torch")
     # a current-looking RUN/model.onnx holding another network: predict must use it as it is
-    run = load_run(run_copy, "cpu")
+    run = open_run(run_copy, "cpu")
     other = create_model("resnet18", num_classes=2, input_size=32).eval()
     with torch.no_grad():
         other.model.fc.bias.copy_(torch.tensor([-20.0, 20.0]))  # near-certain "pneumonia" for every image
-    export_onnx(ProbabilityModel(other), torch.zeros(2, 3, 32, 32), run_copy / "model.onnx", export_metadata(run))
+    module = Predictor(other, other.contract).module
+    export_onnx(module, run.image_size, run_copy / "model.onnx", export_metadata(run, module))
     used = predict(run_copy, pngs, "onnx")
     assert (used["prob"] > 0.99).all()
     # the run's checkpoint changes (retrained): the file is stale and predict exports afresh

@@ -15,9 +15,10 @@ def register(app: typer.Typer) -> None:
         ood: str = typer.Option(..., "--ood", help="Prepared cache of OOD images, or 'noise' / 'natural' (synthetic)."),
         split: str = typer.Option("test", "--split", help="In-distribution split to compare with (train, val, test)."),
         data: Optional[Path] = typer.Option(None, "--data", help="In-distribution cache (default: the run's cache)."),
-        score: str = typer.Option("mahalanobis", "--score", help="Score stored in the checkpoint for predict/serve."),
         accept_rate: float = typer.Option(0.95, "--accept-rate", help="Share of validation images the threshold accepts."),
-        store: bool = typer.Option(True, "--store/--no-store", help="Save the fitted detector into best.pt."),
+        store: bool = typer.Option(True, "--store/--no-store",
+                                   help="Refit the Mahalanobis detector on the run's training split and save it "
+                                        "into best.pt (training already stored one)."),
         fit_max: int = typer.Option(5000, "--fit-max", help="At most this many training images fit the detector."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
     ) -> None:
@@ -29,7 +30,7 @@ def register(app: typer.Typer) -> None:
             raise MedclfError(f"--split must be train, val or test, not '{split}'")
         if fit_max < 2:
             raise MedclfError(f"--fit-max must be at least 2, got {fit_max}")
-        entry = ood_run(run, ood, split=split, data=data, store=store, store_score=score, accept_rate=accept_rate,
+        entry = ood_run(run, ood, split=split, data=data, store=store, accept_rate=accept_rate,
                         fit_max=fit_max, device=device)
         typer.echo(f"{entry['split']} (n={entry['n_in']}) vs {entry['name']} (n={entry['n_out']}):")
         typer.echo(ood_table([entry])[["score", "auroc", "fpr95"]].to_string(index=False,

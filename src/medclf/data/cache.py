@@ -240,3 +240,26 @@ def write_cache(out_dir: str | Path, images: np.ndarray, manifest: pd.DataFrame,
         writer.put(0, images)
         writer.finish(manifest, meta)
     return Path(out_dir)
+
+
+def write_cache_view(cache: Cache, view_dir: str | Path, manifest: pd.DataFrame) -> Path:
+    """A cache that shares `cache`'s images (symlinked, nothing copied) under another manifest (e.g. other
+    splits); its content hash covers both. Kept when `view_dir` already holds one."""
+    view_dir = Path(view_dir)
+    if (view_dir / "cache.json").is_file():
+        return view_dir
+    base_hash = str(cache.meta.get("content_hash", ""))
+    meta = {**cache.meta, "split_counts": split_counts(manifest, cache.label_names),
+            "leakage_audit": leakage_audit(manifest["patient_id"], manifest["split"]),
+            "content_hash": hashlib.sha256(base_hash.encode() + manifest_hash_bytes(manifest)).hexdigest(),
+            "view_of": {"cache": str(cache.path.resolve()), "content_hash": base_hash}}
+    view_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{view_dir.name}.tmp-", dir=view_dir.parent))
+    try:
+        os.symlink((cache.path / "images.npy").resolve(), tmp / "images.npy")
+        write_text(tmp / "manifest.csv", manifest.to_csv(index=False, lineterminator="\n"))
+        write_json(tmp / "cache.json", meta)
+        os.rename(tmp, view_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return view_dir

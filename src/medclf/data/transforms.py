@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from medclf.models.contract import DataContract
+from medclf.contract import DataContract
 
 
 @dataclass(frozen=True)

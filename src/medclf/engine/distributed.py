@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from medclf.engine.device import pick_device
+from medclf.device import pick_device
 from medclf.errors import ConfigError, MedclfError
 
 T = TypeVar("T")

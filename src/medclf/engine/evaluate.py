@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Sequence
 
-import torch
+import numpy as np
+import pandas as pd
 
 from medclf.data.cache import Cache
 from medclf.data.dataset import CacheDataset
-from medclf.engine.device import pick_device
-from medclf.engine.inference import predict_dataset, predictions_table
-from medclf.ensemble import Ensemble, predict_ensemble_dataset
-from medclf.errors import DataError, MedclfError
-from medclf.evaluation.metrics import evaluate_predictions
-from medclf.io import atomic_path
-from medclf.runs import LoadedRun, load_run, run_cache_path
+from medclf.device import pick_device
+from medclf.errors import DataError
+from medclf.evaluation.metrics import binary_metrics
+from medclf.io import atomic_path, write_json
+from medclf.runs import Prediction, Predictor, RunDir, is_own_cache, open_run_and_cache
 
 
 def evaluate_run(
@@ -24,45 +24,37 @@ def evaluate_run(
     n_boot: int = 1000,
     device: str = "auto",
     progress: bool = True,
+    engine: str = "torch",
 ) -> dict:
     """Writes `predictions_<split>.csv`, `metrics_<split>.json` and plots into the run; returns the metrics.
 
     The threshold is the one chosen on validation at training time and stored in the checkpoint: it is applied
-    unchanged here. An external cache (`data`) must have the same label names; its outputs get a `@<hash>` tag.
+    unchanged here, to probabilities computed exactly as they were then (the run's Predictor, test-time
+    augmentation included). An external cache (`data`) must have the same label names; its outputs get a
+    `@<hash>` tag.
     """
-    run_dir = Path(run_dir)
-    dev = pick_device(device)
-    run, cache = open_run_and_cache(run_dir, data, dev)
+    run, cache = open_run_and_cache(run_dir, data, pick_device(device))
     dataset = split_dataset(cache, split)
-    own = _same_cache(cache.path, run_cache_path(run_dir))
-    tag = split if own else f"{split}@{cache.meta.get('content_hash', 'ext')[:8]}"
-
-    tta_flip = bool(run.config.get("eval", {}).get("tta_flip", False))
-    kw = dict(progress=progress, desc=f"evaluate {split}", tta_flip=tta_flip)
-    if isinstance(run.model, Ensemble):  # one pass gives the combined probabilities and the members' spread
-        probs, spread = predict_ensemble_dataset(run.model, run.contract, dataset, dev, **kw)
-    else:
-        probs, spread = predict_dataset(run.model, run.contract, dataset, dev, **kw), None
-    table = predictions_table(dataset, probs, run.contract, split, run.name)
-    if spread is not None:
-        table["std"] = spread  # member disagreement: std of the members' positive-class probabilities
-    with atomic_path(run_dir / f"predictions_{tag}.csv") as tmp:
+    tag = split if is_own_cache(run, cache.path) else f"{split}@{cache.meta.get('content_hash', 'ext')[:8]}"
+    predictor = run.predictor(engine=engine)
+    prediction = predictor.predict_dataset(dataset, progress=progress, desc=f"evaluate {split}")
+    table = predictions_table(dataset, prediction, predictor, split)
+    with atomic_path(run.dir.predictions(tag)) as tmp:
         table.to_csv(tmp, index=False)
-    # also writes metrics.json for the test split; the threshold was chosen on validation at training time
-    metrics = evaluate_predictions(table, run.contract.threshold, run_dir, tag, n_boot=n_boot,
-                                   positive_index=run.contract.positive_index, label_names=run.contract.label_names)
-    return metrics
+    return write_evaluation(table, run.contract.threshold, run.dir, tag, n_boot=n_boot,
+                            positive_index=run.contract.positive_index, label_names=run.contract.label_names)
 
 
-def open_run_and_cache(run_dir: Path, data: str | Path | None, device: torch.device) -> tuple[LoadedRun, Cache]:
-    """A run and the cache to run it on: its own (from data_summary.json) unless `data` names another."""
-    run = load_run(run_dir, device)
-    cache_path = Path(data) if data else run_cache_path(run_dir)
-    if cache_path is None:
-        raise MedclfError(f"{run_dir}: no data_summary.json naming its cache; pass --data CACHE")
-    cache = Cache.open(cache_path)
-    check_labels(cache, run.contract.label_names, cache_path)
-    return run, cache
+def predictions_table(dataset: CacheDataset, prediction: Prediction, predictor: Predictor, split: str) -> pd.DataFrame:
+    """The predictions table of DESIGN.md: `id,label,prob,predicted,threshold,split,model` (+ `std` for ensembles,
+    `prob_<class>` when K > 2, `ood,ood_score` when the run has a detector). `label` is the ground truth (class
+    index), `predicted` the class called at `threshold`; `predict`'s CSV uses the same names."""
+    columns = predictor.columns(prediction)
+    head = pd.DataFrame({"id": dataset.ids, "label": dataset.labels})
+    table = pd.concat([head, columns[["prob", "predicted", "threshold"]]], axis=1)
+    table["split"], table["model"] = split, predictor.name
+    rest = [c for c in columns.columns if c not in table.columns]
+    return pd.concat([table, columns[rest]], axis=1)
 
 
 def split_dataset(cache: Cache, split: str) -> CacheDataset:
@@ -72,12 +64,49 @@ def split_dataset(cache: Cache, split: str) -> CacheDataset:
     return dataset
 
 
-def check_labels(cache: Cache, label_names: list[str], cache_path: Path) -> None:
-    if list(cache.label_names) != list(label_names):
-        raise DataError(
-            f"{cache_path}: labels {list(cache.label_names)} differ from the model's {list(label_names)}"
-        )
+def write_evaluation(pred_df: Any, threshold: float, run_dir: str | Path | RunDir, tag: str, n_boot: int = 1000,
+                     positive_index: int = 1, label_names: Sequence[str] | None = None, seed: int = 0) -> dict[str, Any]:
+    """Metrics and plots for one predictions table (columns ``label,prob``; all rows are used).
+
+    Writes ``metrics_<tag>.json`` (the binary_metrics dict plus ``split``, ``positive_index`` and ``n_boot``) and
+    the confusion, ROC, PR and calibration plots into the run. A test split (``test`` or ``test@<cachehash8>``)
+    also writes ``metrics.json``, so it holds the last evaluated test split. Returns the metrics dict.
+    """
+    from medclf.evaluation import plots  # matplotlib is only needed here
+
+    rd = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    rd.metrics(tag)  # checks the tag before any work
+    y, prob = labelled_arrays(pred_df, positive_index)
+    metrics = binary_metrics(y, prob, threshold, n_boot=n_boot, seed=seed)
+    metrics.update(split=tag, positive_index=int(positive_index), n_boot=int(n_boot))
+    write_json(rd.metrics(tag), metrics)
+    if tag.split("@")[0] == "test":
+        write_json(rd / RunDir.METRICS, metrics)
+    names = positive_negative_names(label_names, positive_index)
+    plots.plot_confusion(metrics["tp"], metrics["fp"], metrics["fn"], metrics["tn"], rd.plot("confusion", tag), names,
+                         title=f"{tag} (threshold {threshold:.3g})")
+    plots.plot_roc(y, prob, rd.plot("roc", tag), threshold=threshold, title=tag)
+    plots.plot_pr(y, prob, rd.plot("pr", tag), threshold=threshold, title=tag)
+    plots.plot_calibration(y, prob, rd.plot("calibration", tag), title=tag)
+    return metrics
 
 
-def _same_cache(a: Path, b: Path | None) -> bool:
-    return b is not None and Path(a).resolve() == Path(b).resolve()
+def labelled_arrays(pred_df: Any, positive_index: int) -> tuple[np.ndarray, np.ndarray]:
+    """(0/1 truth, positive probability) from a predictions table; every row must carry a label."""
+    missing = [c for c in ("label", "prob") if c not in pred_df.columns]
+    if missing:
+        raise DataError(f"predictions table lacks column(s) {', '.join(missing)}")
+    unlabelled = int(pred_df["label"].isna().sum())
+    if unlabelled:
+        raise DataError(f"predictions table has {unlabelled} row(s) without a label; metrics need labels")
+    y = (pred_df["label"].to_numpy() == positive_index).astype(np.int8)
+    return y, pred_df["prob"].to_numpy(dtype=np.float64)
+
+
+def positive_negative_names(label_names: Sequence[str] | None, positive_index: int) -> tuple[str, str]:
+    if not label_names or not 0 <= positive_index < len(label_names):
+        return ("positive", "negative")
+    positive = str(label_names[positive_index])
+    if len(label_names) == 2:
+        return (positive, str(label_names[1 - positive_index]))
+    return (positive, f"not {positive}")

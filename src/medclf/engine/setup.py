@@ -16,12 +16,12 @@ from medclf.data.cache import Cache
 from medclf.data.dataset import CacheDataset, make_loader
 from medclf.data.samplers import create_sampler
 from medclf.data.transforms import Augment, BatchTransform, make_transform
-from medclf.engine.distributed import DistContext, check_same_cache, run_on_main, wrap_model
+from medclf.engine.distributed import DistContext, check_same_cache, wrap_model
 from medclf.engine.optim import create_optimizer, create_scheduler
 from medclf.errors import ConfigError, DataError
 from medclf.losses import create_loss
 from medclf.models import create_model
-from medclf.models.contract import DataContract
+from medclf.contract import DataContract
 
 # objective(model, x_unit, y) -> loss; x_unit is the augmented batch in [0,1] before normalisation, so
 # adversarial objectives can perturb it in pixel space. Registered by name (train.adversarial).
@@ -64,8 +64,10 @@ class TrainingSetup:
                     disable=not progress, leave=False)
 
 
-def build_setup(cfg: Config, data_dir: str | Path, out_dir: str | Path, dist: DistContext | None = None) -> TrainingSetup:
-    """`dist` (from `init_distributed`) says which rank this is; None builds for one process on train.device."""
+def build_setup(cfg: Config, data_dir: str | Path, out_dir: str | Path, dist: DistContext | None = None,
+                train_rows: np.ndarray | None = None) -> TrainingSetup:
+    """`dist` (from `init_distributed`) says which rank this is; None builds for one process on train.device.
+    `train_rows`: the cache rows to train on (an ensemble member's; repeats allowed), default the train split."""
     from medclf.engine.distributed import init_distributed
 
     dist = dist if dist is not None else init_distributed(cfg.train.device)
@@ -78,8 +80,7 @@ def build_setup(cfg: Config, data_dir: str | Path, out_dir: str | Path, dist: Di
     cache = Cache.open(data_dir)
     check_same_cache(cache.meta.get("content_hash"), dist)
     device = dist.device
-    # the subset file lives in rank 0's run directory, which other nodes need not see
-    train_set = CacheDataset(cache, indices=run_on_main(lambda: train_indices(cache, cfg), dist))
+    train_set = CacheDataset(cache, indices=cache.indices("train") if train_rows is None else np.asarray(train_rows))
     val_set = CacheDataset(cache, split="val")
     if len(train_set) == 0:
         raise DataError(f"{data_dir}: the training split is empty")
@@ -133,13 +134,6 @@ def compiled(model: torch.nn.Module, cfg: Config) -> torch.nn.Module:
     if not cfg.train.compile:
         return model
     return torch.compile(model)
-
-
-def train_indices(cache: Cache, cfg: Config) -> np.ndarray:
-    """The training rows; an ensemble member's subset is given as a path to a .npy of cache rows."""
-    if cfg.data.train_subset:
-        return np.load(cfg.data.train_subset)
-    return cache.indices("train")
 
 
 def loss_params(cfg: Config, positive_index: int) -> dict:

@@ -7,6 +7,7 @@ plumbing lives in `medclf.engine.distributed`, and only global rank 0 writes the
 from __future__ import annotations
 
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -15,9 +16,9 @@ import pandas as pd
 import torch
 
 from medclf.config import Config, save_config
-from medclf.engine.device import autocast, epoch_seed, seed_everything
+from medclf.device import autocast, epoch_seed, seed_everything
 from medclf.engine.distributed import all_reduce_sum, broadcast_buffers, init_distributed, run_on_main
-from medclf.engine.inference import predict_dataset, predict_dataset_sharded
+from medclf.engine.inference import predict_sharded
 from medclf.engine.setup import TrainingSetup, build_setup
 from medclf.engine.state import EarlyStopper, restore_state, save_epoch, write_history
 from medclf.errors import MedclfError
@@ -25,10 +26,15 @@ from medclf.io import write_json
 from medclf.data.summary import data_summary
 from medclf.evaluation.metrics import binary_metrics
 from medclf.evaluation.thresholds import choose_threshold
+from medclf.models.checkpoint import read_checkpoint
+from medclf.runs import Predictor, RunDir, open_checkpoint
+from medclf.runs.ood import fit_detector
 
 
-def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool = False, progress: bool = True) -> Path:
-    """Train one model on the cache's train split, validate each epoch, write the run directory. Returns it.
+def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool = False, progress: bool = True,
+          train_rows: np.ndarray | None = None) -> Path:
+    """Train one model on the cache's train split (or on `train_rows`, cache rows, e.g. an ensemble member's),
+    validate each epoch, write the run directory. Returns it.
 
     Under torchrun (or inside a process group the caller initialised, e.g. an ensemble training its members)
     every rank calls this; the group is joined, never destroyed here.
@@ -37,7 +43,7 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
     dist = init_distributed(cfg.train.device)
     resume = run_on_main(lambda: _check_out_dir(out_dir, resume), dist)  # rank 0's answer, on every rank
     seed_everything(cfg.train.seed)  # the initial weights depend on the seed only (DDP also copies rank 0's)
-    s = build_setup(cfg, data_dir, out_dir, dist)
+    s = build_setup(cfg, data_dir, out_dir, dist, train_rows=train_rows)
     progress = progress and dist.is_main
     run_on_main(lambda: _write_run_files(s), dist)
 
@@ -65,7 +71,7 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
         if progress:
             print(_epoch_line(row, improved))
 
-    run_on_main(lambda: finalize_threshold(s), dist)
+    run_on_main(lambda: finalize_run(s, progress), dist)
     return out_dir
 
 
@@ -122,7 +128,8 @@ def validate(s: TrainingSetup, model: torch.nn.Module) -> dict:
 
     Under DDP the ranks share the predictions and gather them, so every rank computes the same row.
     """
-    probs = predict_dataset_sharded(model, s.contract, s.val_set, s.device, s.dist, batch_size=s.cfg.eval.batch_size)
+    predictor = Predictor(model, s.contract, device=s.device, detectors=[])
+    probs = predict_sharded(predictor, s.val_set, s.dist, batch_size=s.cfg.eval.batch_size)
     logp = torch.log(torch.from_numpy(probs).clamp_min(1e-7))
     # val loss with the training loss function, so the two curves are comparable (the seed deck's graph)
     val_loss = float(s.loss_fn(logp.to(s.device), torch.from_numpy(s.val_set.labels).to(s.device)))
@@ -131,19 +138,34 @@ def validate(s: TrainingSetup, model: torch.nn.Module) -> dict:
     return {"val_loss": val_loss, "val_auc": m["roc_auc"], "val_f1": m["f1"], "val_accuracy": m["accuracy"]}
 
 
-def finalize_threshold(s: TrainingSetup) -> None:
-    """Choose the operating threshold on validation with the best weights and store it in best.pt."""
-    from medclf.models.checkpoint import load_checkpoint, save_checkpoint
+def finalize_run(s: TrainingSetup, progress: bool = False) -> None:
+    """With the best weights: choose the operating threshold on validation and fit the OOD detector on the
+    training rows, both through the Predictor the run will predict with; store them in best.pt."""
+    from medclf.models.checkpoint import save_checkpoint
 
-    best_path = s.out_dir / "best.pt"
-    model, contract, payload = load_checkpoint(best_path, device=s.device)
-    # the same test-time flip evaluate applies, so the threshold fits the probabilities it will be compared with
-    probs = predict_dataset(model, contract, s.val_set, s.device, batch_size=s.cfg.eval.batch_size,
-                            tta_flip=s.cfg.eval.tta_flip)
+    run = open_checkpoint(RunDir(s.out_dir).best, s.device)
+    # the run's test-time flip, so the threshold fits the probabilities it will be compared with
+    predictor = Predictor(run.model, run.contract, tta_flip=s.cfg.eval.tta_flip, device=s.device, detectors=[])
+    probs = predictor.predict_dataset(s.val_set, batch_size=s.cfg.eval.batch_size).probs
+    contract = run.contract
     y = (s.val_set.labels == contract.positive_index).astype(int)
     contract.threshold = choose_threshold(y, probs[:, contract.positive_index], method=s.cfg.eval.threshold,
                                           target=s.cfg.eval.target_sensitivity)
-    save_checkpoint(best_path, model, contract, payload["config"], payload.get("extra"))
+    contract.ood = _fit_ood(s, predictor, progress)
+    payload = read_checkpoint(run.dir.best)
+    save_checkpoint(run.dir.best, run.model, contract, payload["config"], payload.get("extra"))
+
+
+def _fit_ood(s: TrainingSetup, predictor: Predictor, progress: bool) -> dict | None:
+    """The Mahalanobis detector (eval.ood_detector); a model it cannot be fitted for keeps none, with a note."""
+    if not s.cfg.eval.ood_detector:
+        return None
+    try:
+        return fit_detector(predictor, s.train_set, s.val_set, fit_max=s.cfg.eval.ood_fit_max, seed=s.cfg.train.seed,
+                            batch_size=s.cfg.eval.batch_size, progress=progress)
+    except MedclfError as err:
+        print(f"note: no out-of-distribution detector for {s.out_dir}: {err}", file=sys.stderr)
+        return None
 
 
 def _make_ema(s: TrainingSetup):

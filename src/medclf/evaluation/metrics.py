@@ -11,13 +11,12 @@ Conventions (see docs/evaluation.md):
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score
 
-from medclf.errors import DataError, MedclfError
+from medclf.errors import MedclfError
 
 # keys with a bootstrap interval under "ci", in the order they appear in metrics.json
 RATE_KEYS = ("recall", "precision", "accuracy", "f1", "specificity")
@@ -136,58 +135,3 @@ def none_if_nan(value: Any) -> float | None:
         return None
     value = float(value)
     return None if math.isnan(value) else value
-
-
-def evaluate_predictions(
-    pred_df: Any,
-    threshold: float,
-    out_dir: str | Path,
-    split: str,
-    n_boot: int = 1000,
-    positive_index: int = 1,
-    label_names: Sequence[str] | None = None,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Metrics and plots for one predictions table (columns ``id,label,prob,...``; all rows are used).
-
-    Writes ``metrics_<split>.json`` (the binary_metrics dict plus ``split``, ``positive_index`` and ``n_boot``),
-    ``confusion_<split>.png``, ``roc_<split>.png``, ``pr_<split>.png`` and ``calibration_<split>.png`` into
-    `out_dir`. A test split (``test`` or ``test@<cachehash8>``) also writes ``metrics.json``, so it holds the
-    last evaluated test split. Returns the metrics dict.
-    """
-    from medclf.evaluation import plots  # matplotlib is only needed here
-    from medclf.io import write_json
-
-    if not split or any(c in split for c in "/\\") or split.startswith("."):
-        raise MedclfError(f"split name {split!r} cannot be used in a file name")
-    missing = [c for c in ("label", "prob") if c not in pred_df.columns]
-    if missing:
-        raise DataError(f"predictions table lacks column(s) {', '.join(missing)}")
-    unlabelled = int(pred_df["label"].isna().sum())
-    if unlabelled:
-        raise DataError(f"predictions table has {unlabelled} row(s) without a label; metrics need labels")
-    y = (pred_df["label"].to_numpy() == positive_index).astype(np.int8)
-    prob = pred_df["prob"].to_numpy(dtype=np.float64)
-    metrics = binary_metrics(y, prob, threshold, n_boot=n_boot, seed=seed)
-    metrics.update(split=split, positive_index=int(positive_index), n_boot=int(n_boot))
-
-    out_dir = Path(out_dir)
-    write_json(out_dir / f"metrics_{split}.json", metrics)
-    if split.split("@")[0] == "test":
-        write_json(out_dir / "metrics.json", metrics)
-    names = _positive_negative_names(label_names, positive_index)
-    plots.plot_confusion(metrics["tp"], metrics["fp"], metrics["fn"], metrics["tn"],
-                         out_dir / f"confusion_{split}.png", names, title=f"{split} (threshold {threshold:.3g})")
-    plots.plot_roc(y, prob, out_dir / f"roc_{split}.png", threshold=threshold, title=split)
-    plots.plot_pr(y, prob, out_dir / f"pr_{split}.png", threshold=threshold, title=split)
-    plots.plot_calibration(y, prob, out_dir / f"calibration_{split}.png", title=split)
-    return metrics
-
-
-def _positive_negative_names(label_names: Sequence[str] | None, positive_index: int) -> tuple[str, str]:
-    if not label_names or not 0 <= positive_index < len(label_names):
-        return ("positive", "negative")
-    positive = str(label_names[positive_index])
-    if len(label_names) == 2:
-        return (positive, str(label_names[1 - positive_index]))
-    return (positive, f"not {positive}")

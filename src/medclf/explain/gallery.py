@@ -17,7 +17,7 @@ from medclf.data.transforms import make_transform
 from medclf.explain.overlay import render, save_png, tile
 from medclf.explain.registry import compute_maps, resize_maps
 from medclf.explain.scores import pointing_hit
-from medclf.runs import LoadedRun
+from medclf.runs import Run
 
 OUTCOMES = {"tp": "true positives", "fp": "false positives", "fn": "false negatives", "tn": "true negatives"}
 PANEL_SIDE = 192
@@ -35,7 +35,7 @@ def pick_outcomes(positive: np.ndarray, probs: np.ndarray, threshold: float, k: 
     return picks
 
 
-def write_gallery(run: LoadedRun, cache: Cache, rows: np.ndarray, probs: np.ndarray, methods: list[str],
+def write_gallery(run: Run, cache: Cache, rows: np.ndarray, probs: np.ndarray, methods: list[str],
                   out_dir: Path, device: torch.device, k: int = 3) -> dict:
     """Write `out_dir/gallery_<outcome>.png`; returns `{outcome: {"png": name, "images": [...]}}` (empty
     outcomes are left out). `rows` are cache rows, `probs` their positive-class probabilities."""
@@ -58,7 +58,7 @@ def write_gallery(run: LoadedRun, cache: Cache, rows: np.ndarray, probs: np.ndar
     return out
 
 
-def _panels(run: LoadedRun, cache: Cache, chosen: np.ndarray, probs: np.ndarray, methods: list[str],
+def _panels(run: Run, cache: Cache, chosen: np.ndarray, probs: np.ndarray, methods: list[str],
             device: torch.device) -> list[list[np.ndarray]]:
     images = np.asarray(cache.images[chosen])
     x = make_transform(run.contract, train=False)(torch.from_numpy(images).to(device))

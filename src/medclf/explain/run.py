@@ -15,15 +15,14 @@ import torch
 from tqdm import tqdm
 
 from medclf.data.transforms import make_transform
-from medclf.engine.device import pick_device
-from medclf.engine.inference import predict_probs
-from medclf.engine.predict import expand_inputs, read_images
+from medclf.device import pick_device
+from medclf.engine.predict import expand_inputs
 from medclf.explain.featuremaps import feature_grid
 from medclf.explain.overlay import render, save_png
 from medclf.explain.registry import (check_applies, compute_maps, create_explainer, member_input, members_of,
                                      resize_maps)
 from medclf.io import atomic_path
-from medclf.runs import LoadedRun, load_run
+from medclf.runs import Predictor, Run, open_run, read_images
 
 
 def slug(method: str) -> str:
@@ -31,18 +30,20 @@ def slug(method: str) -> str:
     return method.replace("+", "p")
 
 
-def caption(run: LoadedRun, prob: float) -> str:
+def caption(run: Run, prob: float) -> str:
     """'pneumonia p=0.873' (the explained class and its probability; marked + at or above the threshold)."""
     c = run.contract
     flag = " +" if prob >= c.threshold else ""
     return f"{c.label_names[c.positive_index]} p={prob:.3f}{flag}"
 
 
-def explain_batch(run: LoadedRun, images: np.ndarray, method: str, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 `B x S x S` -> (maps `B x S x S` in [0, 1] at the images' size, positive probabilities `B`)."""
+def explain_batch(run: Run, images: np.ndarray, method: str, device: torch.device,
+                  predictor: Predictor | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 `B x S x S` -> (maps `B x S x S` in [0, 1] at the images' size, positive probabilities `B`, as the
+    run's Predictor gives them)."""
+    predictor = predictor or run.predictor()
+    probs = predictor.predict_arrays(images).probs[:, run.contract.positive_index]
     x = make_transform(run.contract, train=False)(torch.from_numpy(np.ascontiguousarray(images)).to(device))
-    with torch.no_grad():
-        probs = predict_probs(run.model, x, device)[:, run.contract.positive_index]
     maps = compute_maps(run.model, x, method, run.contract.positive_index)
     return resize_maps(maps, images.shape[-1]).clamp_(0.0, 1.0).numpy(), probs
 
@@ -53,7 +54,7 @@ def explain_files(run_dir: str | Path, inputs: Iterable[str | Path], method: str
     """Write `<out>/<stem>_<method>.png` per readable image (+ `<stem>_featuremaps_grid.png` for featuremaps)
     and `<out>/explanations.csv` (`path,method,prob,png,error`); returns that table. `out` defaults to RUN/explain."""
     dev = pick_device(device)
-    run = load_run(run_dir, dev)
+    run = open_run(run_dir, dev)
     explainer = create_explainer(method)
     check_applies(explainer, run.model)
     files = expand_inputs(inputs)
@@ -68,8 +69,8 @@ def explain_files(run_dir: str | Path, inputs: Iterable[str | Path], method: str
     return table
 
 
-def _explain_chunk(run: LoadedRun, files: list[Path], method: str, out_dir: Path, dev: torch.device) -> list[dict]:
-    batch, good, failed = read_images(run, files)
+def _explain_chunk(run: Run, files: list[Path], method: str, out_dir: Path, dev: torch.device) -> list[dict]:
+    batch, good, failed = read_images(files, run.load_image)
     rows = [{"path": str(path), "method": method, "prob": None, "png": "", "error": err} for path, err in failed]
     if batch is None:
         return rows
@@ -89,7 +90,7 @@ def _unique_stems(paths: list[Path]) -> list[str]:
     return [f"{p.parent.name}_{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in paths]
 
 
-def _write_grids(run: LoadedRun, image: np.ndarray, path: Path, dev: torch.device) -> None:
+def _write_grids(run: Run, image: np.ndarray, path: Path, dev: torch.device) -> None:
     """The strongest channels per stage for one image; one grid per ensemble member (`..._member<i>.png`)."""
     x = make_transform(run.contract, train=False)(torch.from_numpy(image[None].copy()).to(dev))
     members = members_of(run.model)

@@ -22,14 +22,13 @@ from medclf.data.cache import Cache
 from medclf.data.dataset import CacheDataset
 from medclf.data.splits import SPLITS
 from medclf.data.transforms import make_transform
-from medclf.engine.device import pick_device
-from medclf.engine.inference import predict_dataset
+from medclf.device import pick_device
 from medclf.errors import MedclfError
 from medclf.explain.gallery import write_gallery
 from medclf.explain.registry import compute_maps, parse_methods, resize_maps
 from medclf.explain.scores import box_area_fraction, energy_in_box, is_flat, mean_ci, pointing_hit, road_scores
 from medclf.io import atomic_path, write_json, write_text
-from medclf.runs import LoadedRun, load_run
+from medclf.runs import Run, open_run
 
 ALL_SPLITS = "all"
 
@@ -43,7 +42,7 @@ def select_rows(cache: Cache, split: str) -> np.ndarray:
     return cache.indices(split)
 
 
-def check_labels(run: LoadedRun, cache: Cache) -> None:
+def check_labels(run: Run, cache: Cache) -> None:
     if list(cache.label_names) != list(run.contract.label_names):
         raise MedclfError(f"{cache.path}: labels {cache.label_names} differ from the run's "
                           f"{run.contract.label_names}; explain scores need the same classes")
@@ -55,12 +54,12 @@ def score_run(run_dir: str | Path, data: str | Path, split: str = "test", method
               progress: bool = True) -> dict:
     """Score each method against the boxes; returns (and writes) the explain_scores.json dict."""
     dev = pick_device(device)
-    run = load_run(run_dir, dev)
+    run = open_run(run_dir, dev)
     cache = Cache.open(data)
     check_labels(run, cache)
     names = parse_methods(",".join(methods) if isinstance(methods, (list, tuple)) else methods, run.model)
     rows = select_rows(cache, split)
-    probs = predict_dataset(run.model, run.contract, CacheDataset(cache, indices=rows), dev)[:, run.contract.positive_index]
+    probs = run.predictor().predict_dataset(CacheDataset(cache, indices=rows)).probs[:, run.contract.positive_index]
     boxed = _positives_with_boxes(run, cache, rows, split, max_images)
     prob_of = dict(zip(rows.tolist(), probs.tolist()))
     per_image, summary = [], {}
@@ -78,7 +77,7 @@ def score_run(run_dir: str | Path, data: str | Path, split: str = "test", method
     return result
 
 
-def _positives_with_boxes(run: LoadedRun, cache: Cache, rows: np.ndarray, split: str,
+def _positives_with_boxes(run: Run, cache: Cache, rows: np.ndarray, split: str,
                           max_images: int | None) -> np.ndarray:
     labels = cache.manifest["label"].to_numpy()[rows]
     has_box = np.array([bool(cache.boxes(int(r))) for r in rows], dtype=bool)
@@ -89,7 +88,7 @@ def _positives_with_boxes(run: LoadedRun, cache: Cache, rows: np.ndarray, split:
     return boxed[:max_images] if max_images else boxed
 
 
-def _score_method(run: LoadedRun, cache: Cache, boxed: np.ndarray, method: str, faithfulness: bool,
+def _score_method(run: Run, cache: Cache, boxed: np.ndarray, method: str, faithfulness: bool,
                   batch_size: int, dev: torch.device, seed: int, progress: bool) -> list[dict]:
     transform = make_transform(run.contract, train=False)
     pos = run.contract.positive_index
@@ -126,7 +125,7 @@ def _summarise(records: list[dict], n_boot: int, seed: int, faithfulness: bool, 
     return out
 
 
-def _result(run: LoadedRun, cache: Cache, split: str, boxed: np.ndarray, summary: dict, per_image: list[dict],
+def _result(run: Run, cache: Cache, split: str, boxed: np.ndarray, summary: dict, per_image: list[dict],
             gallery: dict, n_boot: int, seed: int, faithfulness: bool) -> dict:
     first = [r for r in per_image if r["method"] == next(iter(summary))]
     return {

@@ -6,7 +6,7 @@
 """
 
 from medclf.models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from medclf.models.contract import DataContract
+from medclf.contract import DataContract
 from medclf.models.param_groups import param_groups
 from medclf.models.registry import create_model, list_models, register_model
 from medclf.models.weights import load_weights

@@ -15,7 +15,7 @@ from torch import nn
 
 from medclf.errors import MedclfError
 from medclf.io import atomic_path
-from medclf.models.contract import DataContract
+from medclf.contract import DataContract
 from medclf.models.wrappers import ClassifierModel
 
 FORMAT = "medclf-checkpoint"

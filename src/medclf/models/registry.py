@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from medclf.errors import ConfigError
-from medclf.models.contract import DataContract
+from medclf.contract import DataContract
 from medclf.models.wrappers import ClassifierModel
 
 log = logging.getLogger("medclf.models")

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from medclf.errors import ConfigError
-from medclf.models.contract import DataContract
+from medclf.contract import DataContract
 
 
 class ClassifierModel(nn.Module):

@@ -18,13 +18,12 @@ import torch
 from tqdm import tqdm
 
 from medclf.data.dataset import CacheDataset, make_loader
-from medclf.data.transforms import make_transform
-from medclf.engine.device import pick_device
-from medclf.engine.evaluate import open_run_and_cache, split_dataset
-from medclf.errors import MedclfError
+from medclf.device import pick_device
+from medclf.errors import DataError, MedclfError
 from medclf.evaluation.metrics import binary_metrics
 from medclf.io import atomic_path, read_json, write_json
 from medclf.robust.attacks import get_attack
+from medclf.runs import LogProbs, Predictor, RunDir, open_run_and_cache
 
 ROW_KEYS = ("accuracy", "f1", "roc_auc", "recall", "specificity", "precision", "pr_auc")
 
@@ -34,72 +33,62 @@ def attack_run(run_dir: str | Path, method: str = "pgd", eps: list[float] | tupl
                max_images: int | None = None, n_boot: int = 1000, n_examples: int = 4, device: str = "auto",
                seed: int = 0, progress: bool = True) -> dict:
     """Attack `split` at every eps; returns the robustness.json entry (`rows`: one dict per eps)."""
-    run_dir = Path(run_dir)
     attack = get_attack(method)
     if steps < 1:
         raise MedclfError(f"--steps must be at least 1, got {steps}")
-    dev = pick_device(device)
-    run, cache = open_run_and_cache(run_dir, data, dev)
-    dataset = split_dataset(cache, split)
+    run, cache = open_run_and_cache(run_dir, data, pick_device(device))
+    dataset = CacheDataset(cache, split=split)
+    if len(dataset) == 0:
+        raise DataError(f"{cache.path}: split '{split}' is empty")
     if max_images is not None and len(dataset) > max_images:
         pick = np.sort(np.random.default_rng(seed).choice(len(dataset), size=max_images, replace=False))
         dataset = CacheDataset(cache, indices=dataset.indices[pick])
 
-    run.model.eval()
-    tta = bool((run.config.get("eval") or {}).get("tta_flip", False))
-    model = FlipTTA(run.model) if tta else run.model  # attack the predictor as `evaluate` runs it
-    transform = make_transform(run.contract, train=False)
-    pos = run.contract.positive_index
+    predictor = run.predictor()  # attack the predictor as `evaluate` runs it (test-time flip included)
+    pos, threshold = run.contract.positive_index, run.contract.threshold
     y = (dataset.labels == pos).astype(int)
     eps_list = sorted({0.0, *map(float, eps)})
     probs = {}
     for e in eps_list:
-        probs[e] = _attack_split(model, transform, dataset, run.contract.num_classes, attack, e, steps,
-                                 batch_size, dev, seed, desc=f"{method} eps={e * 255:g}/255", progress=progress)
-    clean_call = probs[0.0][:, pos] >= run.contract.threshold
+        probs[e] = _attack_split(predictor, dataset, attack, e, steps, batch_size, seed,
+                                 desc=f"{method} eps={e * 255:g}/255", progress=progress)
+    clean_call = probs[0.0][:, pos] >= threshold
     rows = []
     for e in eps_list:
-        m = binary_metrics(y, probs[e][:, pos], threshold=run.contract.threshold, n_boot=n_boot, seed=seed)
+        m = binary_metrics(y, probs[e][:, pos], threshold=threshold, n_boot=n_boot, seed=seed)
         nll = -np.log(np.clip(probs[e][np.arange(len(y)), dataset.labels], 1e-12, None)).mean()
         rows.append({"eps": e, "eps_255": round(e * 255, 6), **{k: m[k] for k in ROW_KEYS},
-                     "loss": float(nll), "flip_rate": float(np.mean((probs[e][:, pos] >= run.contract.threshold) != clean_call)),
+                     "loss": float(nll), "flip_rate": float(np.mean((probs[e][:, pos] >= threshold) != clean_call)),
                      "ci": {k: m["ci"].get(k) for k in ROW_KEYS if k in (m.get("ci") or {})}})
     entry = {"method": method, "steps": steps if method == "pgd" else 1, "split": split, "data": str(cache.path),
-             "n": len(dataset), "n_pos": int(y.sum()), "threshold": float(run.contract.threshold),
-             "tta_flip": tta, "rows": rows}
-    _write(run_dir, entry)
+             "n": len(dataset), "n_pos": int(y.sum()), "threshold": float(threshold),
+             "tta_flip": predictor.tta_flip, "rows": rows}
+    _write(run.dir, entry)
     if n_examples > 0 and max(eps_list) > 0:
         from medclf.robust.plots import plot_attack_examples
 
-        idx = _example_indices(probs[0.0][:, pos], probs[max(eps_list)][:, pos], run.contract.threshold, n_examples)
-        examples = _examples(model, run.contract, transform, dataset, idx, attack, max(eps_list), steps, dev, seed)
-        plot_attack_examples(examples, run.contract, method, max(eps_list), run_dir / f"attack_examples_{method}.png")
+        idx = _example_indices(probs[0.0][:, pos], probs[max(eps_list)][:, pos], threshold, n_examples)
+        examples = _examples(predictor, dataset, idx, attack, max(eps_list), steps, seed)
+        plot_attack_examples(examples, run.contract, method, max(eps_list), run.dir.attack_examples(method))
     return entry
 
 
-class FlipTTA(torch.nn.Module):
-    """The model averaged with its mirror image (eval.tta_flip), as log-probabilities, so attacks see it whole."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs = (torch.softmax(self.model(x).float(), 1) + torch.softmax(self.model(x.flip(-1)).float(), 1)) / 2
-        return torch.log(probs.clamp_min(1e-12))
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
-def _attack_split(model, transform, dataset: CacheDataset, num_classes: int, attack, eps: float, steps: int,
-                  batch_size: int, device: torch.device, seed: int, desc: str, progress: bool) -> np.ndarray:
-    """Softmax probabilities `N x K` on the attacked images, in dataset order."""
-    out = np.zeros((len(dataset), num_classes), dtype=np.float32)
+def _attack_split(predictor: Predictor, dataset: CacheDataset, attack, eps: float, steps: int, batch_size: int,
+                  seed: int, desc: str, progress: bool) -> np.ndarray:
+    """Probabilities `N x K` on the attacked images, in dataset order (the Predictor's, on unit-range input)."""
+    out = np.zeros((len(dataset), predictor.contract.num_classes), dtype=np.float32)
     generator = torch.Generator().manual_seed(seed)
-    loader = make_loader(dataset, batch_size=batch_size)
-    for images, labels, positions in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        x = transform.unit(images.to(device))
-        x_adv = attack(model, x, labels.to(device), eps, transform.normalise, steps=steps, generator=generator)
-        with torch.no_grad():
-            out[positions.numpy()] = torch.softmax(model(transform.normalise(x_adv)).float(), 1).cpu().numpy()
+    model = LogProbs(predictor)
+    for images, labels, positions in tqdm(make_loader(dataset, batch_size=batch_size), desc=desc,
+                                          disable=not progress, leave=False):
+        x = predictor.unit(images)
+        # the attacked module normalises inside, so the attack's own normalisation is the identity
+        x_adv = attack(model, x, labels.to(predictor.device), eps, _identity, steps=steps, generator=generator)
+        out[positions.numpy()] = predictor.predict_unit(x_adv)
     return out
 
 
@@ -111,23 +100,22 @@ def _example_indices(clean: np.ndarray, adv: np.ndarray, threshold: float, n: in
     return np.sort(order[:n])
 
 
-def _examples(model, contract, transform, dataset: CacheDataset, idx: np.ndarray, attack, eps: float, steps: int,
-              device: torch.device, seed: int) -> list[dict]:
+def _examples(predictor: Predictor, dataset: CacheDataset, idx: np.ndarray, attack, eps: float, steps: int,
+              seed: int) -> list[dict]:
     images = torch.from_numpy(np.stack([np.asarray(dataset.cache.images[dataset.indices[i]]) for i in idx]))
-    x = transform.unit(images.to(device))
-    labels = torch.from_numpy(dataset.labels[idx]).to(device)
-    x_adv = attack(model, x, labels, eps, transform.normalise, steps=steps,
+    x = predictor.unit(images)
+    labels = torch.from_numpy(dataset.labels[idx]).to(predictor.device)
+    x_adv = attack(LogProbs(predictor), x, labels, eps, _identity, steps=steps,
                    generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        p_clean = torch.softmax(model(transform.normalise(x)).float(), 1)[:, contract.positive_index]
-        p_adv = torch.softmax(model(transform.normalise(x_adv)).float(), 1)[:, contract.positive_index]
+    pos = predictor.contract.positive_index
+    p_clean, p_adv = predictor.predict_unit(x)[:, pos], predictor.predict_unit(x_adv)[:, pos]
     return [{"id": str(dataset.ids[i]), "label": int(dataset.labels[i]), "clean": x[j, 0].cpu().numpy(),
-             "adv": x_adv[j, 0].cpu().numpy(), "p_clean": float(p_clean[j]), "p_adv": float(p_adv[j])}
+             "adv": x_adv[j, 0].detach().cpu().numpy(), "p_clean": float(p_clean[j]), "p_adv": float(p_adv[j])}
             for j, i in enumerate(idx)]
 
 
-def _write(run_dir: Path, entry: dict) -> None:
-    path = run_dir / "robustness.json"
+def _write(rd: RunDir, entry: dict) -> None:
+    path = rd / RunDir.ROBUSTNESS
     entries = read_json(path).get("entries", []) if path.is_file() else []
     key = (entry["method"], entry["steps"], entry["split"], entry["data"])
     old = next((e for e in entries if (e["method"], e["steps"], e["split"], e["data"]) == key), None)
@@ -139,11 +127,11 @@ def _write(run_dir: Path, entry: dict) -> None:
     entries = [e for e in entries if e is not old] + [entry]
     write_json(path, {"entries": entries})
     table = robustness_table(entries)
-    with atomic_path(run_dir / "robustness.csv") as tmp:
+    with atomic_path(rd / RunDir.ROBUSTNESS_TABLE) as tmp:
         table.to_csv(tmp, index=False)
     from medclf.robust.plots import plot_robustness
 
-    plot_robustness(entries, run_dir / "robustness.png")
+    plot_robustness(entries, rd / RunDir.ROBUSTNESS_PLOT)
 
 
 def robustness_table(entries: list[dict]) -> pd.DataFrame:

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from medclf.engine.device import autocast, epoch_seed
+from medclf.device import autocast, epoch_seed
 from medclf.errors import ConfigError, MedclfError
 from medclf.io import atomic_path
 from medclf.models.checkpoint import unwrap_model

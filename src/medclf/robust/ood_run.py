@@ -1,10 +1,11 @@
-"""`medclf ood`: fit the OOD detector on a run's training split, score in-distribution vs OOD images, store it.
+"""`medclf ood`: measure how well OOD scores tell a run's images from another set, and (re)fit its detector.
 
-Steps: (1) features and logits of the training split (at most `fit_max` images, seeded) -> Mahalanobis class
-means and shared precision; (2) the in-distribution evaluation split and the OOD set are scored by every
-registered score -> AUROC and FPR at 95% TPR, written to `RUN/ood.json` (one entry per OOD set, merged with
-earlier runs of the command) and `RUN/ood.csv`; (3) the chosen score's threshold accepting `accept_rate` of the
-validation split is stored with the detector in `best.pt`'s `contract.ood` (re-saved atomically).
+Steps: (1) the run's detector is refitted on the run's own training split (its cache, at most `fit_max`
+images, seeded; `medclf train` fitted one already) with the threshold accepting `accept_rate` of its validation
+split, and stored in `best.pt`'s `contract.ood` (re-saved atomically); (2) an in-distribution evaluation split
+(of the run's cache, or of any cache given with `data`) and the OOD set are scored by every registered score
+-> AUROC and FPR at 95% TPR, written to `RUN/ood.json` (one entry per OOD set, merged with earlier runs of the
+command) and `RUN/ood.csv`.
 
 The OOD set is a prepared cache (all its rows, whatever their split) or a synthetic set made on the fly:
 `noise` (uniform and smoothed noise) or `natural` (grey crops of scikit-learn's two sample photographs).
@@ -21,45 +22,43 @@ from tqdm import tqdm
 
 from medclf.data.cache import Cache
 from medclf.data.dataset import CacheDataset, make_loader
-from medclf.engine.device import pick_device
-from medclf.engine.evaluate import open_run_and_cache
+from medclf.device import pick_device
 from medclf.errors import DataError, MedclfError
+from medclf.evaluation.ood import OOD_SCORES, Outputs, detection_metrics, fit_mahalanobis
 from medclf.io import atomic_path, read_json, write_json
-from medclf.robust.ood import (OOD_SCORES, Outputs, array_batches, detection_metrics, fit_mahalanobis,
-                               get_score, make_detector, model_outputs)
+from medclf.runs import Predictor, Run, RunDir, open_run, open_run_and_cache
+from medclf.runs.ood import fit_detector, model_outputs, subset
 
 SYNTHETIC_SETS = ("noise", "natural")
 
 
 def ood_run(run_dir: str | Path, ood: str | Path, split: str = "test", data: str | Path | None = None,
-            store: bool = True, store_score: str = "mahalanobis", accept_rate: float = 0.95,
-            fit_max: int | None = 5000, batch_size: int = 64, device: str = "auto", seed: int = 0,
-            progress: bool = True) -> dict:
+            store: bool = True, accept_rate: float = 0.95, fit_max: int | None = 5000, batch_size: int = 64,
+            device: str = "auto", seed: int = 0, progress: bool = True) -> dict:
     """Returns the ood.json entry for this OOD set: `{name, n_in, n_out, split, scores: {name: {auroc, fpr95}}}`."""
-    run_dir = Path(run_dir)
     if not 0.0 < accept_rate < 1.0:
         raise MedclfError(f"--accept-rate must be in (0, 1), got {accept_rate}")
-    get_score(store_score)
     dev = pick_device(device)
-    run, cache = open_run_and_cache(run_dir, data, dev)
+    run, own = open_run_and_cache(run_dir, None, dev)
+    cache = own if data is None else open_run_and_cache(run_dir, data, dev)[1]
+    predictor = run.predictor()
 
-    def outputs(dataset_or_images, desc: str) -> Outputs:
-        if isinstance(dataset_or_images, np.ndarray):
-            batches = array_batches(dataset_or_images, batch_size)
-            total = -(-len(dataset_or_images) // batch_size)
+    def outputs(source, desc: str) -> Outputs:
+        if isinstance(source, np.ndarray):
+            batches = (torch.from_numpy(np.array(source[i:i + batch_size])) for i in range(0, len(source), batch_size))
+            total = -(-len(source) // batch_size)
         else:
-            loader = make_loader(dataset_or_images, batch_size=batch_size)
+            loader = make_loader(source, batch_size=batch_size)
             batches, total = (imgs for imgs, _, _ in loader), len(loader)
-        return model_outputs(run.model, run.contract, tqdm(batches, total=total, desc=desc, disable=not progress,
-                                                           leave=False), dev)
+        return model_outputs(predictor, tqdm(batches, total=total, desc=desc, disable=not progress, leave=False))
 
     eval_set = CacheDataset(cache, split=split)
     if len(eval_set) == 0:
         raise DataError(f"{cache.path}: split '{split}' is empty")
     name, ood_images = load_ood_images(ood, cache.size, n=len(eval_set), seed=seed)
-    train_set = _subset(CacheDataset(cache, split="train"), fit_max, seed)
+    train_set = subset(CacheDataset(own, split="train"), fit_max, seed)
     if len(train_set) < 2:
-        raise DataError(f"{cache.path}: the training split has {len(train_set)} images; the detector needs >= 2")
+        raise DataError(f"{own.path}: the training split has {len(train_set)} images; the detector needs >= 2")
     fit_out = outputs(train_set, "ood: fit on train")
     maha = fit_mahalanobis(fit_out.features, train_set.labels) if fit_out.features is not None else None
     in_out = outputs(eval_set, f"ood: {split}")
@@ -75,33 +74,29 @@ def ood_run(run_dir: str | Path, ood: str | Path, split: str = "test", data: str
             continue
         entry["scores"][score_name] = {"auroc": metrics["auroc"], "fpr95": metrics["fpr95"]}
     if store:
-        entry["stored"] = store_detector(run, cache, store_score, accept_rate, maha, outputs, len(train_set))
-    _write(run_dir, entry)
+        entry["stored"] = store_detector(run, own, predictor, accept_rate, fit_max, seed, batch_size, progress)
+    _write(run.dir, entry)
     return entry
 
 
-def store_detector(run, cache: Cache, score: str, accept_rate: float, maha: dict | None, outputs,
-                   n_fit: int) -> dict:
-    """Threshold on validation, then best.pt re-saved with `contract.ood`; returns what was stored."""
+def store_detector(run: Run, cache: Cache, predictor: Predictor, accept_rate: float, fit_max: int | None, seed: int,
+                   batch_size: int, progress: bool) -> dict:
+    """The detector refitted on the run's training split (threshold on its val split), then best.pt re-saved
+    with it as `contract.ood`; returns what was stored."""
     from medclf.models.checkpoint import load_checkpoint, save_checkpoint
 
-    best = run.run_dir / "best.pt"
-    if not best.is_file():  # an ensemble run: the members' checkpoints each describe one member only
-        return {"saved": False, "reason": f"{best} not found (ensemble runs keep no single checkpoint)"}
-    val_set = CacheDataset(cache, split="val")
-    if len(val_set) == 0:
-        raise DataError(f"{cache.path}: no validation split to set the OOD threshold on")
-    val_scores = get_score(score)(outputs(val_set, "ood: threshold on val"), maha)
-    threshold = float(np.quantile(val_scores, accept_rate, method="higher"))
-    fitted_on = {"cache_hash": str(cache.meta.get("content_hash", "")), "fit_split": "train", "n_fit": n_fit,
-                 "threshold_split": "val", "n_threshold": len(val_set)}
-    detector = make_detector(score, threshold, accept_rate, maha if score == "mahalanobis" else None, fitted_on)
-    model, contract, payload = load_checkpoint(best)
+    if run.is_ensemble:  # the members' checkpoints each hold their own detector
+        return {"saved": False, "reason": f"{run.run_dir} is an ensemble: each member keeps its own detector "
+                                          "(fitted when it was trained)"}
+    detector = fit_detector(predictor, CacheDataset(cache, split="train"), CacheDataset(cache, split="val"),
+                            accept_rate=accept_rate, fit_max=fit_max, seed=seed, batch_size=batch_size,
+                            progress=progress)
+    model, contract, payload = load_checkpoint(run.dir.best)
     contract.ood = detector
-    save_checkpoint(best, model, contract, payload.get("config") or {}, payload.get("extra"))
+    save_checkpoint(run.dir.best, model, contract, payload.get("config") or {}, payload.get("extra"))
     run.contract.ood = detector
-    accepted = float(np.mean(val_scores <= threshold))
-    return {"saved": True, "score": score, "threshold": threshold, "val_accepted": accepted}
+    return {"saved": True, "score": detector["score"], "threshold": detector["threshold"],
+            "val_accepted": detector["fitted_on"]["val_accepted"]}
 
 
 def load_ood_images(ood: str | Path, size: int, n: int, seed: int = 0) -> tuple[str, np.ndarray]:
@@ -110,8 +105,8 @@ def load_ood_images(ood: str | Path, size: int, n: int, seed: int = 0) -> tuple[
     if text in SYNTHETIC_SETS and not Path(text).exists():
         return text, synthetic_ood_images(text, n=min(max(n, 16), 1000), size=size, seed=seed)
     path = Path(ood)
-    if not (path / "cache.json").is_file():
-        raise MedclfError(f"--ood {ood}: not a prepared cache (no cache.json) nor one of {', '.join(SYNTHETIC_SETS)}")
+    if not path.is_dir():
+        raise MedclfError(f"--ood {ood}: not a prepared cache (no such folder) nor one of {', '.join(SYNTHETIC_SETS)}")
     cache = Cache.open(path)
     images = np.asarray(cache.images)
     if cache.size != size:
@@ -160,20 +155,13 @@ def _resize(images: np.ndarray, size: int) -> np.ndarray:
     return x.round().clamp(0, 255).squeeze(1).to(torch.uint8).numpy()
 
 
-def _subset(dataset: CacheDataset, limit: int | None, seed: int) -> CacheDataset:
-    if limit is None or len(dataset) <= limit:
-        return dataset
-    pick = np.sort(np.random.default_rng(seed).choice(len(dataset), size=limit, replace=False))
-    return CacheDataset(dataset.cache, indices=dataset.indices[pick])
-
-
-def _write(run_dir: Path, entry: dict) -> None:
+def _write(rd: RunDir, entry: dict) -> None:
     """ood.json keeps one entry per (OOD set, split); ood.csv is the same as a flat table."""
-    path = run_dir / "ood.json"
+    path = rd / RunDir.OOD
     entries = read_json(path).get("entries", []) if path.is_file() else []
     entries = [e for e in entries if (e.get("name"), e.get("split")) != (entry["name"], entry["split"])] + [entry]
     write_json(path, {"entries": entries})
-    with atomic_path(run_dir / "ood.csv") as tmp:
+    with atomic_path(rd / RunDir.OOD_TABLE) as tmp:
         ood_table(entries).to_csv(tmp, index=False)
 
 

@@ -22,7 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from medclf.serve.predictor import Predictor
+from medclf.serve.predictor import ServeModel
 from medclf.serve.uploads import UploadError, receive_uploads
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -81,7 +81,7 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def create_app(predictor: Predictor, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+def create_app(predictor: ServeModel, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
                max_files: int = DEFAULT_MAX_FILES, upload_dir: str | Path | None = None) -> FastAPI:
     """The ASGI app for one loaded run.
 

@@ -21,12 +21,10 @@ import numpy as np
 import torch
 
 from medclf.data.imageio import load_image, load_with_info
-from medclf.engine.device import pick_device
-from medclf.engine.predict import decide, predict_arrays
+from medclf.device import pick_device
 from medclf.errors import MedclfError
-from medclf.io import read_json
-from medclf.runs import LoadedRun, load_run
-from medclf.serve.adapters import HEATMAP_METHOD, heatmap_maps, ood_scores
+from medclf.runs import Prediction, Run, RunDir, open_run
+from medclf.serve.adapters import HEATMAP_METHOD, heatmap_maps
 from medclf.serve.render import heat_rgba, png_base64
 from medclf.serve.uploads import Upload, UploadError
 
@@ -45,19 +43,20 @@ class Decoded:
     dicom: dict[str, Any] | None
 
 
-class Predictor:
-    """One loaded run (single model or ensemble) shared by all requests."""
+class ServeModel:
+    """One loaded run (single model or ensemble) shared by all requests; its Predictor gives the numbers."""
 
-    def __init__(self, run: LoadedRun, device: torch.device) -> None:
+    def __init__(self, run: Run, device: torch.device) -> None:
         self.run = run
         self.device = device
+        self.predictor = run.predictor()
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medclf-model")
 
     @classmethod
-    def load(cls, run_dir: str | Path, device: str = "auto") -> "Predictor":
-        """Open `run_dir` with `medclf.runs.load_run` (checkpoints are read with `weights_only=True`)."""
+    def load(cls, run_dir: str | Path, device: str = "auto") -> "ServeModel":
+        """Open `run_dir` with `medclf.runs.open_run` (checkpoints are read with `weights_only=True`)."""
         dev = pick_device(device)
-        return cls(load_run(run_dir, dev), dev)
+        return cls(open_run(run_dir, dev), dev)
 
     def info(self) -> dict[str, Any]:
         """What `/api/model` shows: the model's contract and counts of its training data (no patient data)."""
@@ -74,7 +73,8 @@ class Predictor:
             "input_size": c.input_size,
             "image_size": self.run.image_size,
             "threshold": c.threshold,
-            "ood": bool(c.ood),
+            "ood": self.predictor.has_ood,
+            "tta_flip": self.predictor.tta_flip,
             "heatmap_method": HEATMAP_METHOD,
             "training_data": training_summary(self.run.run_dir),
         }
@@ -83,16 +83,24 @@ class Predictor:
         """One result per upload, in order. Raises `UploadError(400)` naming the file that cannot be decoded."""
         decoded = [self.decode(u, image) for u in uploads]
         batch = np.stack([d.image for d in decoded])
-        probs, (maps, map_reason), (ood, ood_reason) = self._model_thread.submit(self._run_model, batch,
-                                                                                 heatmap).result()
-        return [self._result(d, probs[i], None if maps is None else maps[i], map_reason,
+        prediction, (maps, map_reason) = self._model_thread.submit(self._run_model, batch, heatmap).result()
+        columns = self.predictor.columns(prediction).to_dict("records")
+        ood, ood_reason = self._ood(columns)
+        return [self._result(d, prediction.probs[i], columns[i], None if maps is None else maps[i], map_reason,
                              None if ood is None else ood[i], ood_reason) for i, d in enumerate(decoded)]
 
-    def _run_model(self, batch: np.ndarray, heatmap: bool) -> tuple:
-        """Runs on the model thread only: probabilities, (maps, reason), (ood, reason)."""
-        probs = predict_arrays(self.run, batch, self.device)
+    def _run_model(self, batch: np.ndarray, heatmap: bool) -> tuple[Prediction, tuple]:
+        """Runs on the model thread only: the Predictor's outputs and (maps, reason)."""
+        prediction = self.predictor.predict_arrays(batch)
         maps = heatmap_maps(self.run, batch, self.device) if heatmap else (None, "not requested")
-        return probs, maps, ood_scores(self.run, batch)
+        return prediction, maps
+
+    def _ood(self, columns: list[dict]) -> tuple[list[dict] | None, str | None]:
+        """Per image `{"score", "flag"}` from the run's detector, or (None, why there is none)."""
+        if not self.predictor.has_ood:
+            return None, "this run has no out-of-distribution detector (contract.ood is not set; retrain or run " \
+                         "`medclf ood RUN --ood CACHE`)"
+        return [{"score": float(c["ood_score"]), "flag": bool(c["ood"])} for c in columns], None
 
     def decode(self, upload: Upload, want_display: bool = True) -> Decoded:
         """The upload as the uint8 square the model takes (same code path as the training cache)."""
@@ -113,11 +121,10 @@ class Predictor:
         dicom = {k: loaded.header.get(k) for k in SAFE_DICOM_FIELDS} if upload.kind == "dicom" else None
         return Decoded(upload=upload, image=loaded.image, display=display, dicom=dicom)
 
-    def _result(self, d: Decoded, probs: np.ndarray, cam: np.ndarray | None, cam_reason: str | None,
+    def _result(self, d: Decoded, probs: np.ndarray, columns: dict, cam: np.ndarray | None, cam_reason: str | None,
                 ood: dict | None, ood_reason: str | None) -> dict[str, Any]:
         c = self.run.contract
-        prob = float(probs[c.positive_index])
-        label = decide(probs, c.positive_index, c.threshold, c.label_names)
+        prob, label = float(columns["prob"]), columns["predicted"]
         return {
             "filename": d.upload.filename,
             "type": d.upload.kind,
@@ -142,10 +149,9 @@ class Predictor:
 
 def training_summary(run_dir: Path) -> dict[str, Any] | None:
     """Counts from `data_summary.json` (split x label, split x view); the cache's path is left out."""
-    path = Path(run_dir) / "data_summary.json"
-    if not path.exists():
+    summary = RunDir(run_dir).data_summary()
+    if summary is None:
         return None
-    summary = read_json(path)
     out = {k: summary[k] for k in SUMMARY_KEYS if k in summary}
     counts = summary.get("split_counts") or {}
     out["n"] = int(sum(sum(v.values()) for v in counts.values()))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from medclf.errors import MedclfError
 from medclf.serve.app import DEFAULT_MAX_FILES, DEFAULT_MAX_UPLOAD_MB, create_app
-from medclf.serve.predictor import Predictor
+from medclf.serve.predictor import ServeModel
 
 log = logging.getLogger("medclf.serve")
 
@@ -40,7 +40,7 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
     import uvicorn
 
     check_options(host, port, max_upload_mb)
-    predictor = Predictor.load(run_dir, device)
+    predictor = ServeModel.load(run_dir, device)
     app = create_app(predictor, max_upload_mb=max_upload_mb, max_files=max_files)
     if not is_loopback(host):
         log.warning("listening on %s: the service has no authentication; anyone who can reach this address "

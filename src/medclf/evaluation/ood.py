@@ -1,4 +1,5 @@
-"""Out-of-distribution scores (a registry), the Mahalanobis detector, detection metrics and `ood_flags`.
+"""Out-of-distribution scores (a registry), the Mahalanobis detector and detection metrics: pure functions on
+model outputs (the run layer's Predictor computes those outputs and applies a stored detector).
 
 Convention: every score is "higher = less like the training images".
 - `msp`: minus the maximum softmax probability (Hendrycks & Gimpel 2017);
@@ -6,23 +7,23 @@ Convention: every score is "higher = less like the training images".
 - `mahalanobis`: the smallest squared Mahalanobis distance of the penultimate features (`model.embed`) to a
   class mean, with one covariance shared by the classes (Lee et al. 2018), fitted on the training split.
 
-A fitted detector is a plain dict stored in the checkpoint's `contract.ood`: the score name, the threshold
-that accepts `accept_rate` (95%) of validation images, and for Mahalanobis the class means and precision
-matrix as nested lists (JSON-safe, readable with `torch.load(weights_only=True)`).
+A fitted detector is a dict stored in the checkpoint's `contract.ood`: the score name (mahalanobis), the
+threshold that accepts `accept_rate` (95%) of validation images, the class means and the precision matrix.
+`medclf train` fits one on the training split when it ends; `medclf ood` measures and refits.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 import torch
-from torch import nn
 
 from medclf.errors import MedclfError
 
-DETECTOR_VERSION = 1
+DETECTOR_VERSION = 2  # 2: arrays as float32 tensors (1: nested lists)
 
 
 @dataclass
@@ -31,44 +32,6 @@ class Outputs:
 
     logits: np.ndarray
     features: np.ndarray | None
-
-
-# ----------------------------------------------------------------------------------------------- the model side
-
-
-def _classifier(model: nn.Module) -> nn.Module | None:
-    from medclf.models.wrappers import ClassifierModel
-
-    return model if isinstance(model, ClassifierModel) else None
-
-
-@torch.no_grad()
-def model_outputs(model: nn.Module, contract, batches: Iterable[torch.Tensor], device: torch.device) -> Outputs:
-    """Logits and pooled penultimate features for uint8 `B x S x S` batches, in one forward pass per batch."""
-    from medclf.data.transforms import make_transform
-
-    transform = make_transform(contract, train=False)
-    model.eval()
-    clf = _classifier(model)
-    logits, feats = [], []
-    for images in batches:
-        x = transform(images.to(device))
-        if clf is not None:
-            features = clf.forward_features(x)
-            emb = clf.pre_logits(features)
-            out = clf.forward_head(features)
-        else:  # an Ensemble: same interface, its own embed if it has one
-            out = model(x)
-            emb = model.embed(x) if hasattr(model, "embed") else None
-        logits.append(out.float().cpu().numpy())
-        if emb is not None:
-            feats.append(emb.float().cpu().numpy())
-    return Outputs(np.concatenate(logits), np.concatenate(feats) if feats else None)
-
-
-def array_batches(images: np.ndarray, batch_size: int = 64) -> Iterable[torch.Tensor]:
-    for start in range(0, len(images), batch_size):
-        yield torch.from_numpy(np.array(images[start:start + batch_size]))  # a copy: memmaps are read-only
 
 
 # ----------------------------------------------------------------------------------------------- scores
@@ -170,37 +133,28 @@ def detection_metrics(scores_in: np.ndarray, scores_out: np.ndarray) -> dict:
 # ----------------------------------------------------------------------------------------------- the detector
 
 
-def make_detector(score: str, threshold: float, accept_rate: float, maha: dict | None, fitted_on: dict) -> dict:
-    """The dict stored as `contract.ood` (plain types only)."""
-    det = {"version": DETECTOR_VERSION, "score": score, "threshold": float(threshold),
-           "accept_rate": float(accept_rate), "higher_is_ood": True, "fitted_on": fitted_on}
-    if maha is not None:
-        det.update(means=np.where(np.isnan(maha["means"]), None, maha["means"]).tolist(),
-                   precision=np.asarray(maha["precision"]).tolist(), estimator=maha["estimator"])
-    return det
+def make_detector(threshold: float, accept_rate: float, maha: dict, fitted_on: dict) -> dict:
+    """The Mahalanobis detector stored as `contract.ood`: plain values plus float32 tensors (means `K x D`, NaN
+    rows for classes absent from training; precision `D x D`), readable with `torch.load(weights_only=True)`."""
+    return {"version": DETECTOR_VERSION, "score": "mahalanobis", "threshold": float(threshold),
+            "accept_rate": float(accept_rate), "higher_is_ood": True, "fitted_on": fitted_on,
+            "means": torch.as_tensor(np.asarray(maha["means"]), dtype=torch.float32),
+            "precision": torch.as_tensor(np.asarray(maha["precision"]), dtype=torch.float32),
+            "estimator": maha["estimator"]}
 
 
-def detector_scores(detector: dict, out: Outputs) -> np.ndarray:
-    maha = None
-    if "means" in detector:
-        means = np.array([[np.nan if v is None else v for v in row] for row in detector["means"]], dtype=float)
-        maha = {"means": means, "precision": np.asarray(detector["precision"], dtype=float)}
-    return get_score(detector["score"])(out, maha)
+def detector_arrays(detector: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(means, precision) as float32 tensors, from a detector of this version (tensors) or of the first one
+    (nested lists, None for an absent class)."""
+    means = detector["means"]
+    if not isinstance(means, torch.Tensor):
+        means = [[math.nan if v is None else v for v in row] for row in means]
+    return (torch.as_tensor(means, dtype=torch.float32),
+            torch.as_tensor(detector["precision"], dtype=torch.float32))
 
 
-def ood_flags(run, images_uint8: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, flags) for uint8 `B x S x S` images with the detector stored in `run.contract.ood`.
-
-    `flags[i]` is True when image i is outside the distribution ("not like the training images"): its score
-    is above the stored threshold, which accepts `accept_rate` of the validation images.
-    """
-    detector = run.contract.ood
+def describe_detector(detector: dict | None) -> dict | None:
+    """The detector without its arrays (for JSON: export metadata, the service's model info)."""
     if not detector:
-        raise MedclfError(f"{run.run_dir}: the model has no OOD detector; run `medclf ood {run.run_dir} --ood CACHE`")
-    images = np.asarray(images_uint8)
-    if images.ndim == 2:
-        images = images[None]
-    device = next(run.model.parameters()).device
-    out = model_outputs(run.model, run.contract, array_batches(images, batch_size), device)
-    scores = detector_scores(detector, out)
-    return scores, scores > float(detector["threshold"])
+        return None
+    return {k: v for k, v in detector.items() if k not in ("means", "precision")}

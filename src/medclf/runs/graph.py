@@ -1,0 +1,106 @@
+"""The one computation from images to probabilities, as a module both backends run.
+
+`InferenceModule` takes uint8 images exactly as a cache holds them (`B x S x S`) and returns
+- `probs` `B x K`: the class probabilities the run's operating threshold applies to (the ensemble's combination
+  and the flip test-time augmentation that chose the threshold included),
+- `member_probs` `M x B x K`: each member's probabilities (M = 1 for a single model), same augmentation,
+- `ood` `B x M` (only when every member carries a Mahalanobis detector): each member's OOD score.
+
+The eager backend calls it; the ONNX backend runs the same module exported (resize and normalisation inside
+the graph), so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from medclf.contract import DataContract
+from medclf.data.transforms import make_transform
+from medclf.evaluation.ood import detector_arrays
+
+
+class InferenceModule(nn.Module):
+    """`model` is a ClassifierModel or an Ensemble (anything with the same interface)."""
+
+    def __init__(self, model: nn.Module, contract: DataContract, tta_flip: bool = False,
+                 detectors: list[dict] | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.contract = contract
+        self.transform = make_transform(contract, train=False)
+        self.tta_flip = bool(tta_flip)
+        self.mahalanobis = nn.ModuleList(
+            [MahalanobisScore(d) for d in detectors] if detectors and _all_mahalanobis(detectors) else [])
+
+    @property
+    def members(self) -> list[nn.Module]:
+        return list(getattr(self.model, "members", None) or [self.model])
+
+    @property
+    def has_ood(self) -> bool:
+        return len(self.mahalanobis) > 0
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.from_unit(self.transform.unit(images))
+
+    def from_unit(self, x_unit: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Unit-range grey `B x 1 x H x W` at the model's input size (what attacks perturb) -> the outputs."""
+        x = self.transform.normalise(x_unit)
+        views = [x, x.flip(-1)] if self.tta_flip else [x]
+        per_view = [self._member_probs(v) for v in views]
+        member_probs = torch.stack(per_view).mean(dim=0)
+        probs = torch.stack([self._combine(p) for p in per_view]).mean(dim=0)
+        if not self.has_ood:
+            return probs, member_probs
+        return probs, member_probs, self.ood_scores(x)
+
+    def log_probs(self, x_unit: torch.Tensor) -> torch.Tensor:
+        """log of `probs`: what an attack's cross-entropy reads as logits."""
+        return torch.log(self.from_unit(x_unit)[0].clamp_min(1e-12))
+
+    def ood_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """`B x M` Mahalanobis scores of the normalised (unflipped) batch, one column per member."""
+        return torch.stack([score(self._embed(i, x)) for i, score in enumerate(self.mahalanobis)], dim=1)
+
+    def embeddings(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Each member's pooled penultimate features `B x D_i` for uint8 images (for fitting detectors)."""
+        x = self.transform(images)
+        return [self._embed(i, x) for i in range(len(self.members))]
+
+    def _member_probs(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(self.model, "member_probs"):
+            return self.model.member_probs(x)
+        return torch.softmax(self.model(x).float(), dim=1).unsqueeze(0)
+
+    def _combine(self, member_probs: torch.Tensor) -> torch.Tensor:
+        if hasattr(self.model, "combine_probs"):
+            return self.model.combine_probs(member_probs)
+        return member_probs[0]
+
+    def _embed(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        adapt = getattr(self.model, "member_input", None)
+        xi = adapt(i, x) if adapt is not None else x
+        return self.members[i].embed(xi).float()
+
+
+class MahalanobisScore(nn.Module):
+    """min over classes of (f - mu_k)^T P (f - mu_k); classes absent from training never match (+inf)."""
+
+    def __init__(self, detector: dict) -> None:
+        super().__init__()
+        means, precision = detector_arrays(detector)
+        present = ~torch.isnan(means).any(dim=1)
+        self.register_buffer("means", torch.nan_to_num(means, nan=0.0))
+        self.register_buffer("precision", precision)
+        self.register_buffer("present", present)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        diff = features.unsqueeze(1) - self.means.unsqueeze(0)  # B x K x D
+        dist = ((diff @ self.precision) * diff).sum(dim=-1)
+        dist = torch.where(self.present.unsqueeze(0), dist, torch.full_like(dist, float("inf")))
+        return dist.min(dim=1).values
+
+
+def _all_mahalanobis(detectors: list[dict]) -> bool:
+    return all(d and d.get("score") == "mahalanobis" and "means" in d for d in detectors)
