@@ -1,4 +1,4 @@
-"""One pixel limit for every format, checked from the header before decoding."""
+"""One pixel limit for every format, checked from the header before decoding; one list of input suffixes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medclf.data.imageio import MAX_PIXELS, load_image
+from medclf.data.imageio import DICOM_SUFFIXES, IMAGE_SUFFIXES, INPUT_SUFFIXES, MAX_PIXELS, load_image
 from medclf.errors import DataError
 
 
@@ -72,3 +72,16 @@ def test_deflated_dicom_is_bounded_before_pydicom_inflates_it(dicom_writer, tmp_
     with pytest.raises(DataError, match="image is flat"):  # under the default limit it is read (and is all zeros)
         load_image(path, 64)
 
+
+def test_predict_and_prepare_folder_take_the_same_suffixes(tmp_path, dicom_writer):
+    from medclf.engine.predict import expand_inputs
+
+    assert INPUT_SUFFIXES == DICOM_SUFFIXES | IMAGE_SUFFIXES
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 16), dtype=np.uint8)
+    for name in ("a.tif", "b.bmp", "c.png", "d.jpg"):
+        Image.fromarray(pixels).save(tmp_path / name)
+    dicom_writer(tmp_path / "e.dic", pixels)
+    (tmp_path / "notes.txt").write_text("not an image")
+    found = expand_inputs([tmp_path])
+    assert [p.name for p in found] == ["a.tif", "b.bmp", "c.png", "d.jpg", "e.dic"]
+    assert all(load_image(p, 16).shape == (16, 16) for p in found)

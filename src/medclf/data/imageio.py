@@ -20,6 +20,8 @@ from medclf.errors import DataError
 
 DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+# What a folder of inputs is searched for, by `prepare folder` and `predict` alike.
+INPUT_SUFFIXES = frozenset(DICOM_SUFFIXES | IMAGE_SUFFIXES)
 EMPTY_HEADER: dict[str, Any] = {"patient_id": "", "view": "", "sex": "", "age": None}
 
 

@@ -19,7 +19,7 @@ from medclf.errors import MedclfError
 from medclf.io import atomic_path
 from medclf.runs import LoadedRun, load_run
 
-IMAGE_SUFFIXES = {".dcm", ".dicom", ".png", ".jpg", ".jpeg"}
+from medclf.data.imageio import INPUT_SUFFIXES as IMAGE_SUFFIXES  # the list `prepare folder` accepts
 ENGINES = ("torch", "onnx")
 # normalised batch `B x C x H x W` -> probabilities `B x K`
 ProbsFn = Callable[[torch.Tensor], np.ndarray]
