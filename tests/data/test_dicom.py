@@ -107,3 +107,120 @@ def test_png_and_jpeg_files(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"\x89PNG not really")
     with pytest.raises(DataError, match="bad.png: not a readable image"):
         load_image(tmp_path / "bad.png", 32)
+
+
+def _set_raw(path, keyword, text: bytes):
+    """Rewrite one element with raw bytes pydicom would refuse to write (VR IS), as a broken producer does."""
+    import pydicom
+    from pydicom.dataelem import RawDataElement
+    from pydicom.datadict import tag_for_keyword
+    from pydicom.tag import Tag
+
+    ds = pydicom.dcmread(path)
+    tag = Tag(tag_for_keyword(keyword))
+    ds._dict[tag] = RawDataElement(tag, "IS", len(text), text, 0, False, True)
+    ds.save_as(path)
+    return path
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR IS")
+@pytest.mark.parametrize("keyword", ["NumberOfFrames", "Rows", "Columns", "SamplesPerPixel", "BitsAllocated"])
+def test_invalid_header_value_is_a_data_error(dicoms, keyword):
+    path = _set_raw(dicoms["mono2"], keyword, b"1A")
+    with pytest.raises(DataError) as err:
+        load_image(path, 16)
+    assert str(err.value) == f"{path}: invalid {keyword} '1A' (expected an integer)"
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR IS")
+def test_skip_bad_skips_an_invalid_header_value(dicom_writer, tmp_path):
+    from PIL import Image
+
+    from medclf.data.cache import Cache
+    from medclf.data.prepare import prepare_folder
+
+    root = tmp_path / "imgs"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    rows = ["path,label"]
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(root / f"img{i}.png")
+        rows.append(f"img{i}.png,{i % 2}")
+    bad = _set_raw(dicom_writer(root / "bad.dcm", rng.integers(0, 256, (16, 16), dtype=np.uint8)),
+                   "NumberOfFrames", b"1A")
+    (tmp_path / "labels.csv").write_text("\n".join(rows + ["bad.dcm,1"]) + "\n")
+    cache = Cache.open(prepare_folder(root, tmp_path / "labels.csv", tmp_path / "cache", size=16, workers=1,
+                                      skip_bad=True, progress=False))
+    assert len(cache.manifest) == 6
+    assert [s["reason"] for s in cache.meta["skipped"]] == [f"{bad}: invalid NumberOfFrames '1A' (expected an integer)"]
+
+
+def test_image_flat_after_its_window_is_refused(dicom_writer, tmp_path):
+    # every stored value lies below the window (centre 1000, width 10), so the VOI LUT maps all of them to 0
+    path = dicom_writer(tmp_path / "flat.dcm", np.tile(np.arange(0, 256, 4, dtype=np.uint8), (4, 1)), WindowCenter=1000, WindowWidth=10)
+    with pytest.raises(DataError) as err:
+        load_image(path, 32)
+    assert str(err.value) == f"{path}: image is flat after windowing (all pixels 0)"
+    assert read_dicom(path, norm="deck").pixels[0, 63] == 255  # the deck ignores the window, as the seed deck did
+
+
+def test_nearly_flat_image_keeps_its_detail(dicom_writer, tmp_path):
+    pixels = np.full((32, 32), 100, np.uint8)
+    pixels[5, 7] = 200  # 1 pixel in 1024: both percentiles are 100, so the percentile window is empty
+    out = read_dicom(dicom_writer(tmp_path / "dot.dcm", pixels)).pixels
+    assert out[5, 7] == 255 and out.sum() == 255  # min..max window instead of an all-black image
+
+
+def test_missing_photometric_is_named(dicoms):
+    import pydicom
+
+    path = dicoms["mono2"]
+    ds = pydicom.dcmread(path)
+    del ds.PhotometricInterpretation
+    ds.save_as(path)
+    with pytest.raises(DataError) as err:
+        load_image(path, 16)
+    assert str(err.value) == f"{path}: PhotometricInterpretation missing (required for an image)"
+
+
+def test_decoder_message_is_kept_whole(dicoms):
+    with pytest.raises(DataError) as err:
+        read_dicom(dicoms["truncated"])
+    message = str(err.value)
+    assert "less than expected (468 vs 768 bytes)" in message  # past the old 120-character cut
+    assert message.endswith("or the transfer syntax may be incorrect)") and "..." not in message
+
+
+@pytest.mark.filterwarnings("ignore:End of file reached")  # pydicom's own warning for the cut files
+def test_concurrent_reads_are_independent(synthetic_rsna, tmp_path):
+    """The reader used to catch pydicom's truncation warning with `warnings.catch_warnings`, which is process-wide:
+    concurrent reads refused valid files as truncated and left the warning filters changed."""
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    good = sorted((synthetic_rsna / "stage_2_train_images").glob("*.dcm"))[:8]
+    cut = []
+    for i, path in enumerate(good[:4]):
+        cut.append(tmp_path / f"cut{i}.dcm")
+        cut[-1].write_bytes(path.read_bytes()[:-500])  # inside the encapsulated JPEG frame
+    filters = list(warnings.filters)
+
+    def reads(worker: int) -> list[str]:
+        results = []
+        for i in range(40):
+            path = cut[(worker + i) % 4] if i % 4 == 3 else good[(worker + i) % 8]
+            try:
+                read_dicom(path, size=64)
+                results.append(f"{path.name}: ok")
+            except DataError as err:
+                results.append(str(err))
+        return results
+
+    with ThreadPoolExecutor(8) as pool:
+        results = [r for rs in pool.map(reads, range(8)) for r in rs]
+    assert len(results) == 320
+    assert sum(r.endswith(": ok") for r in results) == 240
+    truncated = [r for r in results if not r.endswith(": ok")]
+    assert len(truncated) == 80 and all(r.split(": ", 1)[0].split("/")[-1].startswith("cut") for r in truncated)
+    assert all(r.endswith(": file is truncated (ends inside a data element)") for r in truncated)
+    assert warnings.filters == filters

@@ -54,3 +54,38 @@ def test_draft_decode_matches_full_decode_and_resize(shared):
         diffs.append(np.abs(fast.pixels.astype(float) - full).mean())
     assert max(diffs) < 2.0, diffs
     assert np.mean(diffs) < 1.0, diffs
+
+
+def _as_dx(source, out):
+    """A real radiograph re-labelled as Digital X-Ray (DX For Presentation), the class most modern DR devices write."""
+    from pydicom.uid import DigitalXRayImageStorageForPresentation
+
+    ds = pydicom.dcmread(source)
+    ds.Modality = "DX"
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
+    ds.save_as(out)
+    return out
+
+
+def test_jpeg_baseline_8bit_and_dx_files_take_the_draft_path(shared, tmp_path):
+    siim = next(shared("dicom-variants").glob("siim_acr_*.dcm"))
+    rsna = sorted(shared("rsna-sample", "stage_2_train_images").glob("*.dcm"))[0]
+    for path in (siim, rsna, _as_dx(siim, tmp_path / "dx.dcm")):
+        ds = pydicom.dcmread(path)
+        assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.50" and ds.BitsAllocated == 8
+        img = read_dicom(path, size=256)
+        assert img.draft and img.pixels.shape == (256, 256) and img.original_shape == (1024, 1024)
+        assert img.pixels.min() == 0 and img.pixels.max() == 255 and img.pixels.std() > 30
+        full = render(stored_to_values(ds.pixel_array, ds, "robust"), "robust", 256)
+        assert np.abs(img.pixels.astype(float) - full).mean() < 2.0
+    dx = read_dicom(tmp_path / "dx.dcm", size=256)
+    assert dx.header["modality"] == "DX"
+    np.testing.assert_array_equal(dx.pixels, read_dicom(siim, size=256).pixels)
+
+
+def test_no_real_image_is_refused(shared):
+    files = sorted(shared("rsna-sample", "stage_2_train_images").glob("*.dcm")) + sorted(
+        shared("dicom-variants").glob("*.dcm"))
+    assert len(files) == 115
+    for path in files:
+        assert read_dicom(path, size=64).pixels.std() > 10, path  # not flat, not refused

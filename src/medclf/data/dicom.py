@@ -10,20 +10,24 @@ docs/data.md says why the default is robust.
 8-bit JPEG Baseline files (the RSNA format) are decoded at reduced scale by the JPEG decoder itself
 (Pillow `Image.draft`) when the target size allows: that skips most of the inverse DCT and is the main speed
 lever of `medclf prepare`.
+
+Every refusal is a one-line `DataError` naming the file. The pixel limit (`medclf.data.limits`) is checked on
+the header, before any pixel is decoded.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import os
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from medclf.data.limits import MAX_PIXELS, check_inflated_size, check_pixel_count
 from medclf.errors import DataError
 
 NORMS = ("robust", "deck", "none")
@@ -32,6 +36,8 @@ PERCENTILES = (0.5, 99.5)
 _DRAFT_SYNTAXES = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"}
 # Percentiles are taken on a strided view of at most ~this many pixels: same answer to a grey level, far cheaper.
 _PERCENTILE_PIXELS = 512 * 512
+# Decoder messages are kept whole (they say what is wrong at the end); this only bounds a pathological one.
+_MESSAGE_LIMIT = 1000
 
 
 @dataclass
@@ -46,20 +52,26 @@ class DicomImage:
     draft: bool = False
 
 
-def read_dicom(path: str | Path, *, norm: str = "robust", size: int | None = None) -> DicomImage:
+def read_dicom(path: str | Path, *, norm: str = "robust", size: int | None = None,
+               max_pixels: int = MAX_PIXELS) -> DicomImage:
     """Read, normalise and resize (long side to `size`, None = native) one single-frame greyscale DICOM.
 
-    Raises `DataError` naming the file for anything that is not a single-frame greyscale image with pixels.
+    Raises `DataError` naming the file for anything that is not a single-frame greyscale image with pixels, for
+    invalid header values, for more than `max_pixels` pixels (checked before decoding) and, with
+    `norm="robust"`, for an image that is flat after its LUT/window step (it would come out all black).
     """
     if norm not in NORMS:
         raise DataError(f"unknown normalisation {norm!r}; valid: {', '.join(NORMS)}")
     path = Path(path)
-    ds = _read_dataset(path)
-    _check_supported(ds, path)
-    shape = (int(ds.Rows), int(ds.Columns))
+    ds = _read_dataset(path, max_pixels=max_pixels)
+    shape = _check_supported(ds, path, max_pixels)
     raw, draft = _decode(ds, path, size, shape)
     invert = norm == "robust" and str(ds.PhotometricInterpretation) == "MONOCHROME1"
-    pixels = render(stored_to_values(raw, ds, norm), norm, size, invert=invert)
+    try:
+        values = stored_to_values(raw, ds, norm)
+    except Exception as err:  # pydicom's LUT functions raise bare ValueError/TypeError on malformed LUT elements
+        raise DataError(f"{path}: cannot apply the modality/VOI LUT ({type(err).__name__}: {_one_line(err)})") from None
+    pixels = render(values, norm, size, invert=invert, name=path)
     return DicomImage(pixels=pixels, header=header_fields(ds), original_shape=shape, draft=draft)
 
 
@@ -87,40 +99,94 @@ def is_dicom(path: str | Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
-def _read_dataset(path: Path, stop_before_pixels: bool = False) -> Any:
+def _read_dataset(path: Path, stop_before_pixels: bool = False, max_pixels: int = MAX_PIXELS) -> Any:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        with warnings.catch_warnings(record=True) as caught:  # pydicom only warns about a truncated file
-            warnings.simplefilter("always")
-            ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+        with open(path, "rb") as fh:
+            if not stop_before_pixels:
+                check_inflated_size(fh, path, max_pixels)
+            ds = pydicom.dcmread(fh, stop_before_pixels=stop_before_pixels)
+            stopped_at, size = fh.tell(), os.fstat(fh.fileno()).st_size
+    except DataError:
+        raise
     except InvalidDicomError:
         raise DataError(f"{path}: not a DICOM file (no DICM preamble)") from None
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except Exception as err:  # truncated or corrupt files raise many different types inside pydicom
-        raise DataError(f"{path}: cannot read DICOM ({type(err).__name__}: {_short(err)})") from None
-    if any("End of file reached" in str(w.message) for w in caught):
+        raise DataError(f"{path}: cannot read DICOM ({type(err).__name__}: {_one_line(err)})") from None
+    # Truncation is decided from the file's own structure, not from pydicom's warning: catching warnings swaps
+    # process-wide state (`warnings.catch_warnings` is not thread-safe), so concurrent reads saw each other's
+    # warnings. pydicom stops, and only warns, when an undefined-length value (encapsulated pixel data, a
+    # sequence) has no end delimiter: it has then not read to the end of the file. Pixel data of defined length
+    # cut short is reported by the decoder, with both byte counts.
+    if not stop_before_pixels and stopped_at < size:
         raise DataError(f"{path}: file is truncated (ends inside a data element)")
     return ds
 
 
-def _check_supported(ds: Any, path: Path) -> None:
+def _check_supported(ds: Any, path: Path, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """Every header value the reader uses, validated; (Rows, Columns). Nothing is decoded before this passes."""
     if "PixelData" not in ds:
         raise DataError(f"{path}: no pixel data")
-    photometric = str(ds.get("PhotometricInterpretation", ""))
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    missing = [k for k in ("Rows", "Columns", "PhotometricInterpretation") if _element(ds, k, path) in (None, "")]
+    if missing:
+        raise DataError(f"{path}: {', '.join(missing)} missing (required for an image)")
+    rows, cols = _int_element(ds, "Rows", path), _int_element(ds, "Columns", path)
+    frames = _int_element(ds, "NumberOfFrames", path, 1) or 1
+    check_pixel_count(path, rows, cols, frames, max_pixels=max_pixels)
+    samples = _int_element(ds, "SamplesPerPixel", path, 1) or 1
+    photometric = str(ds.PhotometricInterpretation)
     if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise DataError(
-            f"{path}: colour image not supported (PhotometricInterpretation={photometric or '?'}, "
+            f"{path}: colour image not supported (PhotometricInterpretation={photometric}, "
             f"SamplesPerPixel={samples}); only greyscale MONOCHROME1/2"
         )
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames != 1:
         raise DataError(f"{path}: multi-frame image not supported ({frames} frames)")
-    if "Rows" not in ds or "Columns" not in ds:
-        raise DataError(f"{path}: Rows/Columns missing")
+    for keyword in ("BitsAllocated", "BitsStored", "PixelRepresentation"):
+        _int_element(ds, keyword, path, 0)
+    for keyword in ("RescaleSlope", "RescaleIntercept"):
+        _number_element(ds, keyword, path)
+    return rows, cols
+
+
+def _element(ds: Any, keyword: str, path: Path) -> Any:
+    try:
+        return ds.get(keyword)
+    except Exception as err:  # pydicom converts a raw value on first access and may raise then
+        raise DataError(f"{path}: invalid {keyword} ({_one_line(err)})") from None
+
+
+def _int_element(ds: Any, keyword: str, path: Path, default: int | None = None) -> int:
+    """An integer header value; `default` when absent or empty (None: required).
+
+    Hand-written because pydicom keeps an invalid IS/US value as its text ('1A') and only warns, so a plain
+    `int()` raised a bare ValueError that escaped `DataError` (and `--skip-bad`).
+    """
+    value = _element(ds, keyword, path)
+    if value is None or value == "":
+        if default is None:
+            raise DataError(f"{path}: {keyword} missing")
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise DataError(f"{path}: invalid {keyword} {str(value)!r} (expected an integer)") from None
+
+
+def _number_element(ds: Any, keyword: str, path: Path) -> None:
+    value = _element(ds, keyword, path)
+    if value is None or value == "":
+        return
+    try:
+        ok = math.isfinite(float(value))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise DataError(f"{path}: invalid {keyword} {str(value)!r} (expected a finite number)")
 
 
 def _decode(ds: Any, path: Path, target_size: int | None, shape: tuple[int, int]) -> tuple[np.ndarray, bool]:
@@ -134,7 +200,7 @@ def _decode(ds: Any, path: Path, target_size: int | None, shape: tuple[int, int]
     except Exception as err:  # decoder plugins raise their own types; the user needs the file and the gist
         syntax = ds.file_meta.get("TransferSyntaxUID", "?")
         name = getattr(syntax, "name", str(syntax))
-        raise DataError(f"{path}: cannot decode pixel data ({name}: {_short(err)})") from None
+        raise DataError(f"{path}: cannot decode pixel data ({name}: {_one_line(err)})") from None
     if arr.ndim != 2:
         raise DataError(f"{path}: expected a 2-D image, decoded shape {arr.shape}")
     return arr, False
@@ -144,8 +210,8 @@ def _can_draft(ds: Any, target_size: int, shape: tuple[int, int]) -> bool:
     syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
     return (
         syntax in _DRAFT_SYNTAXES
-        and int(ds.get("BitsAllocated", 0)) == 8
-        and int(ds.get("PixelRepresentation", 0)) == 0
+        and int(ds.get("BitsAllocated", 0) or 0) == 8  # validated by _check_supported
+        and int(ds.get("PixelRepresentation", 0) or 0) == 0
         and max(shape) >= 2 * target_size  # DCT scaling only helps from a factor of 2
     )
 
@@ -188,15 +254,23 @@ def stored_to_values(raw: np.ndarray, ds: Any, norm: str) -> np.ndarray:
     return values
 
 
-def render(values: np.ndarray, norm: str, size: int | None, invert: bool = False) -> np.ndarray:
+def render(values: np.ndarray, norm: str, size: int | None, invert: bool = False, *,
+           name: str | Path | None = None) -> np.ndarray:
     """Values -> uint8 display image with the long side resized to `size` (aspect kept, not padded).
 
     Resizing comes before the percentile window so the window is measured on the image as stored, whatever
-    the decode scale (draft or full) was.
+    the decode scale (draft or full) was. When more than 99 % of the pixels share one value (the percentiles
+    meet), robust windows min..max instead, so the rest still shows. A robust image with a single value is
+    refused naming the file `name` when one is given (the DICOM reader: its LUT/window left nothing to see);
+    without `name` it renders black.
     """
     small = resize_long_side(values, size)
     if norm == "robust":
         lo, hi = image_percentiles(small)
+        if not hi > lo:
+            lo, hi = float(np.min(small)), float(np.max(small))
+            if not hi > lo and name is not None:
+                raise DataError(f"{name}: image is flat after windowing (all pixels {lo:g})")
         if small.dtype == np.uint8:  # the 8-bit (RSNA) hot path: same arithmetic on the 256 values, then a lookup
             return _to_uint8(window(np.arange(256, dtype=np.float32), lo, hi), invert)[small]
         return _to_uint8(window(small, lo, hi), invert)
@@ -292,8 +366,16 @@ def header_fields(ds: Any) -> dict[str, Any]:
         "age": parse_age(ds.get("PatientAge", "")),
         "modality": str(ds.get("Modality", "") or ""),
         "photometric": str(ds.get("PhotometricInterpretation", "") or ""),
-        "bits_stored": int(ds.get("BitsStored", 0) or 0),
+        "bits_stored": _int_or_zero(ds, "BitsStored"),
     }
+
+
+def _int_or_zero(ds: Any, keyword: str) -> int:
+    """Header fields are descriptive: an unreadable value is unknown (0), not an error (read_dicom validates)."""
+    try:
+        return int(ds.get(keyword, 0) or 0)
+    except Exception:
+        return 0
 
 
 def parse_view(view_position: Any, series_description: Any = "") -> str:
@@ -322,6 +404,7 @@ def parse_age(value: Any) -> float | None:
     return float(int(years)) if years == int(years) else round(years, 2)
 
 
-def _short(err: BaseException, limit: int = 120) -> str:
+def _one_line(err: BaseException, limit: int = _MESSAGE_LIMIT) -> str:
+    """The error's whole message on one line (decoders put the reason at the end, after their plugin list)."""
     text = " ".join(str(err).split()) or type(err).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from medclf.data.imageio import DICOM_SUFFIXES, IMAGE_SUFFIXES
+from medclf.data.imageio import INPUT_SUFFIXES
 from medclf.data.rsna import LabelReport
 from medclf.errors import DataError
 
@@ -56,7 +56,7 @@ def folder_source(images_dir: str | Path, labels_csv: str | Path, label_names: S
         "path": [str(p) for p, k in zip(paths, keep) if k],
     })
     listed = {p.resolve() for p, e in zip(paths, exists) if e}
-    on_disk = [p for p in images_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES | DICOM_SUFFIXES]
+    on_disk = [p for p in images_dir.rglob("*") if p.suffix.lower() in INPUT_SUFFIXES]
     unlisted = sum(1 for p in on_disk if p.resolve() not in listed)
     return FolderSource(items=items.sort_values("id").reset_index(drop=True), label_names=names,
                         positive_index=resolve_positive(names, positive, labels_csv), report=report,

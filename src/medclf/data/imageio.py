@@ -1,11 +1,13 @@
 """Read one DICOM/PNG/JPEG file into the uint8 `S x S` array a cache holds (the same path `prepare` uses).
 
 `load_image(path, size)` is what predict/serve/explain call, so an image seen at inference goes through exactly
-the decoding, normalisation, pad-to-square and resize that built the training cache.
+the decoding, normalisation, pad-to-square and resize that built the training cache. Every file is checked
+against one pixel limit (`medclf.data.limits`) from its header before its pixels are decoded.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,10 +15,13 @@ from typing import Any
 import numpy as np
 
 from medclf.data.dicom import NORMS, is_dicom, read_dicom, render, resized_shape
+from medclf.data.limits import MAX_PIXELS, check_pixel_count, too_large
 from medclf.errors import DataError
 
 DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+# What a folder of inputs is searched for, by `prepare folder` and `predict` alike.
+INPUT_SUFFIXES = frozenset(DICOM_SUFFIXES | IMAGE_SUFFIXES)
 EMPTY_HEADER: dict[str, Any] = {"patient_id": "", "view": "", "sex": "", "age": None}
 
 
@@ -29,30 +34,38 @@ class Loaded:
     original_shape: tuple[int, int]
 
 
-def load_image(path: str | Path, size: int, norm: str = "robust") -> np.ndarray:
+def load_image(path: str | Path, size: int, norm: str = "robust", *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """One DICOM/PNG/JPEG file -> uint8 `size x size` (long side resized, then padded to square with black)."""
-    return load_with_info(path, size, norm).image
+    return load_with_info(path, size, norm, max_pixels=max_pixels).image
 
 
-def load_with_info(path: str | Path, size: int | None, norm: str = "robust") -> Loaded:
+def load_with_info(path: str | Path, size: int | None, norm: str = "robust", *,
+                   max_pixels: int = MAX_PIXELS) -> Loaded:
     """Like `load_image`, also returning the header fields and original shape (for manifests and boxes).
 
-    `size=None` keeps the native size (padded to square).
+    `size=None` keeps the native size (padded to square). A file of more than `max_pixels` pixels is refused
+    (`DataError`) from its header, before its pixels are decoded.
     """
     if norm not in NORMS:
         raise DataError(f"unknown normalisation {norm!r}; valid: {', '.join(NORMS)}")
     path = Path(path)
     if is_dicom(path) or path.suffix.lower() in DICOM_SUFFIXES:
-        dcm = read_dicom(path, norm=norm, size=size)
+        dcm = read_dicom(path, norm=norm, size=size, max_pixels=max_pixels)
         pixels, header, shape = dcm.pixels, dcm.header, dcm.original_shape
     else:
-        pixels, shape = _read_picture(path, norm, size)
+        pixels, shape = _read_picture(path, norm, size, max_pixels)
         header = dict(EMPTY_HEADER)
     return Loaded(image=pad_square(pixels, size), header=header, original_shape=shape)
 
 
-def _read_picture(path: Path, norm: str, size: int | None) -> tuple[np.ndarray, tuple[int, int]]:
-    """PNG/JPEG/TIFF -> uint8 display image; colour is converted to luma (many exports are RGB greys)."""
+def _read_picture(path: Path, norm: str, size: int | None,
+                  max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, tuple[int, int]]:
+    """PNG/JPEG/TIFF -> uint8 display image; colour is converted to luma (many exports are RGB greys).
+
+    `Image.open` reads the header only; the size is checked before `draft`/`convert`/`asarray` decode.
+    Pillow's own decompression-bomb check (a warning above `Image.MAX_IMAGE_PIXELS`, ~89 Mpx, an error above
+    twice that) runs inside `Image.open`, so its error is reported as the same "image too large".
+    """
     from PIL import Image, UnidentifiedImageError
 
     from medclf.data.dicom import deck_normalise
@@ -60,6 +73,7 @@ def _read_picture(path: Path, norm: str, size: int | None) -> tuple[np.ndarray, 
     try:
         with Image.open(path) as img:
             shape = (img.height, img.width)
+            check_pixel_count(path, *shape, max_pixels=max_pixels)
             if size and img.format == "JPEG" and max(shape) >= 2 * size:
                 img.draft("L", _draft_request(shape, size))  # DCT-scaled decode, as for DICOM JPEG
             if img.mode not in ("L", "I", "I;16", "I;16B", "I;16L", "F"):
@@ -69,6 +83,10 @@ def _read_picture(path: Path, norm: str, size: int | None) -> tuple[np.ndarray, 
         raise DataError(f"{path}: file not found") from None
     except UnidentifiedImageError:
         raise DataError(f"{path}: not a readable image (expected DICOM, PNG or JPEG)") from None
+    except Image.DecompressionBombError as err:  # Pillow refused in Image.open, before our check could run
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        count = f"{found.group(1)} pixels" if found else "over Pillow's limit"
+        raise too_large(path, count, max_pixels) from None
     except (OSError, ValueError, SyntaxError) as err:  # truncated/corrupt streams
         raise DataError(f"{path}: cannot decode image ({' '.join(str(err).split())})") from None
     if raw.ndim != 2:

@@ -7,12 +7,12 @@ from typing import Iterable
 
 import pandas as pd
 
+from medclf.data.imageio import INPUT_SUFFIXES
 from medclf.device import pick_device
 from medclf.errors import MedclfError
 from medclf.io import atomic_path
 from medclf.runs import open_run
 
-IMAGE_SUFFIXES = {".dcm", ".dicom", ".png", ".jpg", ".jpeg"}
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
@@ -20,7 +20,7 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files.extend(sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+            files.extend(sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES))
         elif item.exists():
             files.append(item)
         else:
