@@ -19,6 +19,7 @@ in docs/ensembles.md).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -41,11 +42,13 @@ from medclf.data.splits import leakage_audit, partition_indices
 from medclf.data.summary import data_summary
 from medclf.data.transforms import make_transform, resize
 from medclf.engine.device import autocast, pick_device
+from medclf.engine.distributed import is_main
 from medclf.errors import MedclfError
 from medclf.evaluation.thresholds import choose_threshold
 from medclf.io import atomic_path, read_json, write_json, write_text
 from medclf.models.contract import DataContract
 from medclf.models.registry import list_models
+from medclf.outdirs import output_dir
 from medclf.runs import LoadedRun, load_single
 
 COMBINES = ("mean", "vote", "weighted")
@@ -263,14 +266,16 @@ def train_ensemble(cfg: Config, data_dir: str | Path, out_dir: str | Path, membe
     out_dir = Path(out_dir)
     mode, k, model_names = _check_request(cfg, mode, members, models, combine)
     cache = Cache.open(data_dir)
-    _check_plan(out_dir, {"mode": mode, "members": k, "models": model_names, "seed": cfg.train.seed,
-                          "cache_hash": cache.meta.get("content_hash"), "config": cfg.to_dict()})
-    save_config(ensemble_config(cfg, mode, models if mode == "models" else None), out_dir / "config.yaml")
-    write_json(out_dir / "data_summary.json", data_summary(cache))
-    plans = plan_members(cache, mode, k, model_names, cfg.train.seed)
-    for plan in tqdm(plans, desc="ensemble members", disable=not progress):
-        train_member(cfg, cache, out_dir, mode, plan, progress)
-    finalize_ensemble(out_dir, cache, cfg, mode, combine, plans)
+    # medclf's ensemble folder (or a new one), written by this process alone (rank 0, under a process group)
+    with output_dir(out_dir, "ensemble") if is_main() else contextlib.nullcontext():
+        _check_plan(out_dir, {"mode": mode, "members": k, "models": model_names, "seed": cfg.train.seed,
+                              "cache_hash": cache.meta.get("content_hash"), "config": cfg.to_dict()})
+        save_config(ensemble_config(cfg, mode, models if mode == "models" else None), out_dir / "config.yaml")
+        write_json(out_dir / "data_summary.json", data_summary(cache))
+        plans = plan_members(cache, mode, k, model_names, cfg.train.seed)
+        for plan in tqdm(plans, desc="ensemble members", disable=not progress):
+            train_member(cfg, cache, out_dir, mode, plan, progress)
+        finalize_ensemble(out_dir, cache, cfg, mode, combine, plans)
     return out_dir
 
 
