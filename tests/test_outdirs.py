@@ -116,3 +116,18 @@ def test_a_dead_processs_lock_is_taken_over(tmp_path):
     (run / LOCK).write_text(json.dumps({"pid": pid, "host": "elsewhere.example", "started": "earlier"}))
     with pytest.raises(MedclfError, match=f"pid {pid} on elsewhere.example"):
         FolderLock(run, "run").acquire()
+
+
+def test_a_file_that_is_not_a_medclf_lock_is_never_removed(tmp_path):
+    mine = tmp_path / "cache.lock"  # a user's file that happens to have the name of a cache's lock
+    mine.write_text("my notes\n")
+    with pytest.raises(MedclfError, match=f"{mine} exists and is not a medclf lock"):
+        FolderLock(tmp_path / "cache", "cache").acquire()
+    assert mine.read_text() == "my notes\n"
+    empty = tmp_path / "other.lock"  # created, never written: its writer was killed in between
+    empty.touch()
+    with pytest.raises(MedclfError, match="is being written"):
+        FolderLock(tmp_path / "other", "cache").acquire()
+    os.utime(empty, (0, 0))  # long ago: stale
+    with folder_lock(tmp_path / "other", "cache"):
+        assert json.loads(empty.read_text())["pid"] == os.getpid()

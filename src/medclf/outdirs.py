@@ -43,7 +43,7 @@ OWN_FILES: dict[str, tuple[tuple[str, ...], ...]] = {
     "cache": (("cache.json",),),
     "study": (("study.json",),),
 }
-_STALE_UNREADABLE_S = 60.0  # a lock file without readable content (writer killed while writing it) is stale after this
+_STALE_UNREADABLE_S = 60.0  # an empty lock file (its writer killed between create and write) is stale after this
 
 
 def folder_kind(path: str | Path) -> str | None:
@@ -167,11 +167,12 @@ class FolderLock:
                 fd = os.open(self.file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = _read_lock(self.file)
-                if _is_stale(holder, self.file):
+                state = _lock_state(holder, self.file)
+                if state == "stale":
                     with contextlib.suppress(FileNotFoundError):
                         self.file.unlink()
                     continue
-                raise MedclfError(self._busy_message(holder)) from None
+                raise MedclfError(self._busy_message(holder, state)) from None
             except OSError as err:
                 raise MedclfError(f"{self.folder}: cannot create its lock file {self.file} "
                                   f"({os_reason(err, self.file)})") from None
@@ -197,7 +198,10 @@ class FolderLock:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
-    def _busy_message(self, holder: dict | None) -> str:
+    def _busy_message(self, holder: dict | None, state: str) -> str:
+        if state == "foreign":
+            return (f"{self.folder}: {self.file} exists and is not a medclf lock; medclf needs that name for its "
+                    "lock, so move that file or choose another --out")
         if holder is None:
             return (f"{self.folder}: in use by another medclf process (its lock {self.file} is being written); "
                     "try again in a moment")
@@ -249,32 +253,37 @@ def _marker_kind(marker: Path) -> str:
 
 
 def _read_lock(file: Path) -> dict | None:
+    """The holder a lock file records; {} when the file vanished meanwhile, None when it holds no JSON object."""
     try:
         holder = json.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return {}  # released meanwhile: stale by definition, the create is simply retried
+        return {}
     except (OSError, ValueError):
         return None
     return holder if isinstance(holder, dict) else None
 
 
-def _is_stale(holder: dict | None, file: Path) -> bool:
-    """A lock is stale when its process is dead on this host; one on another host is never judged stale."""
+def _lock_state(holder: dict | None, file: Path) -> str:
+    """'stale' (vanished, its writer died while writing it, or its pid is dead on this host), 'held', 'writing'
+    (created an instant ago, content not yet written) or 'foreign' (not a medclf lock: never removed)."""
     if holder == {}:
-        return True
-    if holder is None:  # no readable content: being written right now, or its writer died while writing it
-        with contextlib.suppress(OSError):
-            return time.time() - file.stat().st_mtime > _STALE_UNREADABLE_S
-        return True
-    if holder.get("host") != socket.gethostname():
-        return False
-    pid = holder.get("pid")
-    if not isinstance(pid, int) or pid <= 0:
-        return True
+        return "stale"
+    if holder is None:
+        try:
+            st = file.stat()
+        except FileNotFoundError:
+            return "stale"
+        if st.st_size:
+            return "foreign"
+        return "stale" if time.time() - st.st_mtime > _STALE_UNREADABLE_S else "writing"
+    if not {"pid", "host"} <= set(holder) or not isinstance(holder["pid"], int):
+        return "foreign"
+    if holder["host"] != socket.gethostname():
+        return "held"  # another machine's process cannot be checked from here
     try:
-        os.kill(pid, 0)
+        os.kill(holder["pid"], 0)
     except ProcessLookupError:
-        return True
+        return "stale"
     except PermissionError:  # alive, another user's
-        return False
-    return False
+        return "held"
+    return "held"
