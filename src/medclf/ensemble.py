@@ -9,6 +9,7 @@ through the Predictor.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,11 +24,13 @@ from medclf.data.dataset import CacheDataset
 from medclf.data.splits import partition_indices
 from medclf.data.summary import data_summary
 from medclf.device import pick_device
+from medclf.engine.distributed import is_main
 from medclf.errors import MedclfError
 from medclf.evaluation.thresholds import choose_threshold
 from medclf.io import atomic_path, read_json, write_json
 from medclf.models.ensemble import COMBINES, Ensemble, ensemble_contract
 from medclf.models.registry import list_models
+from medclf.outdirs import output_dir
 from medclf.runs import ENSEMBLE_FORMAT, Predictor, RunDir, open_checkpoint
 
 MODES = ("partition", "kfold", "bootstrap", "models")
@@ -99,14 +102,16 @@ def train_ensemble(cfg: Config, data_dir: str | Path, out_dir: str | Path, membe
     out_dir = Path(out_dir)
     mode, k, model_names = _check_request(cfg, mode, members, models, combine)
     cache = Cache.open(data_dir)
-    _check_plan(out_dir, {"mode": mode, "members": k, "models": model_names, "seed": cfg.train.seed,
-                          "cache_hash": cache.meta.get("content_hash"), "config": cfg.to_dict()})
-    save_config(ensemble_config(cfg, mode, models if mode == "models" else None), RunDir(out_dir).config_path)
-    write_json(RunDir(out_dir).data_summary_path, data_summary(cache))
-    plans = plan_members(cache, mode, k, model_names, cfg.train.seed)
-    for plan in tqdm(plans, desc="ensemble members", disable=not progress):
-        train_member(cfg, cache, out_dir, mode, plan, progress)
-    finalize_ensemble(out_dir, cache, cfg, mode, combine, plans)
+    # medclf's ensemble folder (or a new one), written by this process alone (rank 0, under a process group)
+    with output_dir(out_dir, "ensemble") if is_main() else contextlib.nullcontext():
+        _check_plan(out_dir, {"mode": mode, "members": k, "models": model_names, "seed": cfg.train.seed,
+                              "cache_hash": cache.meta.get("content_hash"), "config": cfg.to_dict()})
+        save_config(ensemble_config(cfg, mode, models if mode == "models" else None), RunDir(out_dir).config_path)
+        write_json(RunDir(out_dir).data_summary_path, data_summary(cache))
+        plans = plan_members(cache, mode, k, model_names, cfg.train.seed)
+        for plan in tqdm(plans, desc="ensemble members", disable=not progress):
+            train_member(cfg, cache, out_dir, mode, plan, progress)
+        finalize_ensemble(out_dir, cache, cfg, mode, combine, plans)
     return out_dir
 
 

@@ -3,28 +3,55 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from medclf.errors import MedclfError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success rename it over `path`, on error delete it."""
+    """Yield a temporary path next to `path`; on success rename it over `path`, on error delete it.
+
+    A place that cannot be written (no permission, a file where a folder should be, a folder where the file
+    should be) is a MedclfError naming `path`, so every command reports it on one line."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise MedclfError(f"{path}: cannot write ({os_reason(err, path.parent)})") from None
     os.close(fd)
     os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be read by others (reports, served files)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.replace(tmp_path, path)
+        try:
+            os.replace(tmp_path, path)
+        except OSError as err:
+            raise MedclfError(f"{path}: cannot write ({os_reason(err, path)})") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def os_reason(err: OSError, path: str | Path) -> str:
+    """Why an OSError on `path` happened, in words a user can act on ('permission denied', 'x is a file, not
+    a folder')."""
+    if err.errno in (errno.EEXIST, errno.ENOTDIR):
+        for parent in [Path(path), *Path(path).parents]:
+            if os.path.lexists(parent):
+                if not parent.is_dir():
+                    return f"{parent} is a file, not a folder"
+                break
+    if err.errno == errno.EISDIR:
+        return f"{path} is a folder"
+    text = err.strerror or str(err)
+    return text[:1].lower() + text[1:]
 
 
 def write_text(path: str | Path, text: str) -> None:

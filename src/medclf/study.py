@@ -38,6 +38,7 @@ from tqdm import tqdm
 from medclf.config import Config, load_config
 from medclf.errors import ConfigError, MedclfError
 from medclf.io import write_json
+from medclf.outdirs import output_dir
 
 STUDY_KEYS = ("data", "out", "split", "n_boot", "base", "grid", "variants")
 ENSEMBLE_KEYS = ("members", "mode", "combine", "models")
@@ -219,13 +220,18 @@ def run_study(path: str | Path, out: str | Path | None = None, data: str | Path 
     Returns the study summary also written to OUT/study.json: per variant its folder and whether it was
     `trained` now or `kept` (finished before), plus the comparison table's path.
     """
-    from medclf.compare import compare_runs
     from medclf.data.cache import Cache
-    from medclf.ensemble import ensemble_config
 
     study = load_study(path, out, data)
     Cache.open(study.data)  # a wrong path fails now, not after the first variant
-    study.out.mkdir(parents=True, exist_ok=True)
+    with output_dir(study.out, "study"):  # medclf's study folder (or a new one), run by this process alone
+        return _run_variants(study, progress)
+
+
+def _run_variants(study: Study, progress: bool) -> dict[str, Any]:
+    from medclf.compare import compare_runs
+    from medclf.ensemble import ensemble_config
+
     status: dict[str, dict] = {}
     for variant in tqdm(study.variants, desc="study variants", disable=not progress):
         run_dir = study.out / variant.name

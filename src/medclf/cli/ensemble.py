@@ -23,10 +23,13 @@ def register(app: typer.Typer) -> None:
         overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. train.epochs=5"),
     ) -> None:
         """Train the members one after another (rerun to resume), then write OUT/ensemble.json."""
+        from medclf.cli.common import resume_hint_on_interrupt
         from medclf.config import load_config
         from medclf.ensemble import train_ensemble
 
         cfg = load_config(config, overrides or [])
         names = [m.strip() for m in models.split(",") if m.strip()] if models else None
-        run = train_ensemble(cfg, data, out, members=members, mode=mode, models=names, combine=combine)
+        hint = "run the same command again to continue (finished members are kept, the current one resumes)"
+        with resume_hint_on_interrupt(lambda: hint):
+            run = train_ensemble(cfg, data, out, members=members, mode=mode, models=names, combine=combine)
         typer.echo(f"ensemble: {run}")

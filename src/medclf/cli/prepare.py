@@ -25,7 +25,8 @@ _SKIP_MISSING = typer.Option(False, "--skip-missing",
                              help="Leave out images/labels that do not match instead of failing.")
 _SKIP_BAD = typer.Option(False, "--skip-bad",
                          help="Skip files that cannot be decoded (recorded in cache.json) instead of failing.")
-_FORCE = typer.Option(False, "--force", help="Replace an existing cache made from other inputs.")
+_FORCE = typer.Option(False, "--force", help="Replace an existing cache made from other inputs (only a cache "
+                      "medclf made: any other non-empty folder is refused).")
 _QUIET = typer.Option(False, "--quiet", help="No progress bar.")
 _NAMES = typer.Option(None, "--label-names", help="Comma-separated class names in label-index order.")
 _POSITIVE = typer.Option(None, "--positive", help="Positive class (name or index) for binary metrics.")
@@ -43,6 +44,12 @@ def _names(text: Optional[str]) -> Optional[list[str]]:
     return [n.strip() for n in text.split(",")] if text else None
 
 
+def _interruptible():
+    from medclf.cli.common import resume_hint_on_interrupt
+
+    return resume_hint_on_interrupt(lambda: "run the same command again to continue (decoded chunks are kept)")
+
+
 @prepare_app.command("rsna")
 def rsna_cmd(
     images: Path = typer.Option(..., "--images", help="stage_2_train_images folder (<patientId>.dcm)."),
@@ -58,9 +65,10 @@ def rsna_cmd(
     """RSNA Pneumonia Detection Challenge layout -> cache (one label per patient, boxes scaled)."""
     from medclf.data.prepare import prepare_rsna
 
-    path = prepare_rsna(images, labels, out, classes=classes, label_mode=label_mode, size=size, val=val, test=test,
-                        seed=seed, workers=workers, norm=norm, skip_missing=skip_missing, skip_bad=skip_bad,
-                        force=force, progress=not quiet, shard=_shard(shard))
+    with _interruptible():
+        path = prepare_rsna(images, labels, out, classes=classes, label_mode=label_mode, size=size, val=val,
+                            test=test, seed=seed, workers=workers, norm=norm, skip_missing=skip_missing,
+                            skip_bad=skip_bad, force=force, progress=not quiet, shard=_shard(shard))
     typer.echo(str(path))
 
 
@@ -75,8 +83,9 @@ def medmnist_cmd(
     """MedMNIST .npz -> cache, keeping its own splits (no patient ids: patient_id = id)."""
     from medclf.data.prepare import prepare_medmnist
 
-    path = prepare_medmnist(npz, out, size=size, label_names=_names(label_names), positive=positive, force=force,
-                            progress=not quiet)
+    with _interruptible():
+        path = prepare_medmnist(npz, out, size=size, label_names=_names(label_names), positive=positive,
+                                force=force, progress=not quiet)
     typer.echo(str(path))
 
 
@@ -90,13 +99,18 @@ def folder_cmd(
     label_names: Optional[str] = _NAMES, positive: Optional[str] = _POSITIVE,
     skip_missing: bool = _SKIP_MISSING, skip_bad: bool = _SKIP_BAD, force: bool = _FORCE, quiet: bool = _QUIET,
     shard: Optional[str] = _SHARD,
+    allow_outside_images: bool = typer.Option(
+        False, "--allow-outside-images",
+        help="Read CSV paths that leave --images (../x.png, absolute paths elsewhere); refused by default."),
 ) -> None:
     """Folder of images + labels CSV -> cache, split by patient like RSNA."""
     from medclf.data.prepare import prepare_folder
 
-    path = prepare_folder(images, labels, out, size=size, val=val, test=test, seed=seed, workers=workers, norm=norm,
-                          label_names=_names(label_names), positive=positive, skip_missing=skip_missing,
-                          skip_bad=skip_bad, force=force, progress=not quiet, shard=_shard(shard))
+    with _interruptible():
+        path = prepare_folder(images, labels, out, size=size, val=val, test=test, seed=seed, workers=workers,
+                              norm=norm, label_names=_names(label_names), positive=positive,
+                              skip_missing=skip_missing, skip_bad=skip_bad, force=force, progress=not quiet,
+                              shard=_shard(shard), allow_outside_images=allow_outside_images)
     typer.echo(str(path))
 
 

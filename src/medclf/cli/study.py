@@ -16,9 +16,12 @@ def register(app: typer.Typer) -> None:
         data: Optional[Path] = typer.Option(None, "--data", help="Prepared cache (default: the file's 'data')."),
     ) -> None:
         """Run every unfinished variant (rerun to resume), then write comparison.md/.csv/.html in the study dir."""
+        from medclf.cli.common import resume_hint_on_interrupt
         from medclf.study import run_study
 
-        summary = run_study(config, out=out, data=data)
+        hint = "run the same command again to continue (finished variants are kept, the current one resumes)"
+        with resume_hint_on_interrupt(lambda: hint):
+            summary = run_study(config, out=out, data=data)
         for name, info in summary["variants"].items():
             typer.echo(f"{name}: {info['status']} ({info['dir']})")
         typer.echo(f"comparison: {summary['comparison']}")

@@ -35,9 +35,21 @@ def register(app: typer.Typer) -> None:
                     *(["--resume"] if resume else []), *(overrides or [])]
             sys.exit(launch(gpus, args))
 
+        from medclf.cli.common import resume_hint_on_interrupt
         from medclf.engine.distributed import is_main
         from medclf.engine.train import train
 
-        run = train(cfg, data, out, resume=resume)
+        with resume_hint_on_interrupt(lambda: _resume_hint(out, cfg.train.epochs, resume)):
+            run = train(cfg, data, out, resume=resume)
         if is_main():
             typer.echo(f"run: {run}")
+
+
+def _resume_hint(out: Path, epochs: int, resumed: bool) -> str:
+    from medclf.engine.state import saved_epochs
+
+    done = saved_epochs(out)
+    if done is None:
+        return "no epoch was finished yet; run the same command again to start over"
+    how = "run the same command again" if resumed else "add --resume to the same command"
+    return f"{out / 'last.pt'} holds epoch {done} of {epochs}; {how} to continue"

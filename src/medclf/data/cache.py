@@ -1,12 +1,14 @@
 """The prepared cache (docs/architecture.md): `images.npy` (uint8 N x S x S), `manifest.csv`, `cache.json`.
 
 Writers build the whole cache in `<out>.tmp-*` and rename it into place, so a reader never sees a half-written
-cache and a failed write leaves nothing at `<out>`.
+cache and a failed write leaves nothing at `<out>`. `cache_output` guards a whole prepare: it refuses folders
+medclf did not make, holds the cache's lock (`medclf.outdirs`) and clears what killed runs left beside it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -23,6 +25,7 @@ import pandas as pd
 from medclf.data.splits import SPLITS, leakage_audit
 from medclf.errors import DataError
 from medclf.io import read_json, write_json, write_text
+from medclf.outdirs import MARKER, claim_output_dir, folder_kind, folder_lock, write_marker
 
 FORMAT_VERSION = 1
 MANIFEST_COLUMNS = ["index", "id", "patient_id", "label", "label_name", "split", "boxes", "view", "sex", "age",
@@ -43,6 +46,9 @@ class Cache:
     @classmethod
     def open(cls, path: str | Path) -> "Cache":
         path = Path(path)
+        if not path.is_dir():
+            what = "not a folder" if path.exists() else "no such folder"
+            raise DataError(f"{path}: {what}; give the folder `medclf prepare` wrote (its --out)")
         for name in ("images.npy", "manifest.csv", "cache.json"):
             if not (path / name).is_file():
                 raise DataError(f"{path}: not a medclf cache ({name} missing); run `medclf prepare` first")
@@ -204,13 +210,50 @@ def cache_writer(out_dir: str | Path, n: int, size: int, overwrite: bool = False
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise DataError(f"{out_dir}: already exists")
+    claim_output_dir(out_dir, "cache", replace=True)  # even with overwrite: never someone else's folder
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
+        write_marker(tmp_dir, "cache")  # first, so a killed run's leftover is recognisably medclf's
         yield CacheWriter(tmp_dir, n, size)
         _replace_dir(tmp_dir, out_dir)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def cache_output(out_dir: str | Path) -> Iterator[bool]:
+    """Guard writing a cache at `out_dir` for the block: refuse a folder medclf did not make (or the current
+    folder), hold the cache's lock, and remove the `<out>.tmp-*` / `<out>.old-*` folders a killed run left.
+    Yields whether `out_dir` already holds a cache (to keep when up to date, or replace)."""
+    out_dir = Path(out_dir)
+    claim_output_dir(out_dir, "cache", replace=True)
+    with folder_lock(out_dir, "cache"):
+        existing = claim_output_dir(out_dir, "cache", replace=True)  # again, now that no one else writes it
+        remove_leftovers(out_dir)
+        yield existing
+
+
+_WRITER_FILES = {MARKER, "images.npy", "images.kept.npy", "manifest.csv", "cache.json"}
+
+
+def remove_leftovers(out_dir: Path) -> list[Path]:
+    """Delete the temporary folders of killed writes of `out_dir` (call with its lock held); returns them.
+    Only folders holding nothing but a cache writer's files are removed: a user's look-alike stays."""
+    removed = []
+    for kind in ("tmp", "old"):
+        for path in sorted(out_dir.parent.glob(f"{glob.escape(out_dir.name)}.{kind}-*")):
+            if path.is_dir() and _is_leftover(path, kind):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    return removed
+
+
+def _is_leftover(path: Path, kind: str) -> bool:
+    names = {p.name for p in path.iterdir()}
+    if kind == "tmp":  # cache_writer's files and io.atomic_path's temporaries (.manifest.csv.*.tmp)
+        return all(n in _WRITER_FILES or (n.startswith(".") and n.endswith(".tmp")) for n in names)
+    return names <= {"cache"} and (not names or folder_kind(path / "cache") == "cache")  # _replace_dir's
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

@@ -1,12 +1,15 @@
 """Folder source: PNG/JPEG/DICOM files under a folder plus a CSV `path,label[,patient_id]`.
 
-`path` is relative to the folder (or absolute). `label` is an integer class index or a class name. Without
+`path` is relative to the folder; a path that leaves it (`../x.png`, or an absolute path elsewhere) is refused
+unless the caller allows it (`--allow-outside-images`), so a labels file cannot pull other files into a cache.
+`label` is an integer class index or a class name. Without
 `patient_id` every image is its own patient (the split cannot then guard against patient leakage; cache.json
 says so). Files in the folder that the CSV does not list are counted in the report, not an error.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -32,11 +35,14 @@ class FolderSource:
 
 
 def folder_source(images_dir: str | Path, labels_csv: str | Path, label_names: Sequence[str] | None = None,
-                  positive: str | int | None = None) -> FolderSource:
-    images_dir, labels_csv = Path(images_dir).resolve(), Path(labels_csv)
+                  positive: str | int | None = None, allow_outside_images: bool = False) -> FolderSource:
+    given, labels_csv = Path(os.path.abspath(images_dir)), Path(labels_csv)
+    images_dir = given.resolve()
     if not images_dir.is_dir():
         raise DataError(f"{images_dir}: image folder not found")
     frame = _read_table(labels_csv)
+    if not allow_outside_images:
+        _refuse_outside(frame, labels_csv, images_dir, given)
     report = LabelReport()
     labels, names = _parse_labels(frame, labels_csv, label_names, report)
     has_patients = "patient_id" in frame.columns
@@ -63,6 +69,21 @@ def folder_source(images_dir: str | Path, labels_csv: str | Path, label_names: S
                         has_patient_ids=has_patients, unlisted_files=unlisted)
 
 
+def _refuse_outside(frame: pd.DataFrame, labels_csv: Path, images_dir: Path, given: Path) -> None:
+    """Every listed path must stay inside the image folder (judged on the path as written: `..` and absolute
+    paths; a symlink the user placed inside the folder is theirs to make)."""
+    def inside(text: str) -> bool:
+        full = Path(os.path.normpath(text if os.path.isabs(text) else images_dir / text))
+        return full.is_relative_to(images_dir) or full.is_relative_to(given)
+
+    outside = [(ln, p) for ln, p in zip(frame["line"], frame["path"]) if p and not inside(p)]
+    if outside:
+        line, path = outside[0]
+        more = f" (and {len(outside) - 1} more)" if len(outside) > 1 else ""
+        raise DataError(f"{labels_csv.name}:{line}: path {path!r} is outside --images {images_dir}{more}; "
+                        "pass --allow-outside-images to read files there")
+
+
 def _read_table(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"{path}: label file not found")
@@ -73,6 +94,8 @@ def _read_table(path: Path) -> pd.DataFrame:
     missing = [c for c in ("path", "label") if c not in frame.columns]
     if missing:
         raise DataError(f"{path}: missing columns {missing}; expected path,label[,patient_id]")
+    if frame.empty:
+        raise DataError(f"{path}: no label rows (only the header)")
     frame = frame[[c for c in ("path", "label", "patient_id") if c in frame.columns]].apply(lambda c: c.str.strip())
     frame["line"] = np.arange(len(frame)) + 2
     return frame

@@ -5,7 +5,8 @@ fingerprint (parameters, label-file hashes, image names/sizes/mtimes) makes it a
 decode chunks, each saved atomically as `OUT.partial/chunk_NNNNNN_<key>.npz` (key: what decides its pixels),
 so an interrupted or failed run resumes with the chunks it finds; finished chunks are copied into
 `OUT.tmp-*/images.npy` while the others decode; manifest and cache.json are written beside it and the
-directory is renamed to `OUT`, so no half-written cache is ever visible. docs/data.md has the details.
+directory is renamed to `OUT`, so no half-written cache is ever visible. The whole run holds OUT's lock and
+refuses a folder medclf did not make (`cache_output`). docs/data.md has the details.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from medclf.data.cache import cache_writer, versions, write_cache
+from medclf.data.cache import cache_output, cache_writer, versions, write_cache
 from medclf.data.dicom import NORMS, preload
 from medclf.data.imageio import load_with_info, scale_boxes
 from medclf.data.rsna import label_problems, report_dict
@@ -36,6 +37,7 @@ from medclf.data.shards import job_fingerprint, shard_meta, split_then_shard
 from medclf.data.splits import leakage_audit
 from medclf.errors import DataError
 from medclf.io import atomic_path, read_json
+from medclf.outdirs import claim_output_dir, folder_kind
 
 DECODE_VERSION = 1  # bump when decoded pixels change for the same inputs: stale resumable chunks are then ignored
 
@@ -125,7 +127,8 @@ def fingerprint(params: dict[str, Any], label_files: Sequence[str | Path], paths
 
 
 def up_to_date(out: Path, fp: str, force: bool, params: dict[str, Any]) -> bool:
-    """True when `out` already holds the cache of these inputs; an existing other cache needs `force`."""
+    """True when `out` already holds the cache of these inputs; an existing other cache needs `force`.
+    (`cache_output` has already refused a folder that is not a cache, whatever `force` says.)"""
     meta: dict[str, Any] = {}
     if (out / "cache.json").is_file():
         with contextlib.suppress(OSError, ValueError):
@@ -133,7 +136,7 @@ def up_to_date(out: Path, fp: str, force: bool, params: dict[str, Any]) -> bool:
         if meta.get("input_fingerprint") == fp:
             say(f"nothing to do: {out} is up to date (same inputs and parameters)")
             return True
-    if out.exists() and not force:
+    if not force and folder_kind(out) is not None:  # an empty folder is simply used
         old = meta.get("params", {})
         changed = sorted(k for k in params if k != "workers" and old.get(k) != params[k])
         why = (f"changed: {', '.join(changed)}" if changed
@@ -294,7 +297,12 @@ def decode_files(chunks: list[tuple[Path, list[str]]], size: int, norm: str, wor
 
 
 def run_file_job(job: FileJob) -> Path:
-    """Decode (resumably), split, audit and write the cache of a file-based source."""
+    """Decode (resumably), split, audit and write the cache of a file-based source, holding OUT's lock."""
+    with cache_output(job.out):
+        return _run_file_job(job)
+
+
+def _run_file_job(job: FileJob) -> Path:
     started = time.perf_counter()
     out = job.out
     if up_to_date(out, job_fingerprint(job.fingerprint, job.shard), job.force, job.params):
@@ -376,6 +384,7 @@ def prepare_rsna(images: str | Path, labels: str | Path, out: str | Path, *, cla
 
     check_params(size, val, test, norm, workers)
     out = Path(out)
+    claim_output_dir(out, "cache", replace=True)  # a refused --out fails before the labels are read
     src = rsna_source(images, labels, classes, label_mode)
     label_problems(src.report, Path(labels), out, skip_missing)
     params = {"images": str(Path(images).resolve()), "labels": str(Path(labels).resolve()),
@@ -395,18 +404,23 @@ def prepare_folder(images: str | Path, labels: str | Path, out: str | Path, *, s
                    test: float = 0.1, seed: int = 0, workers: int | None = None, norm: str = "robust",
                    label_names: Sequence[str] | None = None, positive: str | int | None = None,
                    skip_missing: bool = False, skip_bad: bool = False, force: bool = False,
-                   progress: bool = True, shard: tuple[int, int] | None = None) -> Path:
+                   progress: bool = True, shard: tuple[int, int] | None = None,
+                   allow_outside_images: bool = False) -> Path:
     """Folder of PNG/JPEG/DICOM + `path,label[,patient_id]` CSV -> cache; returns the cache path.
-    `shard=(i, n)`: block i of n only (shards.py)."""
+    `shard=(i, n)`: block i of n only (shards.py). CSV paths must stay inside `images` unless
+    `allow_outside_images`."""
     from medclf.data.folder import folder_source
 
     check_params(size, val, test, norm, workers)
     out = Path(out)
-    src = folder_source(images, labels, label_names, positive)
+    claim_output_dir(out, "cache", replace=True)  # a refused --out fails before the labels are read
+    src = folder_source(images, labels, label_names, positive, allow_outside_images)
     label_problems(src.report, Path(labels), out, skip_missing)
     params = {"images": str(Path(images).resolve()), "labels": str(Path(labels).resolve()), "size": size,
               "val": val, "test": test, "seed": seed, "norm": norm, "label_names": src.label_names,
               "positive_index": src.positive_index, "skip_missing": skip_missing, "skip_bad": skip_bad}
+    if allow_outside_images:  # recorded only when set, so caches made before the flag stay up to date
+        params["allow_outside_images"] = True
     report = {**report_dict(src.report, skip_missing), "unlisted_files": src.unlisted_files}
     fp = fingerprint(params, [labels], src.items["path"].tolist(), report)
     extra: dict[str, Any] = {"label_check": report}
@@ -430,17 +444,18 @@ def prepare_medmnist(npz: str | Path, out: str | Path, *, size: int | None = Non
     params = {"npz": str(Path(npz).resolve()), "size": size, "norm": "none",
               "label_names": list(label_names) if label_names else None, "positive": positive}
     fp = fingerprint(params, [npz], [])
-    if up_to_date(out, fp, force, params):
-        return out
-    started = time.perf_counter()
-    src = medmnist_source(npz, label_names, positive)
-    say(f"note: {LEAKAGE_NOTE}; the file's own splits are kept")
-    images = resize_images(src.images, size, progress)
-    audit = leakage_audit(src.items["patient_id"], src.items["split"]) | {"note": LEAKAGE_NOTE}
-    mode = "binary" if len(src.label_names) == 2 else "multiclass"
-    meta = {"source": "medmnist", "label_names": src.label_names, "positive_index": src.positive_index,
-            "label_mode": mode, "params": params, "versions": versions(), "leakage_audit": audit, "skipped": [],
-            "input_fingerprint": fp}
-    write_cache(out, images, src.items, meta, overwrite=True)
+    with cache_output(out):
+        if up_to_date(out, fp, force, params):
+            return out
+        started = time.perf_counter()
+        src = medmnist_source(npz, label_names, positive)
+        say(f"note: {LEAKAGE_NOTE}; the file's own splits are kept")
+        images = resize_images(src.images, size, progress)
+        audit = leakage_audit(src.items["patient_id"], src.items["split"]) | {"note": LEAKAGE_NOTE}
+        mode = "binary" if len(src.label_names) == 2 else "multiclass"
+        meta = {"source": "medmnist", "label_names": src.label_names, "positive_index": src.positive_index,
+                "label_mode": mode, "params": params, "versions": versions(), "leakage_audit": audit,
+                "skipped": [], "input_fingerprint": fp}
+        write_cache(out, images, src.items, meta, overwrite=True)
     _summary(out, read_json(out / "cache.json"), 0, time.perf_counter() - started)
     return out

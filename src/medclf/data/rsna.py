@@ -135,6 +135,8 @@ def _read_rows(path: Path, columns: list[str]) -> Iterator[tuple[int, dict[str, 
                 rows.append((reader.line_num, {c: row[i].strip() for c, i in zip(columns, at)}))
     except (UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"{path}: not a readable CSV ({' '.join(str(err).split())})") from None
+    if not rows:
+        raise DataError(f"{path}: no label rows (only the header)")
     return iter(rows)
 
 

@@ -24,10 +24,11 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from medclf.data.cache import Cache, cache_writer
+from medclf.data.cache import Cache, cache_output, cache_writer
 from medclf.data.splits import leakage_audit, split_patients
 from medclf.errors import DataError
 from medclf.io import read_json
+from medclf.outdirs import folder_kind
 
 _BLOCK = 1024  # images copied per write while merging: bounded memory whatever the cache size
 _PER_SHARD_KEYS = ("shard", "timings", "input_fingerprint", "skipped", "leakage_audit", "n", "split_counts",
@@ -89,13 +90,18 @@ def shard_meta(shard: tuple[int, int], n_total: int, full_fingerprint: str) -> d
 
 
 def merge_shards(shards: Sequence[str | Path], out: str | Path, force: bool = False, progress: bool = True) -> Path:
-    """Join shard caches (any order) into one cache at `out`; returns its path."""
-    from tqdm import tqdm
-
+    """Join shard caches (any order) into one cache at `out` (holding its lock); returns its path."""
     out = Path(out)
     caches = _ordered_shards([Cache.open(p) for p in shards])
     first = caches[0].meta
     full_fp = first["shard"]["input_fingerprint"]
+    with cache_output(out):
+        return _merge(caches, out, full_fp, force, progress)
+
+
+def _merge(caches: list[Cache], out: Path, full_fp: str, force: bool, progress: bool) -> Path:
+    from tqdm import tqdm
+
     if _up_to_date(out, full_fp, force):
         return out
     manifest = pd.concat([_manifest_as_written(c.path) for c in caches], ignore_index=True)
@@ -162,7 +168,7 @@ def _merged_meta(caches: list[Cache], manifest: pd.DataFrame, full_fp: str) -> d
 
 
 def _up_to_date(out: Path, full_fp: str, force: bool) -> bool:
-    if not out.exists():
+    if folder_kind(out) is None:  # absent or empty (cache_output refused anything else)
         return False
     if (out / "cache.json").is_file() and read_json(out / "cache.json").get("input_fingerprint") == full_fp:
         print(f"nothing to do: {out} already holds these shards' cache", file=sys.stderr)

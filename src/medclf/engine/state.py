@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import math
+import pickle
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from medclf.errors import MedclfError
 from medclf.io import atomic_path
+
+if TYPE_CHECKING:
+    from medclf.config import Config
 
 
 class EarlyStopper:
@@ -93,17 +100,117 @@ def restore_state(s, ema, stopper: EarlyStopper, history: list[dict]) -> int:
     return int(state["epoch"]) + 1
 
 
-def read_train_state(path: Path) -> dict:
-    """The `train_state` stored in last.pt, on the CPU (load_state_dict moves each tensor to its parameter's device)."""
-    import torch
+def read_train_state(path: Path, mmap: bool = False) -> dict:
+    """The `train_state` stored in last.pt, on the CPU (load_state_dict moves each tensor to its parameter's device).
 
-    if not path.exists():
-        raise MedclfError(f"--resume: {path} does not exist (nothing to resume)")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    With `mmap`, tensors stay on disk until touched: reading the epoch and config of a large run costs nothing.
+    A missing, truncated or refused file is a one-line MedclfError naming it.
+    """
+    payload = _read_last(path, mmap)
     state = (payload.get("extra") or {}).get("train_state")
     if state is None:
         raise MedclfError(f"--resume: {path} holds no training state")
     return state
+
+
+def _read_last(path: Path, mmap: bool) -> dict:
+    import torch
+
+    if not path.exists():
+        raise MedclfError(f"--resume: {path} does not exist (nothing to resume)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:  # weights_only refuses anything but tensors and plain types
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise MedclfError(f"--resume: {path}: refused ({first}); medclf checkpoints hold only tensors and plain "
+                          "values, so this file was not written by medclf train") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as err:  # truncated (killed while copying), not a zip
+        raise MedclfError(f"--resume: {path}: cannot read it ({' '.join(str(err).split())[:160]}); the file is "
+                          "truncated or not a checkpoint, so this run cannot be resumed: train into a new "
+                          "--out") from None
+    if not isinstance(payload, dict):
+        raise MedclfError(f"--resume: {path}: not a medclf checkpoint")
+    return payload
+
+
+# Config keys a resume may change. They decide speed (loader processes, evaluation batch, kernels), not the
+# recipe: at most floating-point rounding differs. data.train_subset names an ensemble member's row file, a path
+# that moves with the ensemble folder; the ensemble's plan.json guards which rows that is. Every other key alters
+# the result and is refused, train.device too (it switches bf16 autocast on and off). train.epochs may grow when
+# the learning rate at each step does not depend on it (schedule constant or step), so the steps already taken
+# are the ones a longer run takes.
+RESUME_FREE_KEYS = ("data.workers", "eval.batch_size", "train.compile", "train.channels_last", "data.train_subset")
+EPOCH_FREE_SCHEDULES = ("constant", "step")
+
+
+def check_resume(out_dir: Path, cfg: Config, cache_hash: str | None) -> tuple[int, bool]:
+    """Refuse to resume `out_dir` with a config (or cache) that alters the result, naming what changed; returns
+    (epochs done, finished) and says on stderr where training continues. Reads last.pt memory-mapped."""
+    path = out_dir / "last.pt"
+    payload = _read_last(path, mmap=True)
+    state = (payload.get("extra") or {}).get("train_state")
+    if state is None:
+        raise MedclfError(f"--resume: {path} holds no training state")
+    done, saved = int(state["epoch"]) + 1, payload.get("config") or {}
+    changed = _changed_keys(saved, cfg.to_dict(), done)
+    if changed:
+        listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in changed[:5])
+        more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+        raise MedclfError(f"--resume: {out_dir} was trained with other settings ({listed}{more}); they change the "
+                          f"result, so resume with the run's own settings ({out_dir / 'config.yaml'}) or train into "
+                          "a new --out")
+    old_hash = _summary_hash(out_dir)
+    if old_hash and cache_hash and old_hash != cache_hash:
+        raise MedclfError(f"--resume: {out_dir} was trained on another cache (content hash {old_hash[:12]}, this "
+                          f"one {cache_hash[:12]}); resume with the same --data or train into a new --out")
+    total = cfg.train.epochs
+    stopper = state.get("stopper") or {}
+    stopped = cfg.train.patience is not None and stopper.get("bad_epochs", 0) > cfg.train.patience
+    finished = done >= total or stopped
+    if finished:
+        how = f"stopped early after epoch {done} of {total}" if done < total else f"{done} of {total} epochs"
+        print(f"{out_dir}: the run is finished ({how}); nothing to resume", file=sys.stderr, flush=True)
+    else:
+        print(f"resuming {out_dir} from epoch {done + 1} of {total} ({done} done)", file=sys.stderr, flush=True)
+    return done, finished
+
+
+def _changed_keys(saved: dict, wanted: dict, done: int) -> list[tuple[str, object, object]]:
+    old, new = _flat(saved), _flat(wanted)
+    changed = []
+    for key in new:  # a key the saved config lacks is newer than the run: its value then cannot be compared
+        if key not in old or key in RESUME_FREE_KEYS or old[key] == new[key]:
+            continue
+        if (key == "train.epochs" and new.get("train.schedule") in EPOCH_FREE_SCHEDULES
+                and isinstance(new.get(key), int) and new[key] >= done):
+            continue
+        changed.append((key, old.get(key), new.get(key)))
+    return changed
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out: dict = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _summary_hash(out_dir: Path) -> str | None:
+    try:
+        return json.loads((out_dir / "data_summary.json").read_text(encoding="utf-8")).get("content_hash")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def saved_epochs(out_dir: Path) -> int | None:
+    """Epochs last.pt holds (None when there is none or it cannot be read): what a resume would start after."""
+    try:
+        return int(read_train_state(Path(out_dir) / "last.pt", mmap=True)["epoch"]) + 1
+    except (MedclfError, KeyError, TypeError, ValueError):
+        return None
 
 
 def write_history(out_dir: Path, history: list[dict]) -> None:

@@ -1,7 +1,8 @@
 """The training loop: one readable function, everything it needs built beforehand by `build_setup`.
 
 The same function runs on one process and on every rank under torchrun (DistributedDataParallel); the DDP
-plumbing lives in `medclf.engine.distributed`, and only global rank 0 writes the run directory.
+plumbing lives in `medclf.engine.distributed`, and only global rank 0 writes the run directory, holding its
+lock (`medclf.outdirs`) from the checks before anything is written to the end of training.
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ import torch
 
 from medclf.config import Config, save_config
 from medclf.device import autocast, epoch_seed, seed_everything
-from medclf.engine.distributed import all_reduce_sum, broadcast_buffers, init_distributed, run_on_main
+from medclf.engine.distributed import (DistContext, all_reduce_sum, broadcast_buffers, init_distributed,
+                                      run_on_main)
 from medclf.engine.inference import predict_sharded
 from medclf.engine.setup import TrainingSetup, build_setup
-from medclf.engine.state import EarlyStopper, restore_state, save_epoch, write_history
+from medclf.engine.state import EarlyStopper, check_resume, restore_state, save_epoch, write_history
 from medclf.errors import MedclfError
 from medclf.io import write_json
+from medclf.outdirs import FolderLock, claim_output_dir, remove_if_unused
+from medclf.data.cache import Cache
 from medclf.data.summary import data_summary
 from medclf.evaluation.metrics import binary_metrics
 from medclf.evaluation.thresholds import choose_threshold
@@ -37,11 +41,27 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
     validate each epoch, write the run directory. Returns it.
 
     Under torchrun (or inside a process group the caller initialised, e.g. an ensemble training its members)
-    every rank calls this; the group is joined, never destroyed here.
+    every rank calls this; the group is joined, never destroyed here. A second writer of the same `out_dir` is
+    refused while this one runs; a refused or failed start leaves no folder it created behind.
     """
     out_dir = Path(out_dir)
     dist = init_distributed(cfg.train.device)
-    resume = run_on_main(lambda: _check_out_dir(out_dir, resume), dist)  # rank 0's answer, on every rank
+    lock = FolderLock(out_dir, "run")  # held by rank 0 only
+    # rank 0's answer, on every rank
+    resume, created = run_on_main(lambda: _check_out_dir(cfg, data_dir, out_dir, resume, lock), dist)
+    try:
+        return _train(cfg, data_dir, out_dir, resume, progress, dist, train_rows)
+    except BaseException:
+        lock.release()  # first, so that a folder created now and still unused can go
+        if created and dist.is_main:
+            remove_if_unused(out_dir)
+        raise
+    finally:
+        lock.release()
+
+
+def _train(cfg: Config, data_dir: str | Path, out_dir: Path, resume: bool, progress: bool,
+           dist: DistContext, train_rows: np.ndarray | None) -> Path:
     seed_everything(cfg.train.seed)  # the initial weights depend on the seed only (DDP also copies rank 0's)
     s = build_setup(cfg, data_dir, out_dir, dist, train_rows=train_rows)
     progress = progress and dist.is_main
@@ -75,10 +95,29 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
     return out_dir
 
 
-def _check_out_dir(out_dir: Path, resume: bool) -> bool:
-    if not resume and (out_dir / "last.pt").exists():
-        raise MedclfError(f"{out_dir} already holds a run (last.pt); use --resume or another --out")
-    return resume
+def _check_out_dir(cfg: Config, data_dir: str | Path, out_dir: Path, resume: bool,
+                   lock: FolderLock) -> tuple[bool, bool]:
+    """Rank 0, before anything is written: the cache opens, OUT is a run folder (or new, or empty) and ours
+    alone (its lock taken), and a resume continues the same recipe. Returns (resume, OUT created now)."""
+    cache_hash = Cache.open(data_dir).meta.get("content_hash")  # a wrong --data fails before OUT is touched
+    if resume and not (out_dir / "last.pt").is_file():
+        raise MedclfError(f"--resume: {out_dir} holds no last.pt (nothing to resume); drop --resume to start a "
+                          "new run there")
+    created = not out_dir.exists()
+    claim_output_dir(out_dir, "run", replace=True)  # only checks: a refused second writer creates nothing
+    try:
+        lock.acquire()
+        claim_output_dir(out_dir, "run")
+        if not resume and (out_dir / "last.pt").exists():
+            raise MedclfError(f"{out_dir} already holds a run (last.pt); use --resume or another --out")
+        if resume:
+            check_resume(out_dir, cfg, cache_hash)
+    except BaseException:
+        lock.release()
+        if created:
+            remove_if_unused(out_dir)
+        raise
+    return resume, created
 
 
 def _write_run_files(s: TrainingSetup) -> None:

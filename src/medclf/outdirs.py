@@ -1,0 +1,289 @@
+"""Output folders: medclf writes only into folders it made, never into the current folder, one writer at a time.
+
+- **Recognising medclf's folders.** Caches, ensembles and studies carry a marker file, `.medclf` (JSON: `kind`,
+  `version`), written when medclf creates them. A single-model run is recognised by the files `train` writes
+  first (`config.yaml` with `data_summary.json`), its checkpoints, or an ensemble member's `train_rows.npy`:
+  a run folder's listing is part of the run contract (tests/distributed pins it), so it gets no extra file.
+  Folders made before the marker existed are recognised the same way, by their own files (`OWN_FILES`).
+- **Claiming.** `claim_output_dir` refuses a non-empty folder medclf did not make (whatever the flags: there
+  is no `--force` for someone else's files), a folder of another kind (a run is never replaced by a cache),
+  and the current folder or any folder above it. An empty folder is fine.
+- **Locking.** `folder_lock` holds a lock file (`O_EXCL`, with the holder's pid, host and start time) while a
+  process writes a folder; a second writer is refused with the holder's pid. A lock whose pid is dead on this
+  host is stale (a killed run) and is taken over. Caches are replaced by a rename, so their lock sits beside
+  them (`OUT.lock`, like `OUT.partial`); runs, ensembles and studies are written in place and hold it inside.
+
+Every file name here is written in this module only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+from medclf.errors import MedclfError
+from medclf.io import os_reason, read_json, write_json
+
+MARKER = ".medclf"
+LOCK = ".medclf.lock"
+MARKER_VERSION = 1
+KINDS = ("cache", "run", "ensemble", "study")
+MARKED_KINDS = ("cache", "ensemble", "study")  # runs are recognised by their own files (module docstring)
+REPLACED_KINDS = ("cache",)  # built aside and renamed into place: the lock sits beside the folder
+# a folder made before markers (or a run, which has none) is of the first kind one of whose file sets it holds
+OWN_FILES: dict[str, tuple[tuple[str, ...], ...]] = {
+    "ensemble": (("ensemble.json",), ("plan.json",)),
+    "run": (("last.pt",), ("best.pt",), ("config.yaml", "data_summary.json"), ("train_rows.npy",)),
+    "cache": (("cache.json",),),
+    "study": (("study.json",),),
+}
+_STALE_UNREADABLE_S = 60.0  # an empty lock file (its writer killed between create and write) is stale after this
+
+
+def folder_kind(path: str | Path) -> str | None:
+    """The kind of medclf folder at `path` ('cache', 'run', 'ensemble', 'study'), or None when it is absent,
+    empty or not medclf's. A study made before markers is a folder of medclf runs and ensembles."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    if not path.is_dir():
+        raise MedclfError(f"{path}: exists and is not a folder")
+    marker = path / MARKER
+    if marker.is_file():
+        return _marker_kind(marker)
+    for kind, groups in OWN_FILES.items():
+        if any(all((path / name).exists() for name in group) for group in groups):
+            return kind
+    entries = _entries(path)
+    if entries and all(p.is_dir() and folder_kind(p) in ("run", "ensemble") for p in entries):
+        return "study"
+    return None
+
+
+def claim_output_dir(path: str | Path, kind: str, replace: bool = False) -> bool:
+    """Check that medclf may write a `kind` folder at `path`; True when `path` already holds one (to resume,
+    keep or replace: the caller decides), False when it is absent or empty.
+
+    `replace=False` (written in place: runs, ensembles, studies) creates the folder and, for marked kinds, its
+    marker. `replace=True` (a cache, built aside and renamed over `path`) only checks and creates nothing.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown output kind {kind!r}; valid: {', '.join(KINDS)}")
+    path = Path(path)
+    _refuse_cwd(path, kind)
+    found = folder_kind(path)
+    if found is None and _entries(path):
+        raise MedclfError(f"{path}: not empty and not made by medclf (no {MARKER} marker, no {kind} files); medclf "
+                          "only writes into or replaces folders it made, so choose another --out, or empty or "
+                          "remove that folder yourself")
+    if found not in (None, kind):
+        raise MedclfError(f"{path}: holds a medclf {found}, not {_a(kind)}; choose another --out")
+    if not replace:
+        make_dirs(path)
+        if kind in MARKED_KINDS and not (path / MARKER).exists():
+            write_marker(path, kind)
+    return found is not None
+
+
+def write_marker(path: str | Path, kind: str) -> None:
+    """Mark `path` as a medclf folder of `kind` (atomically, so a reader never sees half a marker)."""
+    write_json(Path(path) / MARKER, {"made_by": "medclf", "kind": kind, "version": MARKER_VERSION})
+
+
+def make_dirs(path: str | Path) -> None:
+    """`mkdir -p` whose failure is one line naming the folder (and, under a file, that file)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise MedclfError(f"{path}: cannot create the folder ({os_reason(err, path)})") from None
+
+
+def remove_if_unused(path: str | Path) -> None:
+    """Remove a folder this process created (and no longer locks) when it still holds nothing but medclf's
+    marker, so a refused or failed start leaves nothing behind. A lock file there means another writer came
+    in meanwhile: the folder is then theirs and stays."""
+    path = Path(path)
+    with contextlib.suppress(OSError):
+        if all(p.name == MARKER for p in path.iterdir()):
+            with contextlib.suppress(FileNotFoundError):
+                (path / MARKER).unlink()
+            path.rmdir()
+
+
+@contextlib.contextmanager
+def output_dir(path: str | Path, kind: str) -> Iterator[bool]:
+    """Claim `path` for a `kind` written in place and hold its lock for the block; yields whether it already
+    held one. If this call created the folder and the block fails before writing into it, it is removed."""
+    path = Path(path)
+    created = not path.exists()
+    claim_output_dir(path, kind, replace=True)  # only checks: a refused second writer marks nothing
+    try:
+        with folder_lock(path, kind):
+            yield claim_output_dir(path, kind)
+    except BaseException:
+        if created:
+            remove_if_unused(path)
+        raise
+
+
+def lock_path(path: str | Path, kind: str) -> Path:
+    """Where the lock of the `kind` folder at `path` lives (module docstring)."""
+    path = Path(path)
+    return path.parent / f"{path.name}.lock" if kind in REPLACED_KINDS else path / LOCK
+
+
+class FolderLock:
+    """The lock of one output folder; `acquire()`/`release()` or `with folder_lock(path, kind):`.
+
+    Not re-entrant: a second acquire of the same folder, even from this process, is refused.
+    """
+
+    def __init__(self, path: str | Path, kind: str) -> None:
+        self.folder = Path(path)
+        self.file = lock_path(path, kind)
+        self._token: str | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._token is not None
+
+    def acquire(self) -> "FolderLock":
+        try:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # named after the folder the user asked for, not its parent
+            raise MedclfError(f"{self.folder}: cannot create the folder ({os_reason(err, self.file.parent)})") from None
+        token = uuid.uuid4().hex
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "token": token}
+        for _ in range(5):  # a stale lock is removed, then the create is tried again
+            try:
+                fd = os.open(self.file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _read_lock(self.file)
+                state = _lock_state(holder, self.file)
+                if state == "stale":
+                    with contextlib.suppress(FileNotFoundError):
+                        self.file.unlink()
+                    continue
+                raise MedclfError(self._busy_message(holder, state)) from None
+            except OSError as err:
+                raise MedclfError(f"{self.folder}: cannot create its lock file {self.file} "
+                                  f"({os_reason(err, self.file)})") from None
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(info, fh)
+            self._token = token
+            return self
+        raise MedclfError(f"{self.folder}: could not take its lock {self.file} (other processes keep taking it)")
+
+    def release(self) -> None:
+        """Remove the lock file if this object holds it (a no-op otherwise, so it is safe in `finally`)."""
+        if self._token is None:
+            return
+        holder = _read_lock(self.file)
+        if holder is not None and holder.get("token") == self._token:
+            with contextlib.suppress(FileNotFoundError):
+                self.file.unlink()
+        self._token = None
+
+    def __enter__(self) -> "FolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def _busy_message(self, holder: dict | None, state: str) -> str:
+        if state == "foreign":
+            return (f"{self.folder}: {self.file} exists and is not a medclf lock; medclf needs that name for its "
+                    "lock, so move that file or choose another --out")
+        if holder is None:
+            return (f"{self.folder}: in use by another medclf process (its lock {self.file} is being written); "
+                    "try again in a moment")
+        where = "" if holder.get("host") == socket.gethostname() else f" on {holder.get('host')}"
+        return (f"{self.folder}: in use by another medclf process (pid {holder.get('pid')}{where}, since "
+                f"{holder.get('started')}); wait for it to finish, or if that process is gone, delete {self.file}")
+
+
+@contextlib.contextmanager
+def folder_lock(path: str | Path, kind: str) -> Iterator[FolderLock]:
+    """Hold the lock of the `kind` folder at `path` for the block; refused (MedclfError) while another holds it."""
+    with FolderLock(path, kind) as lock:
+        yield lock
+
+
+# ------------------------------------------------------------------------------------------------- internals
+
+
+def _entries(path: Path) -> list[Path]:
+    """What a folder holds, not counting a lock file (a killed writer's stale lock leaves a folder 'empty')."""
+    if not path.is_dir():
+        return []
+    try:
+        return [p for p in path.iterdir() if p.name != LOCK]
+    except OSError as err:
+        raise MedclfError(f"{path}: cannot list the folder ({os_reason(err, path)})") from None
+
+
+def _a(kind: str) -> str:
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
+
+
+def _refuse_cwd(path: Path, kind: str) -> None:
+    target, cwd = path.resolve(), Path.cwd().resolve()
+    if target == cwd or target in cwd.parents:
+        raise MedclfError(f"{path}: is the current folder or one above it; medclf writes a {kind} into a folder "
+                          f"of its own (e.g. --out {path / kind})")
+
+
+def _marker_kind(marker: Path) -> str:
+    try:
+        kind = read_json(marker).get("kind")
+    except (OSError, ValueError, AttributeError):
+        kind = None
+    if kind not in KINDS:
+        raise MedclfError(f"{marker}: not a readable medclf marker (kind {kind!r}); delete the folder yourself "
+                          "if it is not needed, or choose another --out")
+    return kind
+
+
+def _read_lock(file: Path) -> dict | None:
+    """The holder a lock file records; {} when the file vanished meanwhile, None when it holds no JSON object."""
+    try:
+        holder = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _lock_state(holder: dict | None, file: Path) -> str:
+    """'stale' (vanished, its writer died while writing it, or its pid is dead on this host), 'held', 'writing'
+    (created an instant ago, content not yet written) or 'foreign' (not a medclf lock: never removed)."""
+    if holder == {}:
+        return "stale"
+    if holder is None:
+        try:
+            st = file.stat()
+        except FileNotFoundError:
+            return "stale"
+        if st.st_size:
+            return "foreign"
+        return "stale" if time.time() - st.st_mtime > _STALE_UNREADABLE_S else "writing"
+    if not {"pid", "host"} <= set(holder) or not isinstance(holder["pid"], int):
+        return "foreign"
+    if holder["host"] != socket.gethostname():
+        return "held"  # another machine's process cannot be checked from here
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return "stale"
+    except PermissionError:  # alive, another user's
+        return "held"
+    return "held"
