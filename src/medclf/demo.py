@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medclf.config import load_config
+from medclf.runs.layout import RunDir
 
 
 def run_demo(out: str | Path, n_patients: int = 160, seed: int = 0) -> dict[str, Path]:
@@ -27,7 +28,7 @@ def run_demo(out: str | Path, n_patients: int = 160, seed: int = 0) -> dict[str,
     print(f"cache: {cache}")
     run = out / "run"
     cfg = load_config("demo")
-    train(cfg, cache, run, resume=(run / "last.pt").exists())
+    train(cfg, cache, run, resume=RunDir(run).last.exists())
     evaluate_run(run, split="val", n_boot=200)
     metrics = evaluate_run(run, split="test", n_boot=200)
     report = build_report(run)

@@ -39,6 +39,7 @@ from medclf.config import Config, load_config
 from medclf.errors import ConfigError, MedclfError
 from medclf.io import write_json
 from medclf.outdirs import output_dir
+from medclf.runs.layout import RunDir
 
 STUDY_KEYS = ("data", "out", "split", "n_boot", "base", "grid", "variants")
 ENSEMBLE_KEYS = ("members", "mode", "combine", "models")
@@ -169,7 +170,7 @@ def named_variants(variants: Any, path: Path) -> list[Variant]:
 
 def check_drift(run_dir: Path, expected: Config, variant: Variant) -> None:
     """A variant folder trained with another config must not be silently kept (or resumed with a new one)."""
-    name, saved_path, plan_path = variant.name, run_dir / "config.yaml", run_dir / "plan.json"
+    name, saved_path, plan_path = variant.name, RunDir(run_dir).config_path, RunDir(run_dir) / RunDir.PLAN
     if plan_path.is_file() != (variant.ensemble is not None) and saved_path.is_file():
         kind = "an ensemble" if plan_path.is_file() else "a single model"
         raise MedclfError(f"variant '{name}' in {run_dir} holds {kind}, which the study no longer asks for; "
@@ -208,7 +209,7 @@ def run_variant(study: Study, variant: Variant, progress: bool) -> Path:
     if variant.ensemble is not None:
         train_ensemble(cfg, study.data, run_dir, progress=progress, **variant.ensemble)
     else:
-        train(cfg, study.data, run_dir, resume=(run_dir / "last.pt").exists(), progress=progress)
+        train(cfg, study.data, run_dir, resume=RunDir(run_dir).last.exists(), progress=progress)
     evaluate_run(run_dir, split=study.split, n_boot=study.n_boot or cfg.eval.n_boot, progress=progress)
     return run_dir
 
@@ -251,5 +252,5 @@ def _run_variants(study: Study, progress: bool) -> dict[str, Any]:
     compare_runs([study.out / v.name for v in study.variants], split=study.split, out=comparison, n_boot=n_boot)
     summary = {"study": str(study.path.resolve()), "data": str(study.data.resolve()), "split": study.split,
                "variants": status, "comparison": str(comparison)}
-    write_json(study.out / "study.json", summary)
+    write_json(study.out / RunDir.STUDY, summary)
     return summary

@@ -13,6 +13,7 @@ import pandas as pd
 
 from medclf.errors import MedclfError
 from medclf.io import atomic_path
+from medclf.runs.layout import RunDir
 
 if TYPE_CHECKING:
     from medclf.config import Config
@@ -76,9 +77,9 @@ def save_epoch(s, eval_model, ema, stopper: EarlyStopper, history: list[dict], e
     }
     # inference must bring new images to the same size and grey-level normalisation as the cache held
     extra = {"epoch": epoch + 1, "cache_size": s.cache.size, "cache_norm": s.cache.meta.get("params", {}).get("norm")}
-    save_checkpoint(s.out_dir / "last.pt", eval_model, s.contract, config, {**extra, "train_state": train_state})
+    save_checkpoint(RunDir(s.out_dir).last, eval_model, s.contract, config, {**extra, "train_state": train_state})
     if improved:
-        save_checkpoint(s.out_dir / "best.pt", eval_model, s.contract, config, extra)
+        save_checkpoint(RunDir(s.out_dir).best, eval_model, s.contract, config, extra)
 
 
 def restore_state(s, ema, stopper: EarlyStopper, history: list[dict]) -> int:
@@ -89,7 +90,7 @@ def restore_state(s, ema, stopper: EarlyStopper, history: list[dict]) -> int:
     """
     from medclf.engine.distributed import run_on_main
 
-    state = run_on_main(lambda: read_train_state(s.out_dir / "last.pt"), s.dist)
+    state = run_on_main(lambda: read_train_state(RunDir(s.out_dir).last), s.dist)
     s.model.load_state_dict(state["model"])
     s.optimizer.load_state_dict(state["optimizer"])
     s.scheduler.load_state_dict(state["scheduler"])
@@ -134,19 +135,19 @@ def _read_last(path: Path, mmap: bool) -> dict:
 
 
 # Config keys a resume may change. They decide speed (loader processes, evaluation batch, kernels), not the
-# recipe: at most floating-point rounding differs. data.train_subset names an ensemble member's row file, a path
-# that moves with the ensemble folder; the ensemble's plan.json guards which rows that is. Every other key alters
+# recipe: at most floating-point rounding differs. (An ensemble member's training rows are an argument, not a
+# config key; the ensemble's plan.json guards which rows they are.) Every other key alters
 # the result and is refused, train.device too (it switches bf16 autocast on and off). train.epochs may grow when
 # the learning rate at each step does not depend on it (schedule constant or step), so the steps already taken
 # are the ones a longer run takes.
-RESUME_FREE_KEYS = ("data.workers", "eval.batch_size", "train.compile", "train.channels_last", "data.train_subset")
+RESUME_FREE_KEYS = ("data.workers", "eval.batch_size", "train.compile", "train.channels_last")
 EPOCH_FREE_SCHEDULES = ("constant", "step")
 
 
 def check_resume(out_dir: Path, cfg: Config, cache_hash: str | None) -> tuple[int, bool]:
     """Refuse to resume `out_dir` with a config (or cache) that alters the result, naming what changed; returns
     (epochs done, finished) and says on stderr where training continues. Reads last.pt memory-mapped."""
-    path = out_dir / "last.pt"
+    path = RunDir(out_dir).last
     payload = _read_last(path, mmap=True)
     state = (payload.get("extra") or {}).get("train_state")
     if state is None:
@@ -200,7 +201,7 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 def _summary_hash(out_dir: Path) -> str | None:
     try:
-        return json.loads((out_dir / "data_summary.json").read_text(encoding="utf-8")).get("content_hash")
+        return (RunDir(out_dir).data_summary() or {}).get("content_hash")
     except (OSError, ValueError, AttributeError):
         return None
 
@@ -208,7 +209,7 @@ def _summary_hash(out_dir: Path) -> str | None:
 def saved_epochs(out_dir: Path) -> int | None:
     """Epochs last.pt holds (None when there is none or it cannot be read): what a resume would start after."""
     try:
-        return int(read_train_state(Path(out_dir) / "last.pt", mmap=True)["epoch"]) + 1
+        return int(read_train_state(RunDir(out_dir).last, mmap=True)["epoch"]) + 1
     except (MedclfError, KeyError, TypeError, ValueError):
         return None
 
@@ -217,6 +218,6 @@ def write_history(out_dir: Path, history: list[dict]) -> None:
     from medclf.evaluation.plots import plot_curves
 
     frame = pd.DataFrame(history)
-    with atomic_path(out_dir / "history.csv") as tmp:
+    with atomic_path(RunDir(out_dir).history_path) as tmp:
         frame.to_csv(tmp, index=False)
-    plot_curves(frame, out_dir / "curves.png")
+    plot_curves(frame, RunDir(out_dir).curves_path)

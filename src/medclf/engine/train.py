@@ -100,7 +100,7 @@ def _check_out_dir(cfg: Config, data_dir: str | Path, out_dir: Path, resume: boo
     """Rank 0, before anything is written: the cache opens, OUT is a run folder (or new, or empty) and ours
     alone (its lock taken), and a resume continues the same recipe. Returns (resume, OUT created now)."""
     cache_hash = Cache.open(data_dir).meta.get("content_hash")  # a wrong --data fails before OUT is touched
-    if resume and not (out_dir / "last.pt").is_file():
+    if resume and not RunDir(out_dir).last.is_file():
         raise MedclfError(f"--resume: {out_dir} holds no last.pt (nothing to resume); drop --resume to start a "
                           "new run there")
     created = not out_dir.exists()
@@ -108,7 +108,7 @@ def _check_out_dir(cfg: Config, data_dir: str | Path, out_dir: Path, resume: boo
     try:
         lock.acquire()
         claim_output_dir(out_dir, "run")
-        if not resume and (out_dir / "last.pt").exists():
+        if not resume and RunDir(out_dir).last.exists():
             raise MedclfError(f"{out_dir} already holds a run (last.pt); use --resume or another --out")
         if resume:
             check_resume(out_dir, cfg, cache_hash)
@@ -122,8 +122,8 @@ def _check_out_dir(cfg: Config, data_dir: str | Path, out_dir: Path, resume: boo
 
 def _write_run_files(s: TrainingSetup) -> None:
     s.out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(s.cfg, s.out_dir / "config.yaml")
-    write_json(s.out_dir / "data_summary.json", data_summary(s.cache))
+    save_config(s.cfg, RunDir(s.out_dir).config_path)
+    write_json(RunDir(s.out_dir).data_summary_path, data_summary(s.cache))
 
 
 def train_one_epoch(s: TrainingSetup, epoch: int, ema, progress: bool) -> float:
@@ -223,4 +223,4 @@ def _epoch_line(row: dict, improved: bool) -> str:
 
 
 def load_history(run_dir: str | Path) -> pd.DataFrame:
-    return pd.read_csv(Path(run_dir) / "history.csv")
+    return RunDir(run_dir).history()
