@@ -80,7 +80,7 @@ def build_tiny_cache(out: Path, n: int = 60, size: int = 32, seed: int = 0) -> P
         }
     )
     meta = {"source": "synthetic", "size": size, "label_names": ["normal", "pneumonia"], "positive_index": 1,
-            "label_mode": "binary", "params": {"seed": seed, "norm": "none"}}
+            "label_mode": "binary", "params": {"seed": seed}}
     write_cache(out, images, manifest, meta)
     return out
 

@@ -1,5 +1,5 @@
 """ONNX / TorchScript export of a trained run: probabilities match eager PyTorch, the graph's interface is as
-documented (normalised B x C x H x W in, B x K probabilities out, dynamic batch), ensembles export too."""
+documented (uint8 B x S x S images in, B x K probabilities out, dynamic batch), ensembles export too."""
 
 from __future__ import annotations
 
@@ -15,43 +15,40 @@ from typer.testing import CliRunner
 
 from medclf.cli.main import app
 from medclf.data.cache import Cache
-from medclf.data.transforms import make_transform
-from medclf.export import export_run, load_torchscript, source_fingerprint
+from medclf.export import export_run, load_torchscript
+from medclf.runs.onnx import source_fingerprint
 from medclf.runs import open_run
 
 TOL = 1e-4
 
 
 def eager_and_inputs(run_dir, cache_dir, n: int = 5):
-    """Normalised test images of the tiny cache and the eager softmax probabilities on them."""
+    """uint8 test images of the tiny cache and the run's eager Predictor probabilities on them."""
     run = open_run(run_dir, "cpu")
     cache = Cache.open(cache_dir)
-    images = torch.from_numpy(np.asarray(cache.images[cache.indices("test")[:n]]))
-    x = make_transform(run.contract, train=False)(images)
-    with torch.no_grad():
-        probs = torch.softmax(run.model(x).float(), dim=1).numpy()
-    return x, probs, run
+    images = np.ascontiguousarray(cache.images[cache.indices("test")[:n]])
+    return images, run.predictor().predict_arrays(images).probs, run
 
 
 def test_onnx_matches_eager_with_dynamic_batch(run_copy, tiny_cache):
     result = export_run(run_copy, "onnx")
     assert result.path == run_copy / "model.onnx"
     assert result.max_abs_diff < TOL
-    assert result.input_shape == (8, 3, 32, 32)  # 8 parity images from the run's cache
+    assert (result.n_inputs, result.image_size) == (8, 32)  # 8 parity images from the run's cache
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
-    (inp,), (out,) = session.get_inputs(), session.get_outputs()
-    assert (inp.name, out.name) == ("input", "probs")
-    assert isinstance(inp.shape[0], str) and inp.shape[1:] == [3, 32, 32]  # symbolic batch axis
+    (inp,), outs = session.get_inputs(), session.get_outputs()
+    assert (inp.name, inp.type) == ("images", "tensor(uint8)") and [o.name for o in outs][:2] == ["probs", "member_probs"]
+    assert isinstance(inp.shape[0], str) and inp.shape[1:] == [32, 32]  # symbolic batch axis
     x, eager, run = eager_and_inputs(run_copy, tiny_cache)
     for batch in (1, 5):
-        got = session.run(["probs"], {"input": x[:batch].numpy()})[0]
+        got = session.run(["probs"], {"images": x[:batch]})[0]
         assert got.shape == (batch, 2)
         np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-6)
         assert np.abs(got - eager[:batch]).max() < TOL
     meta = session.get_modelmeta().custom_metadata_map
-    assert json.loads(meta["medclf.contract"]) == run.contract.to_dict()
+    assert json.loads(meta["medclf.contract"]) == {**run.contract.to_dict(), "ood": None}  # the detector's arrays stay out
     assert (meta["medclf.image_size"], meta["medclf.norm"]) == ("32", "robust")
-    assert meta["medclf.source"] == source_fingerprint(run_copy)
+    assert meta["medclf.source"] == source_fingerprint(run)
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
@@ -63,12 +60,12 @@ def test_torchscript_matches_eager_with_dynamic_batch(run_copy, tiny_cache, tmp_
     x, eager, run = eager_and_inputs(run_copy, tiny_cache)
     for batch in (1, 5):
         with torch.no_grad():
-            got = module(x[:batch]).numpy()
+            got = module(torch.from_numpy(x[:batch]))[0].numpy()
         assert got.shape == (batch, 2)
         assert np.abs(got - eager[:batch]).max() < TOL
     extra = {"medclf.json": ""}
     torch.jit.load(str(out), _extra_files=extra)
-    assert json.loads(json.loads(extra["medclf.json"])["medclf.contract"]) == run.contract.to_dict()
+    assert json.loads(json.loads(extra["medclf.json"])["medclf.contract"]) == {**run.contract.to_dict(), "ood": None}
 
 
 @pytest.mark.parametrize("combine", ["mean", "vote"])
@@ -76,12 +73,12 @@ def test_ensemble_exports_its_combined_probabilities(speed_run, tiny_cache, tmp_
     ens = ensemble_factory(speed_run, tmp_path / "ens", combine=combine)
     x, eager, run = eager_and_inputs(ens, tiny_cache)
     assert type(run.model).__name__ == "Ensemble"
-    members = run.model.member_probs(x).detach().numpy()
+    members = run.predictor().predict_arrays(x).member_probs
     assert np.abs(members[0] - members[1]).max() > 1e-3  # the members really differ
     result = export_run(ens, "onnx")
     assert result.max_abs_diff < TOL
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
-    got = session.run(["probs"], {"input": x.numpy()})[0]
+    got = session.run(["probs"], {"images": x})[0]
     assert np.abs(got - eager).max() < TOL
     if combine == "mean":  # the combination is the members' mean, not one member's output
         assert np.abs(got - members.mean(axis=0)).max() < TOL

@@ -65,7 +65,7 @@ def test_current_model_onnx_is_used_and_stale_one_ignored(run_copy, pngs):
     other = create_model("resnet18", num_classes=2, input_size=32).eval()
     with torch.no_grad():
         other.model.fc.bias.copy_(torch.tensor([-20.0, 20.0]))  # near-certain "pneumonia" for every image
-    module = Predictor(other, other.contract).module
+    module = Predictor(other, other.contract, detectors=[run.contract.ood]).module
     export_onnx(module, run.image_size, run_copy / "model.onnx", export_metadata(run, module))
     used = predict(run_copy, pngs, "onnx")
     assert (used["prob"] > 0.99).all()

@@ -63,7 +63,7 @@ def open_run(run_dir: str | Path, device: torch.device | str = "cpu") -> Run:
     """Load `best.pt` of a run, or the members of an ensemble run (`ensemble.json`)."""
     rd = RunDir(run_dir)
     if not rd.exists():
-        raise MedclfError(f"{rd.path}: no such run directory")
+        raise MedclfError(f"{rd.path}: not a run directory")
     if rd.is_ensemble:
         return _open_ensemble(rd, device)
     return open_checkpoint(rd.best, device)
