@@ -17,14 +17,17 @@ from medclf.engine.evaluate import evaluate_run
 from medclf.engine.predict import predict_files
 from medclf.engine.train import train
 
-from conftest import make_tiny_images
-
 
 @pytest.fixture(scope="module")
 def tta_run(tmp_path_factory):
     """A MedMNIST-style cache (8-bit values kept, norm none) and a ResNet18 run trained with eval.tta_flip."""
     root = tmp_path_factory.mktemp("tta")
-    images, labels, _ = make_tiny_images(90, 28, seed=3)
+    rng = np.random.default_rng(3)
+    labels = (np.arange(90) % 3 == 0).astype(np.int64)
+    images = rng.integers(0, 120, size=(90, 28, 28)).astype(np.uint8)
+    for i in np.flatnonzero(labels):  # positives carry a bright square off centre (so the flip changes outputs)
+        y, x = rng.integers(2, 12, size=2)
+        images[i, y:y + 8, x:x + 8] = 230
     np.savez(root / "set.npz", train_images=images[:60], train_labels=labels[:60, None],
              val_images=images[60:], val_labels=labels[60:, None])
     cache = prepare_medmnist(root / "set.npz", root / "cache", progress=False)
