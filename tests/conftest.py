@@ -36,9 +36,10 @@ def scratch(tmp_path_factory):
     return make
 
 
-@pytest.fixture()
+@pytest.fixture(scope="session")
 def shared():
-    """`shared("rsna-sample")` -> path under ../shared/data, or skip the test when it is absent."""
+    """`shared("rsna-sample")` -> path under ../shared/data, or skip the test when it is absent (session-scoped,
+    so module fixtures that train on real data can ask for it too)."""
     return shared_data
 
 
@@ -89,3 +90,9 @@ def build_tiny_cache(out: Path, n: int = 60, size: int = 32, seed: int = 0) -> P
 def tiny_cache(tmp_path_factory) -> Path:
     """60 images of 32 px (36 train / 12 val / 12 test, 1/3 positive), shared read-only by tests."""
     return build_tiny_cache(tmp_path_factory.mktemp("tiny") / "cache")
+
+
+@pytest.fixture(scope="session")
+def make_tiny_cache():
+    """`make_tiny_cache(out, n=60, size=32, seed=0)`: another tiny cache (e.g. an external test set)."""
+    return build_tiny_cache

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+import medclf.data.cache  # noqa: F401  (registers how a cache folder is recognised)
 from medclf.errors import MedclfError
 from medclf.outdirs import LOCK, MARKER, FolderLock, claim_output_dir, folder_kind, folder_lock, lock_path
 

@@ -21,6 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+# Light (no torch): registers how run, ensemble and study folders are recognised (medclf.outdirs), so every
+# entry point, a cache's `prepare` included, tells a run folder from a stranger's whatever it imported first.
+import medclf.runs.layout  # noqa: E402,F401
+
 _EXPORTS = {
     "prepare_rsna": "medclf.data.prepare", "prepare_medmnist": "medclf.data.prepare",
     "prepare_folder": "medclf.data.prepare", "Cache": "medclf.data.cache",

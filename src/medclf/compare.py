@@ -16,9 +16,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from medclf.data.cache import Cache
 from medclf.errors import MedclfError
 from medclf.evaluation.bootstrap import paired_bootstrap
 from medclf.io import read_json, write_text
+from medclf.runs.layout import RunDir
 
 SHOWN = (("roc_auc", "AUC"), ("pr_auc", "PR AUC"), ("recall", "sensitivity"), ("specificity", "specificity"),
          ("precision", "precision"), ("f1", "F1"), ("accuracy", "accuracy"))
@@ -35,16 +37,30 @@ class EvaluatedRun:
     metrics: dict
 
 
-def load_evaluated(run_dir: str | Path, split: str, name: str | None = None) -> EvaluatedRun:
+def load_evaluated(run_dir: str | Path, split: str, name: str | None = None,
+                   data: str | Path | None = None, content_hash: str | None = None) -> EvaluatedRun:
+    """The run's evaluation of `split`: of its own cache, or of the cache `data` (whose content hash tags it)."""
     run_dir = Path(run_dir)
-    files = [run_dir / f"predictions_{split}.csv", run_dir / f"metrics_{split}.json"]
+    rd = RunDir(run_dir)
+    tag = rd.evaluation_tag(split, data, content_hash)
+    files = [rd.predictions(tag), rd.metrics(tag)]
     missing = [f.name for f in files if not f.is_file()]
     if missing:
-        raise MedclfError(f"{run_dir}: no {' or '.join(missing)} (run `medclf evaluate {run_dir} --split {split}`)")
+        raise MedclfError(f"{run_dir}: no {' or '.join(missing)} ({_evaluate_hint(run_dir, split, tag, data)})")
     table = pd.read_csv(files[0], dtype={"id": str}, keep_default_na=False)
     if table["id"].duplicated().any():
         raise MedclfError(f"{files[0]}: image ids are not unique")
     return EvaluatedRun(name or run_dir.name, run_dir, table, read_json(files[1]))
+
+
+def _evaluate_hint(run_dir: Path, split: str, tag: str, data: str | Path | None) -> str:
+    """What to type: the evaluate command that writes `tag`, or --data when the run holds only other caches'."""
+    others = sorted(t for t in RunDir(run_dir).prediction_tables() if t.startswith(f"{split}@") and t != tag)
+    if data is None and others:
+        return (f"{run_dir} has {split} evaluations of other caches ({', '.join(others)}): "
+                f"add --data CACHE to compare those")
+    with_data = f" --data {data}" if data is not None else ""
+    return f"run `medclf evaluate {run_dir}{with_data} --split {split}`"
 
 
 def run_names(paths: Sequence[Path]) -> list[str]:
@@ -72,14 +88,18 @@ def check_same_set(runs: list[EvaluatedRun], split: str) -> None:
 
 
 def compare_runs(run_dirs: Sequence[str | Path], split: str = "test", out: str | Path | None = None,
-                 n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+                 n_boot: int = 1000, seed: int = 0, data: str | Path | None = None) -> pd.DataFrame:
     """One row per run: metrics with intervals, and paired differences in AUC and F1 against the first run.
 
-    With `out` (e.g. comparison.md) writes the Markdown there and the same table as `.csv` and `.html` beside it.
+    `data`: compare the runs' evaluations of that prepared cache (`medclf evaluate RUN --data CACHE`) instead of
+    their own caches'. With `out` (e.g. comparison.md) writes the Markdown there and the same table as `.csv`
+    and `.html` beside it.
     """
     if len(run_dirs) < 2:
         raise MedclfError("compare needs at least two runs")
-    runs = [load_evaluated(p, split, n) for p, n in zip(run_dirs, run_names([Path(p) for p in run_dirs]))]
+    content_hash = Cache.open(data).meta.get("content_hash") if data is not None else None
+    runs = [load_evaluated(p, split, n, data, content_hash)
+            for p, n in zip(run_dirs, run_names([Path(p) for p in run_dirs]))]
     check_same_set(runs, split)
     ref = runs[0]
     pos = int(ref.metrics.get("positive_index", 1))
@@ -102,7 +122,8 @@ def compare_runs(run_dirs: Sequence[str | Path], split: str = "test", out: str |
                         f"p_{short}": (test or {}).get("p_value")})
         rows.append(row)
     frame = pd.DataFrame(rows)
-    frame.attrs.update(split=split, n_boot=n_boot, seed=seed, reference=ref.name)
+    frame.attrs.update(split=split, n_boot=n_boot, seed=seed, reference=ref.name,
+                       data=None if data is None else str(data))
     if out is not None:
         write_comparison(frame, Path(out))
     return frame
@@ -136,8 +157,10 @@ def table_cells(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
 
 def note(frame: pd.DataFrame) -> str:
     a = frame.attrs
-    return (f"Split `{a.get('split')}`. Values with 95% percentile-bootstrap intervals over images; each run at its "
-            f"own operating threshold, chosen on validation. Δ = run − {a.get('reference')} on the same images: "
+    cache = f" of `{a['data']}`" if a.get("data") else ""
+    return (f"Split `{a.get('split')}`{cache}. Values with 95% percentile-bootstrap intervals over images; each run "
+            f"at its own operating threshold, chosen on validation. Δ = run − {a.get('reference')} on the same "
+            f"images: "
             f"paired bootstrap ({a.get('n_boot')} resamples, seed {a.get('seed')}), two-sided p-value.")
 
 

@@ -84,11 +84,21 @@ class TrainConfig:
 class EvalConfig:
     threshold: str = "f1"  # f1 | youden | sensitivity
     target_sensitivity: float = 0.9
+    # positives AND negatives validation needs for a fitted threshold; with fewer the run keeps 0.5 and says why
+    threshold_min_class: int = 10
     n_boot: int = 1000
     batch_size: int = 64
     tta_flip: bool = False  # average the prediction on the image and its mirror
     ood_detector: bool = True  # fit the Mahalanobis OOD detector on the training split when training ends
     ood_fit_max: int = 5000  # training images it is fitted on at most (seeded draw)
+
+
+@dataclass
+class TrackConfig:
+    tensorboard: bool = True  # event files in RUN/tensorboard (tensorboard --logdir RUN)
+    mlflow: bool = False  # also log to MLflow
+    mlflow_uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///~/.medclf/mlflow.db
+    experiment: str = "medclf"  # MLflow experiment name
 
 
 @dataclass
@@ -98,9 +108,31 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
+    preset: str | None = None  # the YAML preset it was built from (name in configs/ or path), set by load_config
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# what says where a run is logged and which preset it came from, not what it learns: free to change on resume
+OUTCOME_FREE = ("track", "preset")
+
+
+def flat_keys(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as dotted keys (`train.lr`), the names `key=value` overrides use; tuples as lists."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flat_keys(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def outcome_config(tree: dict[str, Any]) -> dict[str, Any]:
+    """A config dict without OUTCOME_FREE parts: what two runs must share to learn the same thing."""
+    return {k: v for k, v in tree.items() if k not in OUTCOME_FREE}
 
 
 def load_config(preset: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -114,7 +146,7 @@ def load_config(preset: str | Path | None = None, overrides: list[str] | tuple[s
             raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
-        cfg = merge(cfg, data, origin=str(path))
+        cfg = dataclasses.replace(merge(cfg, data, origin=str(path)), preset=str(preset))
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:
@@ -127,15 +159,46 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return merge(Config(), data, origin="stored config")
 
 
+# names a preset was known by before, so commands and studies written with them keep working
+PRESET_ALIASES = {"seed_resnet50": "resnet50_imagenet_224"}
+
+
+def preset_dirs() -> list[Path]:
+    """Where preset names are looked up: ./configs, then the configs/ of the source tree medclf runs from."""
+    return [Path.cwd() / "configs", Path(__file__).resolve().parents[2] / "configs"]
+
+
+def list_presets() -> list[str]:
+    """Names `--config NAME` accepts (the YAML files of `preset_dirs()`), sorted; study files are not presets."""
+    names = {p.stem for base in preset_dirs() if base.is_dir() for p in base.glob("*.yaml")}
+    return sorted(n for n in names if not n.startswith("study_"))
+
+
 def resolve_preset(preset: str | Path) -> Path:
     path = Path(preset)
     if path.is_file():
         return path
-    for base in (Path.cwd() / "configs", Path(__file__).resolve().parents[2] / "configs"):
-        candidate = base / (path.name if path.suffix else f"{path.name}.yaml")
-        if candidate.is_file():
-            return candidate
-    raise ConfigError(f"config preset '{preset}' not found (a YAML file, or a name in configs/)")
+    stem = path.stem if path.suffix in (".yaml", ".yml") else path.name
+    for name in (path.name if path.suffix else f"{path.name}.yaml", f"{PRESET_ALIASES.get(stem, stem)}.yaml"):
+        for base in preset_dirs():
+            if (base / name).is_file():
+                return base / name
+    raise ConfigError(f"config preset '{preset}' not found: give a YAML file or one of {', '.join(list_presets())}")
+
+
+def preset_changes(cfg: Config) -> tuple[str, list[tuple[str, Any, Any]]]:
+    """What `cfg` sets differently from the preset it was built from: (what it is compared with, rows of
+    (dotted key, the preset's value, this config's value)). Without a preset, or when the preset is not found
+    here (a run copied from another machine), the comparison is with the defaults, and the first item says so."""
+    base, base_name = Config(), "the defaults"
+    if cfg.preset:
+        try:
+            base, base_name = load_config(cfg.preset), f"preset {cfg.preset}"
+        except ConfigError:
+            base_name = f"the defaults (preset {cfg.preset} is not found here)"
+    old = flat_keys({k: v for k, v in base.to_dict().items() if k != "preset"})
+    new = flat_keys({k: v for k, v in cfg.to_dict().items() if k != "preset"})
+    return base_name, [(k, old.get(k), v) for k, v in new.items() if old.get(k) != v]
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

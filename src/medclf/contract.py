@@ -25,6 +25,11 @@ class DataContract:
     std: list[float]
     threshold: float = 0.5
     ood: dict | None = field(default=None)
+    # why the threshold is what it is (None in checkpoints older than these fields): source "validation"
+    # (fitted) or "default" (fallback), a sentence, and why the validation figures behind it may mean nothing
+    threshold_source: str | None = None
+    threshold_reason: str | None = None
+    threshold_warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.num_classes < 2:
@@ -55,6 +60,9 @@ class DataContract:
             "std": [float(v) for v in self.std],
             "threshold": float(self.threshold),
             "ood": None if self.ood is None else dict(self.ood),
+            "threshold_source": None if self.threshold_source is None else str(self.threshold_source),
+            "threshold_reason": None if self.threshold_reason is None else str(self.threshold_reason),
+            "threshold_warnings": [str(w) for w in self.threshold_warnings],
         }
 
     @classmethod
@@ -79,4 +87,7 @@ class DataContract:
             std=[float(v) for v in d["std"]],
             threshold=float(d.get("threshold", 0.5)),
             ood=None if d.get("ood") is None else dict(d["ood"]),
+            threshold_source=d.get("threshold_source"),
+            threshold_reason=d.get("threshold_reason"),
+            threshold_warnings=[str(w) for w in d.get("threshold_warnings") or []],
         )

@@ -10,6 +10,7 @@ through the Predictor.
 from __future__ import annotations
 
 import contextlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
-from medclf.config import Config, merge, save_config
+from medclf.config import Config, merge, outcome_config, save_config
 from medclf.data.cache import Cache, write_cache_view
 from medclf.data.dataset import CacheDataset
 from medclf.data.splits import partition_indices
@@ -26,12 +27,12 @@ from medclf.data.summary import data_summary
 from medclf.device import pick_device
 from medclf.engine.distributed import is_main
 from medclf.errors import MedclfError
-from medclf.evaluation.thresholds import choose_threshold
 from medclf.io import atomic_path, read_json, write_json
 from medclf.models.ensemble import COMBINES, Ensemble, ensemble_contract
 from medclf.models.registry import list_models
 from medclf.outdirs import output_dir
 from medclf.runs import ENSEMBLE_FORMAT, Predictor, RunDir, open_checkpoint
+from medclf.tracking import Tracker, parent_run
 
 MODES = ("partition", "kfold", "bootstrap", "models")
 
@@ -105,13 +106,19 @@ def train_ensemble(cfg: Config, data_dir: str | Path, out_dir: str | Path, membe
     # medclf's ensemble folder (or a new one), written by this process alone (rank 0, under a process group)
     with output_dir(out_dir, "ensemble") if is_main() else contextlib.nullcontext():
         _check_plan(out_dir, {"mode": mode, "members": k, "models": model_names, "seed": cfg.train.seed,
-                              "cache_hash": cache.meta.get("content_hash"), "config": cfg.to_dict()})
+                              "cache_hash": cache.meta.get("content_hash"),
+                              "config": outcome_config(cfg.to_dict())})
         save_config(ensemble_config(cfg, mode, models if mode == "models" else None), RunDir(out_dir).config_path)
         write_json(RunDir(out_dir).data_summary_path, data_summary(cache))
         plans = plan_members(cache, mode, k, model_names, cfg.train.seed)
-        for plan in tqdm(plans, desc="ensemble members", disable=not progress):
-            train_member(cfg, cache, out_dir, mode, plan, progress)
-        finalize_ensemble(out_dir, cache, cfg, mode, combine, plans)
+        with parent_run(out_dir, cfg, "ensemble") if is_main() else contextlib.nullcontext(Tracker([])) as tracker:
+            tracker.log_config(cfg)
+            for plan in tqdm(plans, desc="ensemble members", disable=not progress):
+                train_member(cfg, cache, out_dir, mode, plan, progress)
+            spec = finalize_ensemble(out_dir, cache, cfg, mode, combine, plans)
+            tracker.log_scalars({"threshold": spec["threshold"],
+                                 **{f"member_{m['index']}/val_auc": m["val_auc"] for m in spec["member_info"]}})
+            tracker.log_model(out_dir)
     return out_dir
 
 
@@ -147,6 +154,7 @@ def _check_plan(out_dir: Path, plan: dict) -> None:
         raise MedclfError(f"{out_dir} holds a single-model run; use another --out for the ensemble")
     if path.exists():
         old = read_json(path)
+        old["config"] = outcome_config(old.get("config") or {})  # plans of older versions held every key
         changed = [k for k in plan if old.get(k) != plan[k]]
         if changed:
             raise MedclfError(f"{out_dir} holds an ensemble planned with other settings ({', '.join(changed)} "
@@ -199,6 +207,8 @@ def finalize_ensemble(out_dir: Path, cache: Cache, cfg: Config, mode: str, combi
     """Score the members on the cache's val split, set the weights, choose the ensemble's threshold on the
     combined probabilities (through the Predictor, with the run's test-time augmentation), and write
     ensemble.json (whose presence makes OUT an ensemble run)."""
+    from medclf.engine.train import checked_threshold  # the members' own rule, so both say why alike
+
     device = pick_device(cfg.train.device)
     rd = RunDir(out_dir)
     dirs = [f"{RunDir.MEMBERS}/{p.index}" for p in plans]
@@ -217,12 +227,15 @@ def finalize_ensemble(out_dir: Path, cache: Cache, cfg: Config, mode: str, combi
     if combine == "weighted" and None not in aucs:
         weights = [a / sum(aucs) for a in aucs]
         combined = np.tensordot(np.asarray(weights, dtype=np.float32), member_p, axes=1)
-    threshold = choose_threshold(y, combined[:, pos], method=cfg.eval.threshold, target=cfg.eval.target_sensitivity)
+    chosen, warnings = checked_threshold(y, combined[:, pos], cfg)
     info = [{**read_json(rd.member(d) / RunDir.MEMBER_INFO), "dir": d, "val_auc": auc, "threshold": r.contract.threshold}
             for d, r, auc in zip(dirs, runs, aucs)]
     spec = {"format": ENSEMBLE_FORMAT, "format_version": 1, "mode": mode, "combine": combine, "members": dirs,
-            "weights": weights, "threshold": threshold, "threshold_method": cfg.eval.threshold,
-            "threshold_split": "val", "member_info": info, "cache": str(cache.path.resolve()),
+            "weights": weights, "threshold": chosen.value, "threshold_method": cfg.eval.threshold,
+            "threshold_split": "val", "threshold_source": chosen.source, "threshold_reason": chosen.reason,
+            "threshold_warnings": warnings, "member_info": info, "cache": str(cache.path.resolve()),
             "cache_hash": cache.meta.get("content_hash")}
+    for warning in warnings:
+        print(f"warning: {out_dir}: {warning}", file=sys.stderr)
     write_json(rd.ensemble_path, spec)
     return spec

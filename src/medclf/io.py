@@ -26,7 +26,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except OSError as err:
         raise MedclfError(f"{path}: cannot write ({os_reason(err, path.parent)})") from None
     os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be read by others (reports, served files)
+    os.chmod(tmp, usual_mode(0o666))  # mkstemp makes 0600; a result gets the mode any new file of the user gets
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -37,6 +37,33 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def usual_mode(requested: int) -> int:
+    """The mode a plain open()/mkdir() with `requested` (0o666 for files, 0o777 for folders) would give: the
+    user's umask applied. mkstemp/mkdtemp make 0600/0700 instead, which would hide results from a group."""
+    return requested & ~current_umask()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (os.umask can only set it, and
+    setting it back leaves a moment where another thread would create files with the wrong mode)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def make_temp_dir(prefix: str, parent: str | Path) -> Path:
+    """A new, uniquely named folder in `parent` (tempfile.mkdtemp) with the user's usual folder mode."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(path, usual_mode(0o777))
+    return path
 
 
 def os_reason(err: OSError, path: str | Path) -> str:

@@ -5,6 +5,11 @@
   first (`config.yaml` with `data_summary.json`), its checkpoints, or an ensemble member's `train_rows.npy`:
   a run folder's listing is part of the run contract (tests/distributed pins it), so it gets no extra file.
   Folders made before the marker existed are recognised the same way, by their own files (`OWN_FILES`).
+  Those file names belong to the layers that write them: `medclf.runs.layout` (runs, ensembles, studies) and
+  `medclf.data.cache` (caches) register them here when imported (`register_own_files`), so this bottom-layer
+  module names none of them and imports neither. `import medclf` loads the (light) run layout first, and every
+  writer of a cache, run, ensemble or study imports `medclf.data.cache`, so both are registered before any
+  folder is claimed. Were a kind not registered, its folders would still be refused, as "not made by medclf".
 - **Claiming.** `claim_output_dir` refuses a non-empty folder medclf did not make (whatever the flags: there
   is no `--force` for someone else's files), a folder of another kind (a run is never replaced by a cache),
   and the current folder or any folder above it. An empty folder is fine.
@@ -13,7 +18,7 @@
   host is stale (a killed run) and is taken over. Caches are replaced by a rename, so their lock sits beside
   them (`OUT.lock`, like `OUT.partial`); runs, ensembles and studies are written in place and hold it inside.
 
-Every file name here is written in this module only.
+The marker and lock file names are written in this module only.
 """
 
 from __future__ import annotations
@@ -36,14 +41,19 @@ MARKER_VERSION = 1
 KINDS = ("cache", "run", "ensemble", "study")
 MARKED_KINDS = ("cache", "ensemble", "study")  # runs are recognised by their own files (module docstring)
 REPLACED_KINDS = ("cache",)  # built aside and renamed into place: the lock sits beside the folder
-# a folder made before markers (or a run, which has none) is of the first kind one of whose file sets it holds
-OWN_FILES: dict[str, tuple[tuple[str, ...], ...]] = {
-    "ensemble": (("ensemble.json",), ("plan.json",)),
-    "run": (("last.pt",), ("best.pt",), ("config.yaml", "data_summary.json"), ("train_rows.npy",)),
-    "cache": (("cache.json",),),
-    "study": (("study.json",),),
-}
+# a folder made before markers (or a run, which has none) is of the first kind, in this order, one of whose
+# file sets it holds: an ensemble also holds a run's config.yaml and data_summary.json
+RECOGNITION_ORDER = ("ensemble", "run", "cache", "study")
+OWN_FILES: dict[str, tuple[tuple[str, ...], ...]] = {}  # kind -> file sets; filled by register_own_files
 _STALE_UNREADABLE_S = 60.0  # an empty lock file (its writer killed between create and write) is stale after this
+
+
+def register_own_files(kind: str, *file_sets: tuple[str, ...]) -> None:
+    """Recognise an unmarked folder as `kind` when it holds every file of one of `file_sets` (called by the
+    module that owns the kind's layout, at import)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown output kind {kind!r}; valid: {', '.join(KINDS)}")
+    OWN_FILES[kind] = tuple(tuple(names) for names in file_sets)
 
 
 def folder_kind(path: str | Path) -> str | None:
@@ -57,8 +67,8 @@ def folder_kind(path: str | Path) -> str | None:
     marker = path / MARKER
     if marker.is_file():
         return _marker_kind(marker)
-    for kind, groups in OWN_FILES.items():
-        if any(all((path / name).exists() for name in group) for group in groups):
+    for kind in RECOGNITION_ORDER:
+        if any(all((path / name).exists() for name in group) for group in OWN_FILES.get(kind, ())):
             return kind
     entries = _entries(path)
     if entries and all(p.is_dir() and folder_kind(p) in ("run", "ensemble") for p in entries):

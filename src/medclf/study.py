@@ -7,7 +7,7 @@ A study file (YAML) holds::
     split: test                 # the split every variant is evaluated on and compared on
     n_boot: 1000                # bootstrap resamples for intervals and paired tests (default: eval.n_boot)
     base:                       # every variant starts from this config
-      config: seed_resnet50     # preset name or path
+      config: resnet50_imagenet_224  # preset name or path
       overrides: {train.epochs: 10}    # a mapping of dotted keys, or a list of "key=value"
     grid:                       # optional: the Cartesian product of factor levels, named level_level
       sampler: {plain: {data.sampler: shuffle}, balanced: {data.sampler: balanced}}
@@ -30,16 +30,17 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 from tqdm import tqdm
 
-from medclf.config import Config, load_config
+from medclf.config import Config, flat_keys, load_config, outcome_config
 from medclf.errors import ConfigError, MedclfError
 from medclf.io import write_json
 from medclf.outdirs import output_dir
 from medclf.runs.layout import RunDir
+from medclf.tracking import parent_run
 
 STUDY_KEYS = ("data", "out", "split", "n_boot", "base", "grid", "variants")
 ENSEMBLE_KEYS = ("members", "mode", "combine", "models")
@@ -72,8 +73,10 @@ class Study:
             raise ConfigError(f"{self.path}: variant '{variant.name}': {err}") from None
 
 
-def load_study(path: str | Path, out: str | Path | None = None, data: str | Path | None = None) -> Study:
-    """Read and check a study file; every variant's config is resolved here, before anything trains."""
+def load_study(path: str | Path, out: str | Path | None = None, data: str | Path | None = None,
+               overrides: Sequence[str] = ()) -> Study:
+    """Read and check a study file; every variant's config is resolved here, before anything trains.
+    `overrides` (key=value) are added to the file's base overrides (e.g. where to log: track.*)."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -99,7 +102,7 @@ def load_study(path: str | Path, out: str | Path | None = None, data: str | Path
     if n_boot is not None and (not isinstance(n_boot, int) or n_boot < 1):
         raise ConfigError(f"{path}: n_boot must be a positive integer, got {n_boot!r}")
     study = Study(path, Path(data), Path(out), split, n_boot, base.get("config"),
-                  overrides_list(base.get("overrides"), f"{path}: base.overrides"))
+                  overrides_list(base.get("overrides"), f"{path}: base.overrides") + list(overrides))
     study.variants = grid_variants(raw.get("grid"), path) + named_variants(raw.get("variants"), path)
     if not study.variants:
         raise ConfigError(f"{path}: no variants (add 'variants' or 'grid')")
@@ -118,18 +121,8 @@ def overrides_list(value: Any, where: str) -> list[str]:
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return list(value)
     if isinstance(value, dict):
-        return [f"{key}={json.dumps(v)}" for key, v in _flatten(value)]  # JSON is valid YAML for the parser
+        return [f"{key}={json.dumps(v)}" for key, v in flat_keys(value).items()]  # JSON is valid YAML for the parser
     raise ConfigError(f"{where}: overrides must be a mapping of config keys or a list of key=value strings")
-
-
-def _flatten(tree: dict, prefix: str = "") -> list[tuple[str, Any]]:
-    out: list[tuple[str, Any]] = []
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.extend(_flatten(value, f"{prefix}{key}."))
-        else:
-            out.append((f"{prefix}{key}", value))
-    return out
 
 
 def _check_name(name: Any, where: Path) -> str:
@@ -186,7 +179,7 @@ def check_drift(run_dir: Path, expected: Config, variant: Variant) -> None:
         return
     saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
     want = json.loads(json.dumps(expected.to_dict()))
-    changed = [k for k, v in _flatten(want) if _get(saved, k) != v]
+    changed = [k for k, v in flat_keys(outcome_config(want)).items() if _get(saved, k) != v]
     if changed:
         raise MedclfError(f"variant '{name}' in {run_dir} was trained with another config ({', '.join(changed[:3])} "
                           "differ); delete that folder to retrain it, or use another --out")
@@ -215,7 +208,7 @@ def run_variant(study: Study, variant: Variant, progress: bool) -> Path:
 
 
 def run_study(path: str | Path, out: str | Path | None = None, data: str | Path | None = None,
-              progress: bool = True) -> dict[str, Any]:
+              progress: bool = True, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Run every unfinished variant, then compare all of them (OUT/comparison.md, .csv, .html).
 
     Returns the study summary also written to OUT/study.json: per variant its folder and whether it was
@@ -223,10 +216,15 @@ def run_study(path: str | Path, out: str | Path | None = None, data: str | Path 
     """
     from medclf.data.cache import Cache
 
-    study = load_study(path, out, data)
+    study = load_study(path, out, data, overrides)
     Cache.open(study.data)  # a wrong path fails now, not after the first variant
     with output_dir(study.out, "study"):  # medclf's study folder (or a new one), run by this process alone
-        return _run_variants(study, progress)
+        # the study's own tracked run; each variant's run is its child
+        with parent_run(study.out, study.config(study.variants[0]), "study") as tracker:
+            summary = _run_variants(study, progress)
+            tracker.log_artifact(Path(summary["comparison"]))
+            tracker.log_artifact(study.out / RunDir.STUDY)
+            return summary
 
 
 def _run_variants(study: Study, progress: bool) -> dict[str, Any]:
@@ -240,7 +238,7 @@ def _run_variants(study: Study, progress: bool) -> dict[str, Any]:
         if variant.ensemble is not None:
             cfg = ensemble_config(cfg, variant.ensemble.get("mode", "partition"), variant.ensemble.get("models"))
         check_drift(run_dir, cfg, variant)
-        if (run_dir / f"metrics_{study.split}.json").is_file():
+        if RunDir(run_dir).metrics(study.split).is_file():
             status[variant.name] = {"dir": str(run_dir), "status": "kept"}
             continue
         t0 = time.perf_counter()
@@ -248,7 +246,7 @@ def _run_variants(study: Study, progress: bool) -> dict[str, Any]:
         status[variant.name] = {"dir": str(run_dir), "status": "trained",
                                 "seconds": round(time.perf_counter() - t0, 1)}
     n_boot = study.n_boot or study.config(study.variants[0]).eval.n_boot
-    comparison = study.out / "comparison.md"
+    comparison = study.out / RunDir.COMPARISON
     compare_runs([study.out / v.name for v in study.variants], split=study.split, out=comparison, n_boot=n_boot)
     summary = {"study": str(study.path.resolve()), "data": str(study.data.resolve()), "split": study.split,
                "variants": status, "comparison": str(comparison)}

@@ -106,3 +106,20 @@ def test_folder_missing_file_and_unknown_positive(tmp_path, dicom_writer):
     odd.write_text("path,label\nsub/a0.png,cat\nb1.jpg,dog\n")
     with pytest.raises(DataError, match=r"odd.csv: 2 classes \['cat', 'dog'\]; say which is positive with --positive"):
         prepare_folder(root, odd, tmp_path / "c2", size=32, progress=False)
+
+
+def test_folder_csv_extra_columns_become_manifest_columns(tmp_path, dicom_writer):
+    """site (text, '01' stays '01'), sex (fills the manifest's own column) are kept for `evaluate --by`;
+    a `split` column would clash with the cache's own, so it is ignored."""
+    root, labels = _folder(tmp_path, dicom_writer)
+    lines = labels.read_text().splitlines()
+    rows = [f"{line},{'01' if i % 2 else '02'},{'' if i == 0 else 'FM'[i % 2]},test"
+            for i, line in enumerate(lines[1:])]
+    labels.write_text("\n".join([lines[0] + ",site,sex,split"] + rows) + "\n")
+    cache = Cache.open(prepare_folder(root, labels, tmp_path / "cache", size=32, val=0.2, test=0.2, workers=1,
+                                     progress=False))
+    m = cache.manifest.set_index("id")
+    assert list(cache.manifest.columns)[-1] == "site" and "split" in m and set(m["split"]) != {"test"}
+    assert (m.at["sub/a0.png", "site"], m.at["b1.jpg", "site"]) == ("02", "01")
+    assert (m.at["sub/a0.png", "sex"], m.at["b1.jpg", "sex"], m.at["c2.dcm", "sex"]) == ("", "M", "F")
+    assert cache.meta["params"]["extra_columns"] == ["site", "sex"]

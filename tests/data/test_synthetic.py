@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from pathlib import Path
 
@@ -101,3 +102,16 @@ def _train_and_predict(x, y, x_test):
     net.eval()
     with torch.no_grad():
         return net(x_test).softmax(1)[:, 1].numpy()
+
+
+def test_the_cache_and_its_runs_know_the_data_are_synthetic(synthetic_rsna, synthetic_cache):
+    from medclf.data.cache import Cache
+    from medclf.data.summary import data_summary
+
+    marker = {"note": "synthetic images made by medclf (not real patients)",
+              "generator": "medclf.data.synthetic.make_synthetic_rsna", "n_patients": 40, "size": 128, "seed": 0,
+              "pos_frac": 0.3}
+    assert json.loads((synthetic_rsna / "SYNTHETIC.json").read_text()) == marker
+    cache = Cache.open(synthetic_cache)
+    assert cache.meta["source"] == "rsna" and cache.meta["synthetic"] == marker
+    assert data_summary(cache)["synthetic"] == marker  # what the run's data_summary.json and report read

@@ -131,7 +131,9 @@ def test_errors_on_rank0_reach_every_rank(ddp):
 def test_only_rank0_writes_and_prints(ddp):
     run = ddp["out"] / "straight"
     assert sorted(p.name for p in run.iterdir()) == sorted(
-        ["best.pt", "config.yaml", "curves.png", "data_summary.json", "history.csv", "last.pt"])
+        ["best.pt", "config.yaml", "curves.png", "data_summary.json", "history.csv", "last.pt", "tensorboard"])
+    writers = {p.name.split(".")[-2] for p in (run / "tensorboard").iterdir()}  # events.out.tfevents.T.HOST.PID.N
+    assert len(writers) == 1  # one process logged
     assert ddp["cli_stdout"].count("epoch 2:") == 1 and ddp["cli_stdout"].count("run: ") == 1
     assert pd.read_csv(run / "history.csv")["epoch"].tolist() == [1, 2]
 

@@ -21,7 +21,8 @@ from medclf.engine.predict import predict_files
 from medclf.engine.train import train
 
 TINY = ["model.name=resnet18", "model.input_size=32", "data.batch_size=8", "train.lr=0.003",
-        "train.warmup_epochs=0", "train.weight_decay=0.0"]
+        "train.warmup_epochs=0", "train.weight_decay=0.0",
+        "eval.threshold_min_class=4"]  # the tiny cache's val split has 4 positives: a fitted threshold
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +52,11 @@ def test_threshold_is_chosen_on_validation(trained_run):
 
     evaluate_run(trained_run, split="val", n_boot=0, progress=False)
     val = pd.read_csv(trained_run / "predictions_val.csv")
-    stored = torch.load(trained_run / "best.pt", weights_only=True)["contract"]["threshold"]
+    contract = torch.load(trained_run / "best.pt", weights_only=True)["contract"]
+    stored = contract["threshold"]
     assert stored == pytest.approx(choose_threshold(val["label"], val["prob"], method="f1"))
+    assert (contract["threshold_source"], contract["threshold_reason"]) == (
+        "validation", "f1 on 12 validation images (4 positives)")
     test_metrics = evaluate_run(trained_run, split="test", n_boot=0, progress=False)
     assert test_metrics["threshold"] == pytest.approx(stored)  # applied unchanged to test
 

@@ -8,7 +8,8 @@ from medclf.config import load_config
 
 # resnet18 at 32 px, one epoch, batch 8: a few seconds per member on a CPU
 TINY = ["model.name=resnet18", "model.input_size=32", "data.batch_size=8", "train.epochs=1", "train.lr=0.003",
-        "train.warmup_epochs=0", "train.weight_decay=0.0", "train.device=cpu"]
+        "train.warmup_epochs=0", "train.weight_decay=0.0", "train.device=cpu",
+        "eval.threshold_min_class=4"]  # the tiny cache's val split: 4 positives, 8 negatives
 
 
 def tiny_config(*extra: str):

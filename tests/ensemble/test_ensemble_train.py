@@ -62,7 +62,12 @@ def test_ensemble_threshold_is_chosen_on_val_with_combined_probabilities(partiti
     val, probs = _member_probs(partition_run, "val")
     expected = choose_threshold((val.labels == 1).astype(int), probs.mean(axis=0), method="f1")
     assert spec["threshold"] == pytest.approx(expected, abs=1e-6)
-    assert open_run(partition_run, CPU).contract.threshold == pytest.approx(spec["threshold"])
+    assert (spec["threshold_source"], spec["threshold_reason"]) == ("validation", "f1 on 12 validation images "
+                                                                    "(4 positives)")
+    contract = open_run(partition_run, CPU).contract
+    assert contract.threshold == pytest.approx(spec["threshold"])
+    assert (contract.threshold_reason, contract.threshold_warnings) == (spec["threshold_reason"],
+                                                                        spec["threshold_warnings"])
 
 
 def test_evaluate_writes_mean_and_member_std(partition_run, tmp_path):

@@ -83,6 +83,18 @@ def test_training_curves(tmp_path):
     assert blue[:, w // 2:].sum() > 100
 
 
+def test_training_curves_mark_the_kept_epoch_on_both_panels(tmp_path):
+    history = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [0.7, 0.5, 0.4], "val_loss": [0.6, 0.5, 0.45],
+                            "val_auc": [0.9, 0.8, 0.85]})
+    plain = _rgb(plots.plot_curves(history, tmp_path / "plain.png"))
+    kept = _rgb(plots.plot_curves(history, tmp_path / "kept.png", kept_epoch=1, kept_metric="val_auc"))
+    w = plain.shape[1]
+    # the dark grey (#444444) line and its legend entry appear in each panel, only when a kept epoch is given
+    grey = [(np.abs(img - 0x44) < 12).all(axis=-1) for img in (plain, kept)]
+    for half in (slice(0, w // 2), slice(w // 2, w)):
+        assert grey[1][:, half].sum() > grey[0][:, half].sum() + 100
+
+
 def test_training_curves_need_rows(tmp_path):
     with pytest.raises(MedclfError, match="epoch"):
         plots.plot_curves(pd.DataFrame({"epoch": []}), tmp_path / "c.png")

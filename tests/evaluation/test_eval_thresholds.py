@@ -54,3 +54,28 @@ def test_errors():
         choose_threshold(Y, P, method="sensitivity")
     with pytest.raises(MedclfError, match="both classes"):
         choose_threshold([1, 1], [0.2, 0.3])
+
+
+def test_operating_threshold_falls_back_below_the_minimum_per_class():
+    from medclf.evaluation.thresholds import OperatingThreshold, operating_threshold
+
+    # one positive: a fitted F1 threshold would sit on its probability (2.5e-07 on the RSNA sample)
+    y, p = np.array([0] * 20 + [1]), np.r_[np.linspace(0.3, 0.9, 20), 2.5e-07]
+    chosen = operating_threshold(y, p, min_class=10)
+    assert chosen == OperatingThreshold(0.5, "default", "default 0.5: validation has 1 positive (< 10)")
+    assert choose_threshold(y, p) == 2.5e-07  # what the run kept before the rule
+    few_neg = operating_threshold(1 - y, p, min_class=10, split="fold 2")
+    assert few_neg.reason == "default 0.5: fold 2 has 1 negative (< 10)"
+
+
+def test_operating_threshold_is_fitted_with_enough_of_both_classes():
+    from medclf.evaluation.thresholds import OperatingThreshold, operating_threshold
+
+    y, p = np.tile(Y, 4), np.tile(P, 4)  # 12 positives, 12 negatives
+    assert operating_threshold(y, p, min_class=10) == OperatingThreshold(
+        0.3, "validation", "f1 on 24 validation images (12 positives)")
+    assert operating_threshold(y, p, "sensitivity", 0.5, min_class=12).reason == \
+        "sensitivity >= 0.5 on 24 validation images (12 positives)"
+    assert operating_threshold(y, p, min_class=13).source == "default"
+    with pytest.raises(MedclfError, match="unknown threshold method 'f2'"):
+        operating_threshold(y, p, "f2")

@@ -173,3 +173,29 @@ def test_a_vit_run_is_explained_with_rollout(run_factory, vit, pngs, tmp_path):
     r = _invoke("explain", run, pngs / "img009.png", "--method", "rollout", "--out", tmp_path / "maps")
     assert r.exit_code == 0, r.output
     assert np.asarray(Image.open(tmp_path / "maps" / "img009_rollout.png")).shape == (192, 192, 3)
+
+
+def _caption_rows(picture: np.ndarray) -> int:
+    """Height of the black caption box in the top-left corner (the radiograph below is grey noise, never black)."""
+    return int(np.argmax((picture[:, 0] != 0).any(axis=1)))
+
+
+def test_a_flat_map_is_said_on_the_picture_and_in_the_table(cnn_run, model_factory, run_factory, pngs, tmp_path):
+    write_run, _ = run_factory
+    flat_run = write_run(tmp_path / "flat-run", model_factory("resnet18", 32))  # layer4 is 1 x 1: Grad-CAM is constant
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"not a dicom")
+    pictures = {}
+    for name, run in (("flat", flat_run), ("peaked", cnn_run)):
+        r = _invoke("explain", run, pngs / "img009.png", junk, "--method", "gradcam++", "--out", tmp_path / name)
+        assert r.exit_code == 0, r.output
+        assert [line for line in r.stderr.splitlines() if "junk" in line] == [
+            f"skipped {junk}: not a DICOM file (no DICM preamble)"]  # the path once
+        table = pd.read_csv(tmp_path / name / "explanations.csv", keep_default_na=False)
+        assert table.columns.tolist() == ["path", "method", "prob", "flat", "png", "error"]
+        flat = table.set_index("path")["flat"].to_dict()
+        assert flat == {str(junk): "", str(pngs / "img009.png"): str(name == "flat")}  # unread: neither
+        pictures[name] = np.asarray(Image.open(tmp_path / name / "img009_gradcampp.png"))
+    # the flat overlay says so on a second caption line under "pneumonia p=..." (the font is 192 // 16 = 12 px)
+    assert _caption_rows(pictures["peaked"]) > 12 and _caption_rows(pictures["flat"]) >= _caption_rows(
+        pictures["peaked"]) + 12

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import logging
 import shutil
 import sys
@@ -124,11 +125,23 @@ def test_client_file_names_never_become_paths(client, sample_files, upload_root)
     assert list(upload_root.iterdir()) == []
 
 
+def test_model_says_why_its_threshold_is_the_default(client):
+    # the tiny cache's val split has 4 positives and 8 negatives, below eval.threshold_min_class (10)
+    m = client.get("/api/model").json()
+    reason = "default 0.5: validation has 4 positives and 8 negatives (< 10)"
+    assert (m["threshold"], m["threshold_source"], m["threshold_reason"]) == (0.5, "default", reason)
+    assert m["warnings"][0] == f"the operating threshold is not fitted to data ({reason})"
+    assert "validation: only 4 positives (< 10): sensitivity, precision and F1" in m["warnings"][1]
+    assert 'id="model-warning"' in client.get("/").text  # where the page shows them
+
+
 def test_ensemble_run_of_identical_members_answers_like_one_member(ensemble_run, client, sample_files):
     single = post(client, read_file(sample_files["dicom"])).json()["results"][0]
     with TestClient(create_app(ServeModel.load(ensemble_run, "cpu"))) as ens:
         m = ens.get("/api/model").json()
         assert (m["kind"], m["members"], m["name"]) == ("ensemble", 2, "ens")
+        # an ensemble.json written before the reasons existed: none, rather than the first member's
+        assert (m["threshold_source"], m["threshold_reason"], m["warnings"]) == (None, None, [])
         assert m["training_data"]["n"] == 60
         r = post(ens, read_file(sample_files["dicom"])).json()["results"][0]
     assert r["probability"] == pytest.approx(single["probability"], abs=1e-6)
@@ -272,9 +285,14 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path):
     run.mkdir()
     marker = tmp_path / "pwned"
     torch.save({"format": "medclf-checkpoint", "payload": _Payload(marker)}, run / "best.pt")
-    with pytest.raises(MedclfError, match="weights-only"):
+    with pytest.raises(MedclfError, match="weights-only") as refused:
         ServeModel.load(run, "cpu")
     assert not marker.exists()
+    # one plain line naming what was refused (torch's own text bolds part of it with terminal colour codes)
+    message = str(refused.value)
+    assert message.startswith(f"cannot read checkpoint {run / 'best.pt'}: corrupt or not a weights-only torch file "
+                              f"(pickled code refused: Unsupported global: GLOBAL ")
+    assert "\x1b" not in message and "\n" not in message
 
 
 def test_cli_serve_errors_are_one_line(tmp_path, monkeypatch, capsys):
@@ -289,3 +307,63 @@ def test_cli_serve_errors_are_one_line(tmp_path, monkeypatch, capsys):
         check_options("127.0.0.1", 8000, 0)
     with pytest.raises(MedclfError, match="--port 70000"):
         check_options("127.0.0.1", 70000, 1)
+    with pytest.raises(MedclfError, match="--max-concurrent 0: must be at least 1"):
+        check_options("127.0.0.1", 8000, 1, max_concurrent=0)
+    with pytest.raises(MedclfError, match="--upload-timeout 0: must be positive"):
+        check_options("127.0.0.1", 8000, 1, upload_timeout_s=0)
+    with pytest.raises(MedclfError, match="--max-mpx -1: must be positive"):
+        check_options("127.0.0.1", 8000, 1, max_mpx=-1)
+
+
+def test_image_false_leaves_the_picture_out(client, sample_files):
+    full = post(client, read_file(sample_files["dicom"])).json()["results"][0]
+    response = post(client, read_file(sample_files["dicom"]), image="false")
+    assert response.status_code == 200, response.text
+    r = response.json()["results"][0]
+    assert r["image"] is None and r["probability"] == full["probability"]
+    # the heatmap comes at the size the model saw (the run's 32 px cache size), not the 96 px display size
+    assert r["image_size"] == 32 and png_array(r["heatmap"]).shape == (32, 32, 4)
+    assert len(response.content) < len(json.dumps(full)) - len(full["image"]) + 100
+
+
+def test_refusals_never_quote_values_read_from_the_file(client, make_dicom, tmp_path):
+    """A header value can hold any text (here a patient name where a number belongs): the answer names the
+    problem without it."""
+    import pydicom
+    from pydicom.dataelem import DataElement
+
+    path = make_dicom(tmp_path / "slope.dcm", np.add.outer(np.arange(48), np.arange(64)) * 40)
+    ds = pydicom.dcmread(path)
+    ds[0x00281053] = DataElement(0x00281053, "LO", "Doe^Jane")  # RescaleSlope, not a number
+    ds.save_as(path)
+    with pytest.raises(MedclfError, match="Doe"):  # the reader tells a local user the value ...
+        load_image(path, 32)
+    response = post(client, ("slope.dcm", path.read_bytes()))
+    assert response.status_code == 400
+    assert response.json() == {"detail": "slope.dcm: invalid RescaleSlope"}  # ... the service does not
+
+
+def test_openapi_schema_declares_the_upload_and_its_refusals(client):
+    op = client.get("/api/openapi.json").json()["paths"]["/api/predict"]["post"]
+    body = op["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert op["requestBody"]["required"] is True and body["required"] == ["files"]
+    assert body["properties"]["files"]["items"] == {"type": "string", "format": "binary"}
+    assert {"200", "400", "408", "413", "415"} <= set(op["responses"])
+    for status in ("400", "408", "413", "415"):
+        schema = op["responses"][status]["content"]["application/json"]["schema"]
+        assert schema == {"$ref": "#/components/schemas/ErrorAnswer"}
+    assert [p["name"] for p in op["parameters"]] == ["heatmap", "image"]
+
+
+def test_predict_cli_names_an_unreadable_file_once(serve_run, sample_files, tmp_path):
+    from typer.testing import CliRunner
+
+    from medclf.cli.main import app
+
+    junk = tmp_path / "new_studies" / "junk.dcm"
+    junk.parent.mkdir()
+    junk.write_bytes(b"not a dicom at all")
+    result = CliRunner().invoke(app, ["predict", str(serve_run), str(sample_files["png"]), str(junk)])
+    assert result.exit_code == 0, result.output
+    naming = [line for line in result.stderr.splitlines() if "junk.dcm" in line]  # the rest: the progress bar
+    assert naming == [f"skipped {junk}: not a DICOM file (no DICM preamble)"]

@@ -130,6 +130,10 @@ def test_page_uploads_a_dicom_and_shows_the_probability(live_server, browser, sa
     page.goto(base + "/")
     page.wait_for_selector("#model-facts dt", timeout=30000)
     assert page.text_content("#model-name") == api["model"]
+    model = httpx.get(f"{base}/api/model", timeout=30).json()
+    if model["threshold_source"] == "default":  # the tiny run's: a fallback threshold is said on the page
+        assert page.is_visible("#model-warning")
+        assert "the operating threshold is not fitted to data" in page.text_content("#model-warning")
 
     page.set_input_files("#file-input", str(dicom))  # "choose a file"
     page.wait_for_selector(".result [data-testid=probability]", timeout=60000)
@@ -138,6 +142,8 @@ def test_page_uploads_a_dicom_and_shows_the_probability(live_server, browser, sa
     assert float(page.get_attribute(".result [data-testid=probability]", "data-value")) == pytest.approx(
         api["probability"], abs=1e-6)
     assert page.text_content(".result .decision") == api["label"]
+    fallback = " (default: not fitted to data)" if model["threshold_source"] == "default" else ""
+    assert page.text_content(".result .threshold-text") == f"operating threshold {api['threshold']:.3f}{fallback}"
     assert page.text_content(".result .file-name") == dicom.name
     width = page.eval_on_selector(".result .radiograph", "img => img.complete ? img.naturalWidth : -1")
     assert width == api["image_size"]
@@ -164,7 +170,8 @@ def test_page_uploads_a_dicom_and_shows_the_probability(live_server, browser, sa
     page.set_input_files("#file-input", files=[{"name": "notes.txt", "mimeType": "text/plain",
                                                 "buffer": b"not an image"}])
     page.wait_for_selector(".result.failed", timeout=30000)
-    assert "notes.txt: unsupported file type" in page.text_content(".result.failed")
+    failed = page.text_content(".result.failed")
+    assert failed.startswith("notes.txt: unsupported file type") and failed.count("notes.txt") == 1, failed
     page.close()
     assert errors == [] or all("415" in e for e in errors), errors  # the browser logs the 415 itself
     assert hosts <= {f"127.0.0.1:{base.rsplit(':', 1)[1]}", "data"}, hosts  # nothing loaded from elsewhere

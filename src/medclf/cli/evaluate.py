@@ -7,23 +7,55 @@ from typing import Optional
 
 import typer
 
+from medclf.cli.common import examples
+
 
 def register(app: typer.Typer) -> None:
-    @app.command("evaluate")
+    @app.command("evaluate", epilog=examples(
+        "medclf evaluate runs/r50 --split test --by view,sex,age",
+        "medclf evaluate runs/r50 --data cache/external --split test",
+    ))
     def evaluate_cmd(
-        run: Path = typer.Argument(..., help="Run directory (medclf train / ensemble)."),
-        data: Optional[Path] = typer.Option(None, "--data", help="Another prepared cache (external test set)."),
+        run: Path = typer.Argument(..., metavar="RUN", help="Run directory (medclf train / ensemble)."),
+        data: Optional[Path] = typer.Option(None, "--data", help="Another prepared cache (an external test set); "
+                                            "its files are tagged <split>@<hash>."),
         split: str = typer.Option("test", "--split", help="train, val or test."),
         n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the 95% intervals."),
+        mlflow: Optional[str] = typer.Option(
+            None, "--mlflow", metavar="URI",
+            help="Log the metrics to MLflow at URI (sqlite:///FILE or http://HOST:PORT). Without it they go to the "
+                 "MLflow run that trained the model, if it was tracked."),
+        by: Optional[str] = typer.Option(
+            None, "--by", metavar="COLUMNS",
+            help="Comma-separated manifest columns (view, sex, age, extra folder-CSV columns): metrics per group, "
+                 "a test of each group's AUC against the rest, and a forest plot (subgroups_<split>.*)."),
+        age_bins: Optional[str] = typer.Option(
+            None, "--age-bins", metavar="EDGES",
+            help="Age band edges in years for --by age; bands are [lo, hi) (default 0,18,40,60,80,200)."),
+        min_group: Optional[int] = typer.Option(
+            None, "--min-group", min=1,
+            help="Groups with fewer positives or negatives than this are reported as too small "
+                 "(default: the run's eval.threshold_min_class, 10)."),
     ) -> None:
-        """Predict a split, write predictions_<split>.csv, metrics_<split>.json and the plots."""
+        """Metrics with 95% intervals on a split, at the run's operating point.
+
+        Writes predictions_<split>.csv, metrics_<split>.json and the plots into RUN; with --by, also
+        subgroups_<split>.json/.csv and the forest plot subgroups_<split>.png.
+        """
         from medclf.engine.evaluate import evaluate_run
         from medclf.errors import MedclfError
 
         if split not in ("train", "val", "test"):
             raise MedclfError(f"--split must be train, val or test, not '{split}'")
-        m = evaluate_run(run, data=data, split=split, n_boot=n_boot)
+        columns = [c.strip() for c in by.split(",") if c.strip()] if by else []
+        edges = {"age_bins": parse_numbers(age_bins, "--age-bins")} if age_bins else {}
+        m = evaluate_run(run, data=data, split=split, n_boot=n_boot, mlflow_uri=mlflow, by=columns,
+                         min_group_class=min_group, **edges)
         typer.echo(format_metrics(m))
+        if m.get("subgroups"):
+            typer.echo(format_subgroups(m["subgroups"]))
+        for warning in m.get("warnings") or []:  # also in metrics_<split>.json and the report
+            typer.echo(f"warning: {m['split']}: {warning}", err=True)
 
 
 def format_metrics(m: dict) -> str:
@@ -35,4 +67,33 @@ def format_metrics(m: dict) -> str:
         if ci and ci[0] is not None:
             shown += f"  [{ci[0]:.4f}, {ci[1]:.4f}]"
         lines.append(f"{key:12s} {shown}")
+    return "\n".join(lines)
+
+
+def parse_numbers(text: str, option: str) -> list[float]:
+    from medclf.errors import MedclfError
+
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise MedclfError(f"{option} must be comma-separated numbers, got {text!r}") from None
+
+
+def format_subgroups(result: dict) -> str:
+    """One line per group: n, positives, AUC with its interval and the test against the rest, or 'too small'."""
+    lines = [f"subgroups (too small: < {result['min_class']} positives or negatives; {result['test']})"]
+    for column, rows in result["columns"].items():
+        for row in rows:
+            head = f"{column}={row['group']:<12s} n={row['n']:<5d} positives={row['n_pos']:<5d}"
+            if row["too_small"]:
+                lines.append(f"{head} too small")
+                continue
+            auc, ci = row["metrics"]["roc_auc"], row["metrics"]["ci"]["roc_auc"]
+            text = "AUC n/a" if auc is None else f"AUC {auc:.4f}"
+            text += f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""
+            test = row["vs_rest"]
+            if test and test["diff"] is not None:
+                text += f"  vs rest {test['diff']:+.4f}"
+                text += f" p={test['p_value']:.3g}" if test["p_value"] is not None else ""
+            lines.append(f"{head} {text}")
     return "\n".join(lines)

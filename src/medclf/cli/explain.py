@@ -7,12 +7,18 @@ from typing import List, Optional
 
 import typer
 
+from medclf.cli.common import echo_skipped, examples
+
 
 def register(app: typer.Typer) -> None:
-    @app.command("explain")
+    @app.command("explain", epilog=examples(
+        "medclf explain runs/pmnist scans/ --method gradcam++ --out runs/pmnist/overlays",
+        "medclf explain runs/r50 --data cache/rsna256 --split test --score",
+    ))
     def explain_cmd(
-        run: Path = typer.Argument(..., help="Run directory (single model or ensemble)."),
-        inputs: Optional[List[Path]] = typer.Argument(None, help="Files or folders (DICOM, PNG, JPEG)."),
+        run: Path = typer.Argument(..., metavar="RUN", help="Run directory (single model or ensemble)."),
+        inputs: Optional[List[Path]] = typer.Argument(None, metavar="INPUT",
+                                                      help="Files or folders (DICOM, PNG, JPEG)."),
         method: str = typer.Option("gradcam", "--method", help="gradcam, gradcam++, scorecam, eigencam, "
                                    "featuremaps; rollout for ViTs."),
         out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default RUN/explain for images, "
@@ -23,15 +29,20 @@ def register(app: typer.Typer) -> None:
         methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods to score "
                                               "(default: every method that applies to the model)."),
         n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the 95% intervals."),
-        faithfulness: bool = typer.Option(True, "--road/--no-road", help="Also compute ROAD faithfulness."),
+        faithfulness: bool = typer.Option(True, "--road/--no-road",
+                                          help="Also compute ROAD faithfulness (with --score)."),
         gallery: int = typer.Option(3, "--gallery", help="Gallery images per outcome (TP/FP/FN/TN); 0: none."),
         max_images: Optional[int] = typer.Option(None, "--max-images", help="Score at most this many images."),
-        batch_size: int = typer.Option(8, "--batch-size"),
+        batch_size: int = typer.Option(8, "--batch-size", help="Images per forward pass."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, mps."),
     ) -> None:
-        """Overlay maps on radiographs (RUN INPUT... --method M), or score every method against the boxes of a
-        prepared cache (RUN --data CACHE --split test --score), writing explain_scores.json/.md and a gallery."""
+        """Heat maps over images, or their scores against boxes.
+
+        Overlays maps on radiographs (RUN INPUT... --method M), or scores every method against the boxes of a
+        prepared cache (RUN --data CACHE --split test --score), writing explain_scores.json/.md and a gallery.
+        """
         from medclf.errors import MedclfError
+        from medclf.runs import RunDir
 
         _check_positive(batch_size, "--batch-size", allow_zero=False)
         if score:
@@ -49,7 +60,7 @@ def register(app: typer.Typer) -> None:
                                faithfulness=faithfulness, gallery=gallery, batch_size=batch_size,
                                max_images=max_images, device=device)
             typer.echo(markdown_table(result))
-            typer.echo(f"scores: {(out or run) / 'explain_scores.json'}")
+            typer.echo(f"scores: {(out or run) / RunDir.EXPLAIN_SCORES}")
             return
         if data is not None:
             raise MedclfError("--data is for scoring: add --score (or give INPUT files to draw overlays)")
@@ -60,9 +71,9 @@ def register(app: typer.Typer) -> None:
         table = explain_files(run, inputs, method=method, out=out, batch_size=batch_size, device=device)
         for _, row in table.iterrows():
             if row["error"]:
-                typer.echo(f"skipped {row['path']}: {row['error']}", err=True)
+                echo_skipped(row["path"], row["error"])
         done = table[table["error"] == ""]
-        typer.echo(f"{len(done)} overlay(s) written to {(out or run / 'explain')}")
+        typer.echo(f"{len(done)} overlay(s) written to {(out or run / RunDir.EXPLAIN)}")
 
 
 def _check_positive(value: int, flag: str, allow_zero: bool) -> None:

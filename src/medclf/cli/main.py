@@ -7,23 +7,58 @@ import os
 import sys
 
 import typer
+from typer.core import TyperGroup
 
+from medclf.cli.common import examples
 from medclf.errors import MedclfError
 
+# the order `medclf --help` lists the commands in: a project's path from data to a served model, then the tools
+COMMAND_ORDER = [
+    "prepare", "train", "evaluate", "report", "predict", "explain", "ensemble", "compare", "study",
+    "attack", "ood", "export", "profile", "demo", "serve",
+]
+
+
+class WorkflowOrderGroup(TyperGroup):
+    """Lists the commands in COMMAND_ORDER rather than in the order they were registered."""
+
+    def list_commands(self, ctx: typer.Context) -> list[str]:
+        rank = {name: i for i, name in enumerate(COMMAND_ORDER)}
+        return sorted(super().list_commands(ctx), key=lambda name: rank.get(name, len(rank)))
+
+
 app = typer.Typer(
+    cls=WorkflowOrderGroup,
     help="Prepare, train, evaluate, explain and serve medical image classifiers.",
+    epilog=examples("medclf demo --out /tmp/medclf-demo",
+                    "medclf train --data ~/medclf/cache/pmnist --out ~/medclf/runs/pmnist --config pneumoniamnist_cpu"),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # click's plain help: flags read as flags (no `<bool>`), and text in brackets such as "[default: all cores]"
+    # is printed as written instead of being taken for Rich markup and dropped
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},  # inherited by every sub-command
 )
 
-# module under medclf.cli -> it defines `register(app)`; kept as a list so a command's heavy imports load lazily
-COMMAND_MODULES = [
-    "prepare", "train", "evaluate", "predict", "report", "demo", "serve", "attack", "ood",
-    "export", "ensemble", "compare", "study", "profile", "explain",
-]
 
-for _name in COMMAND_MODULES:
+def _print_version(value: bool) -> None:
+    if value:
+        from medclf import __version__
+
+        typer.echo(f"medclf {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print medclf's version and exit."),
+) -> None:
+    """Prepare, train, evaluate, explain and serve medical image classifiers."""
+
+
+for _name in COMMAND_ORDER:
     importlib.import_module(f"medclf.cli.{_name}").register(app)
 
 

@@ -7,11 +7,16 @@ from typing import Optional
 
 import typer
 
+from medclf.cli.common import examples
+
 
 def register(app: typer.Typer) -> None:
-    @app.command("ood")
+    @app.command("ood", epilog=examples(
+        "medclf ood runs/pmnist --ood cache/other_images --split val",
+        "medclf ood runs/pmnist --ood noise --no-store",
+    ))
     def ood_cmd(
-        run: Path = typer.Argument(..., help="Run directory."),
+        run: Path = typer.Argument(..., metavar="RUN", help="Run directory."),
         ood: str = typer.Option(..., "--ood", help="Prepared cache of OOD images, or 'noise' / 'natural' (synthetic)."),
         split: str = typer.Option("test", "--split", help="In-distribution split to compare with (train, val, test)."),
         data: Optional[Path] = typer.Option(None, "--data", help="In-distribution cache (default: the run's cache)."),
@@ -22,7 +27,10 @@ def register(app: typer.Typer) -> None:
         fit_max: int = typer.Option(5000, "--fit-max", help="At most this many training images fit the detector."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
     ) -> None:
-        """Write RUN/ood.json and ood.csv (AUROC, FPR at 95% TPR per score); print the table."""
+        """Out-of-distribution scores against another image set.
+
+        Writes RUN/ood.json and ood.csv (AUROC, FPR at 95% TPR per score) and prints the table.
+        """
         from medclf.errors import MedclfError
         from medclf.robust.ood_run import ood_run, ood_table
 

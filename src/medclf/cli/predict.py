@@ -7,19 +7,27 @@ from typing import List, Optional
 
 import typer
 
+from medclf.cli.common import echo_skipped, examples
+
 
 def register(app: typer.Typer) -> None:
-    @app.command("predict")
+    @app.command("predict", epilog=examples(
+        "medclf predict runs/pmnist scans/ --out runs/predictions.csv",
+        "medclf predict runs/r50 study1.dcm study2.png --engine onnx",
+    ))
     def predict_cmd(
-        run: Path = typer.Argument(..., help="Run directory."),
-        inputs: List[Path] = typer.Argument(..., help="Files or folders (DICOM, PNG, JPEG)."),
+        run: Path = typer.Argument(..., metavar="RUN", help="Run directory."),
+        inputs: List[Path] = typer.Argument(..., metavar="INPUT", help="Files or folders (DICOM, PNG, JPEG)."),
         out: Optional[Path] = typer.Option(None, "--out", help="CSV to write (default: print)."),
-        batch_size: int = typer.Option(32, "--batch-size"),
+        batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass."),
         engine: str = typer.Option("torch", "--engine",
                                    help="torch (eager PyTorch) or onnx (ONNX Runtime; uses RUN/model.onnx when "
                                         "current, else exports on the fly)."),
     ) -> None:
-        """Predict with the run's operating threshold; unreadable files are listed with the reason."""
+        """Probabilities and decisions for DICOM/PNG/JPEG files.
+
+        Decisions use the run's operating threshold; unreadable files are listed with the reason.
+        """
         from medclf.engine.predict import predict_files
 
         table = predict_files(run, inputs, out=out, batch_size=batch_size, engine=engine)
@@ -29,4 +37,4 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"predictions: {out}")
         bad = table[table["error"].astype(str) != ""]
         for _, row in bad.iterrows():
-            typer.echo(f"skipped {row['path']}: {row['error']}", err=True)
+            echo_skipped(row["path"], row["error"])

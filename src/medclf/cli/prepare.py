@@ -2,25 +2,40 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
+from medclf.cli.common import examples
+
 prepare_app = typer.Typer(
-    help="Decode a dataset once into a cache (uint8 images + manifest + cache.json) that training reads.",
+    help="Decode a dataset once into a cache that every other command reads.\n\n"
+         "The cache holds uint8 images, a manifest table and cache.json (how it was made).",
+    epilog=examples(
+        "medclf prepare medmnist --npz pneumoniamnist.npz --out cache/pmnist",
+        "medclf prepare rsna --images DIR/stage_2_train_images --labels DIR/stage_2_train_labels.csv "
+        "--out cache/rsna256",
+    ),
     no_args_is_help=True,
     add_completion=False,
 )
+
+def _usable_cores() -> int:
+    """What `--workers` defaults to (medclf.data.prepare.default_workers, without importing the decoders)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
 
 _OUT = typer.Option(..., "--out", help="Cache directory to create (appears only when complete).")
 _SIZE = typer.Option(256, "--size", help="Side of the square cache images (padded to square, never distorted).")
 _VAL = typer.Option(0.1, "--val", help="Fraction of patients for validation (per class).")
 _TEST = typer.Option(0.1, "--test", help="Fraction of patients for test (per class).")
 _SEED = typer.Option(0, "--seed", help="Seed of the patient split.")
-_WORKERS = typer.Option(None, "--workers", help="Decoding processes [default: all cores].")
-_NORM = typer.Option("robust", "--norm", help="robust (LUTs + 0.5-99.5 percentile window), deck (divide by max, "
-                     "as the seed deck) or none (keep 8-bit values).")
+_WORKERS = typer.Option(None, "--workers", help="Decoding processes.  [default: every core this process may use, "
+                        f"{_usable_cores()} here]")
+_NORM = typer.Option("robust", "--norm", help="robust (LUTs + 0.5-99.5 percentile window), deck (divide by "
+                     "each image's maximum) or none (keep 8-bit values).")
 _SKIP_MISSING = typer.Option(False, "--skip-missing",
                              help="Leave out images/labels that do not match instead of failing.")
 _SKIP_BAD = typer.Option(False, "--skip-bad",
@@ -50,10 +65,13 @@ def _interruptible():
     return resume_hint_on_interrupt(lambda: "run the same command again to continue (decoded chunks are kept)")
 
 
-@prepare_app.command("rsna")
+@prepare_app.command("rsna", epilog=examples(
+    "medclf prepare rsna --images DIR/stage_2_train_images --labels DIR/stage_2_train_labels.csv --classes "
+    "DIR/stage_2_detailed_class_info.csv --out cache/rsna256",
+))
 def rsna_cmd(
     images: Path = typer.Option(..., "--images", help="stage_2_train_images folder (<patientId>.dcm)."),
-    labels: Path = typer.Option(..., "--labels", help="stage_2_train_labels.csv"),
+    labels: Path = typer.Option(..., "--labels", help="stage_2_train_labels.csv (patientId, box, Target)."),
     out: Path = _OUT,
     classes: Optional[Path] = typer.Option(None, "--classes",
                                            help="stage_2_detailed_class_info.csv (checked against Target)."),
@@ -62,7 +80,10 @@ def rsna_cmd(
     workers: Optional[int] = _WORKERS, norm: str = _NORM, skip_missing: bool = _SKIP_MISSING,
     skip_bad: bool = _SKIP_BAD, force: bool = _FORCE, quiet: bool = _QUIET, shard: Optional[str] = _SHARD,
 ) -> None:
-    """RSNA Pneumonia Detection Challenge layout -> cache (one label per patient, boxes scaled)."""
+    """RSNA Pneumonia Detection Challenge files to a cache.
+
+    One label per patient; the boxes are scaled to the cache size.
+    """
     from medclf.data.prepare import prepare_rsna
 
     with _interruptible():
@@ -72,7 +93,10 @@ def rsna_cmd(
     typer.echo(str(path))
 
 
-@prepare_app.command("medmnist")
+@prepare_app.command("medmnist", epilog=examples(
+    "medclf prepare medmnist --npz pneumoniamnist.npz --out cache/pmnist",
+    "medclf prepare medmnist --npz chestmnist.npz --out cache/chest64 --size 64",
+))
 def medmnist_cmd(
     npz: Path = typer.Option(..., "--npz", help="MedMNIST .npz with {train,val,test}_{images,labels} (any subset)."),
     out: Path = _OUT,
@@ -80,7 +104,10 @@ def medmnist_cmd(
     label_names: Optional[str] = _NAMES, positive: Optional[str] = _POSITIVE,
     force: bool = _FORCE, quiet: bool = _QUIET,
 ) -> None:
-    """MedMNIST .npz -> cache, keeping its own splits (no patient ids: patient_id = id)."""
+    """A MedMNIST .npz file to a cache.
+
+    Keeps the file's own splits (no patient ids: patient_id = id).
+    """
     from medclf.data.prepare import prepare_medmnist
 
     with _interruptible():
@@ -89,7 +116,9 @@ def medmnist_cmd(
     typer.echo(str(path))
 
 
-@prepare_app.command("folder")
+@prepare_app.command("folder", epilog=examples(
+    "medclf prepare folder --images scans/ --labels scans/labels.csv --out cache/scans",
+))
 def folder_cmd(
     images: Path = typer.Option(..., "--images", help="Folder of PNG/JPEG/DICOM files."),
     labels: Path = typer.Option(..., "--labels", help="CSV path,label[,patient_id]; path relative to --images."),
@@ -103,7 +132,10 @@ def folder_cmd(
         False, "--allow-outside-images",
         help="Read CSV paths that leave --images (../x.png, absolute paths elsewhere); refused by default."),
 ) -> None:
-    """Folder of images + labels CSV -> cache, split by patient like RSNA."""
+    """A folder of images and a labels CSV to a cache.
+
+    Split by patient like RSNA.
+    """
     from medclf.data.prepare import prepare_folder
 
     with _interruptible():
@@ -114,14 +146,20 @@ def folder_cmd(
     typer.echo(str(path))
 
 
-@prepare_app.command("merge")
+@prepare_app.command("merge", epilog=examples(
+    "medclf prepare merge cache/rsna.part0 cache/rsna.part1 --out cache/rsna256",
+))
 def merge_cmd(
-    shards: List[Path] = typer.Argument(..., help="The shard caches written with --shard i/n (all n of them)."),
+    shards: List[Path] = typer.Argument(..., metavar="SHARD",
+                                        help="The shard caches written with --shard i/n (all n of them)."),
     out: Path = _OUT,
     force: bool = typer.Option(False, "--force", help="Replace an existing cache at --out."),
     quiet: bool = _QUIET,
 ) -> None:
-    """Join the parts of a sharded prepare into one cache, identical to an unsharded run's (same content_hash)."""
+    """Join the parts of a sharded prepare into one cache.
+
+    The result is identical to an unsharded prepare's (same content_hash).
+    """
     from medclf.data.shards import merge_shards
 
     typer.echo(str(merge_shards(shards, out, force=force, progress=not quiet)))

@@ -7,9 +7,14 @@ from typing import Optional
 
 import typer
 
+from medclf.cli.common import examples
+
 
 def register(app: typer.Typer) -> None:
-    @app.command("profile")
+    @app.command("profile", epilog=examples(
+        "medclf profile --models resnet50,vit_b_16 --size 224",
+        "medclf profile --models resnet18,timm:vit_small_patch16_224 --device cpu --out ~/profile",
+    ))
     def profile_cmd(
         models: str = typer.Option("resnet50,vit_b_16", "--models",
                                    help="Comma-separated model names (registry names or timm:<name>)."),
@@ -17,9 +22,13 @@ def register(app: typer.Typer) -> None:
         batch: int = typer.Option(8, "--batch", help="Batch size of the timed steps."),
         steps: int = typer.Option(3, "--steps", help="Timed steps per mode (after one warm-up step)."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-        out: Optional[Path] = typer.Option(None, "--out", help="Write FILE.md and FILE.csv."),
+        out: Optional[Path] = typer.Option(None, "--out",
+                                           help="Write OUT.md and OUT.csv (the table is printed either way)."),
     ) -> None:
-        """Profile models: params, FLOPs/image, peak memory and images/s of a training step and of inference."""
+        """Size and speed of models.
+
+        Parameters, FLOPs per image, peak memory and images/s of a training step and of inference.
+        """
         from medclf.profile import profile_models, to_markdown
 
         table = profile_models(models.split(","), size=size, batch=batch, steps=steps, device=device, out=out)

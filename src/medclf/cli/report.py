@@ -7,18 +7,27 @@ from typing import Optional
 
 import typer
 
+from medclf.cli.common import examples
+
 
 def register(app: typer.Typer) -> None:
-    @app.command("report")
+    @app.command("report", epilog=examples(
+        "medclf report runs/pmnist",
+        "medclf report runs/r50 --out ~/reports/r50.html",
+    ))
     def report_cmd(
-        run: Path = typer.Argument(..., help="Run directory."),
+        run: Path = typer.Argument(..., metavar="RUN", help="Run directory."),
         out: Optional[Path] = typer.Option(None, "--out", help="HTML file (default RUN/report.html)."),
     ) -> None:
-        """Write RUN/report.html: data, config, curves, metrics with intervals, confusion, ROC/PR, calibration."""
+        """One self-contained HTML report of a run.
+
+        Data, config, curves, metrics with intervals, confusion matrix, ROC/PR and calibration.
+        """
         from medclf.errors import MedclfError
         from medclf.report.html import build_report
+        from medclf.runs.layout import RunDir
 
-        if not (run / "config.yaml").exists():
-            raise MedclfError(f"{run}: not a run directory (no config.yaml)")
+        if not RunDir(run).config_path.exists():
+            raise MedclfError(f"{run}: not a run directory (no {RunDir.CONFIG})")
         path = build_report(run, out)
         typer.echo(f"report: {path}")

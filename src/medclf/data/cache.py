@@ -14,7 +14,7 @@ import json
 import os
 import platform
 import shutil
-import tempfile
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -24,14 +24,19 @@ import pandas as pd
 
 from medclf.data.splits import SPLITS, leakage_audit
 from medclf.errors import DataError
-from medclf.io import read_json, write_json, write_text
-from medclf.outdirs import MARKER, claim_output_dir, folder_kind, folder_lock, write_marker
+from medclf.io import make_temp_dir, read_json, write_json, write_text
+from medclf.outdirs import MARKER, claim_output_dir, folder_kind, folder_lock, register_own_files, write_marker
 
 FORMAT_VERSION = 1
+# A cache's files, named here only (prepare, shards and the rest use these names)
+IMAGES = "images.npy"  # uint8 N x S x S, memory-mapped
+MANIFEST = "manifest.csv"
+META = "cache.json"
+STAGED_IMAGES = "images.kept.npy"  # the kept rows while skipped images are dropped (CacheWriter.drop)
+register_own_files("cache", (META,))  # how medclf.outdirs recognises a cache made before markers
 MANIFEST_COLUMNS = ["index", "id", "patient_id", "label", "label_name", "split", "boxes", "view", "sex", "age",
                     "source"]
 HASHED_COLUMNS = ["id", "patient_id", "label", "split", "boxes"]
-_STR_COLUMNS = ["id", "patient_id", "label_name", "split", "boxes", "view", "sex", "source"]
 
 
 @dataclass
@@ -49,17 +54,17 @@ class Cache:
         if not path.is_dir():
             what = "not a folder" if path.exists() else "no such folder"
             raise DataError(f"{path}: {what}; give the folder `medclf prepare` wrote (its --out)")
-        for name in ("images.npy", "manifest.csv", "cache.json"):
+        for name in (IMAGES, MANIFEST, META):
             if not (path / name).is_file():
                 raise DataError(f"{path}: not a medclf cache ({name} missing); run `medclf prepare` first")
-        meta = read_json(path / "cache.json")
+        meta = read_json(path / META)
         if meta.get("format_version") != FORMAT_VERSION:
-            raise DataError(f"{path}/cache.json: format_version {meta.get('format_version')!r}, "
+            raise DataError(f"{path / META}: format_version {meta.get('format_version')!r}, "
                             f"expected {FORMAT_VERSION}")
-        images = np.load(path / "images.npy", mmap_mode="r")
-        manifest = read_manifest(path / "manifest.csv")
+        images = np.load(path / IMAGES, mmap_mode="r")
+        manifest = read_manifest(path / MANIFEST)
         if len(manifest) != images.shape[0]:
-            raise DataError(f"{path}: manifest has {len(manifest)} rows but images.npy holds {images.shape[0]}")
+            raise DataError(f"{path}: manifest has {len(manifest)} rows but {IMAGES} holds {images.shape[0]}")
         return cls(path=path, images=images, manifest=manifest, meta=meta)
 
     @property
@@ -92,7 +97,8 @@ class Cache:
 
 def read_manifest(path: str | Path) -> pd.DataFrame:
     """Strings stay strings (ids like 'NA' or '0012' survive); unknown text is '', unknown age NaN."""
-    dtypes = {c: str for c in _STR_COLUMNS} | {"index": np.int64, "label": np.int64, "age": np.float64}
+    # every column but index/label/age is text, extra columns a folder CSV carried (site, scanner, ...) included
+    dtypes = defaultdict(lambda: str, {"index": np.int64, "label": np.int64, "age": np.float64})
     return pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values={"age": [""]})
 
 
@@ -148,7 +154,8 @@ def normalise_manifest(manifest: pd.DataFrame, label_names: list[str]) -> pd.Dat
         if col not in frame:
             frame[col] = value
     frame["boxes"] = [b if isinstance(b, str) else json.dumps(b) for b in frame["boxes"]]
-    return frame[MANIFEST_COLUMNS]
+    extra = [c for c in frame.columns if c not in MANIFEST_COLUMNS]  # a source's own columns, after the standard
+    return frame[MANIFEST_COLUMNS + extra]
 
 
 class CacheWriter:
@@ -157,7 +164,7 @@ class CacheWriter:
     def __init__(self, tmp_dir: Path, n: int, size: int):
         self.tmp_dir = tmp_dir
         self.size = size
-        self.images = np.lib.format.open_memmap(tmp_dir / "images.npy", mode="w+", dtype=np.uint8,
+        self.images = np.lib.format.open_memmap(tmp_dir / IMAGES, mode="w+", dtype=np.uint8,
                                                 shape=(n, size, size))
 
     def put(self, start: int, block: np.ndarray) -> None:
@@ -167,7 +174,7 @@ class CacheWriter:
         """Drop the rows where `keep` is False (files that failed to decode), in blocks of bounded memory."""
         if keep.all():
             return
-        staged = self.tmp_dir / "images.kept.npy"
+        staged = self.tmp_dir / STAGED_IMAGES
         kept = np.lib.format.open_memmap(staged, mode="w+", dtype=np.uint8,
                                          shape=(int(keep.sum()), self.size, self.size))
         pos = 0
@@ -176,7 +183,7 @@ class CacheWriter:
             kept[pos : pos + len(block)] = block
             pos += len(block)
         del self.images
-        os.replace(staged, self.tmp_dir / "images.npy")
+        os.replace(staged, self.tmp_dir / IMAGES)
         self.images = kept
 
     def finish(self, manifest: pd.DataFrame, meta: dict[str, Any]) -> dict[str, Any]:
@@ -199,8 +206,8 @@ class CacheWriter:
             "content_hash": digest.hexdigest(), "skipped": meta.get("skipped", []),
         }
         full.update({k: v for k, v in meta.items() if k not in full})  # extra keys (fingerprint, reports) kept
-        write_text(self.tmp_dir / "manifest.csv", manifest.to_csv(index=False, lineterminator="\n"))
-        write_json(self.tmp_dir / "cache.json", full)
+        write_text(self.tmp_dir / MANIFEST, manifest.to_csv(index=False, lineterminator="\n"))
+        write_json(self.tmp_dir / META, full)
         return full
 
 
@@ -212,7 +219,7 @@ def cache_writer(out_dir: str | Path, n: int, size: int, overwrite: bool = False
         raise DataError(f"{out_dir}: already exists")
     claim_output_dir(out_dir, "cache", replace=True)  # even with overwrite: never someone else's folder
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp_dir = make_temp_dir(f"{out_dir.name}.tmp-", out_dir.parent)
     try:
         write_marker(tmp_dir, "cache")  # first, so a killed run's leftover is recognisably medclf's
         yield CacheWriter(tmp_dir, n, size)
@@ -234,7 +241,7 @@ def cache_output(out_dir: str | Path) -> Iterator[bool]:
         yield existing
 
 
-_WRITER_FILES = {MARKER, "images.npy", "images.kept.npy", "manifest.csv", "cache.json"}
+_WRITER_FILES = {MARKER, IMAGES, STAGED_IMAGES, MANIFEST, META}
 
 
 def remove_leftovers(out_dir: Path) -> list[Path]:
@@ -261,7 +268,7 @@ def _replace_dir(src: Path, dst: Path) -> None:
     if not dst.exists():
         os.rename(src, dst)
         return
-    old = Path(tempfile.mkdtemp(prefix=f"{dst.name}.old-", dir=dst.parent))
+    old = make_temp_dir(f"{dst.name}.old-", dst.parent)
     os.rename(dst, old / "cache")
     os.rename(src, dst)
     shutil.rmtree(old, ignore_errors=True)
@@ -289,7 +296,7 @@ def write_cache_view(cache: Cache, view_dir: str | Path, manifest: pd.DataFrame)
     """A cache that shares `cache`'s images (symlinked, nothing copied) under another manifest (e.g. other
     splits); its content hash covers both. Kept when `view_dir` already holds one."""
     view_dir = Path(view_dir)
-    if (view_dir / "cache.json").is_file():
+    if (view_dir / META).is_file():
         return view_dir
     base_hash = str(cache.meta.get("content_hash", ""))
     meta = {**cache.meta, "split_counts": split_counts(manifest, cache.label_names),
@@ -297,11 +304,11 @@ def write_cache_view(cache: Cache, view_dir: str | Path, manifest: pd.DataFrame)
             "content_hash": hashlib.sha256(base_hash.encode() + manifest_hash_bytes(manifest)).hexdigest(),
             "view_of": {"cache": str(cache.path.resolve()), "content_hash": base_hash}}
     view_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{view_dir.name}.tmp-", dir=view_dir.parent))
+    tmp = make_temp_dir(f"{view_dir.name}.tmp-", view_dir.parent)
     try:
-        os.symlink((cache.path / "images.npy").resolve(), tmp / "images.npy")
-        write_text(tmp / "manifest.csv", manifest.to_csv(index=False, lineterminator="\n"))
-        write_json(tmp / "cache.json", meta)
+        os.symlink((cache.path / IMAGES).resolve(), tmp / IMAGES)
+        write_text(tmp / MANIFEST, manifest.to_csv(index=False, lineterminator="\n"))
+        write_json(tmp / META, meta)
         os.rename(tmp, view_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

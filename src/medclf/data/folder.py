@@ -1,5 +1,9 @@
 """Folder source: PNG/JPEG/DICOM files under a folder plus a CSV `path,label[,patient_id]`.
 
+Any other column (`view`, `sex`, `age`, or your own such as `site` or `scanner`) is kept as a manifest column,
+so `evaluate --by` can report results per group of it; a CSV `view`/`sex`/`age` value fills the manifest's own
+column (ahead of what a DICOM header says). Columns named like the manifest's bookkeeping (`index`, `id`,
+`label_name`, `split`, `boxes`, `source`) are ignored, as before.
 `path` is relative to the folder; a path that leaves it (`../x.png`, or an absolute path elsewhere) is refused
 unless the caller allows it (`--allow-outside-images`), so a labels file cannot pull other files into a cache.
 `label` is an integer class index or a class name. Without
@@ -21,17 +25,21 @@ from medclf.data.imageio import INPUT_SUFFIXES
 from medclf.data.rsna import LabelReport
 from medclf.errors import DataError
 
+BASE_COLUMNS = ("path", "label", "patient_id")
+# manifest columns the cache fills itself: a CSV column of that name would clash with them, so it is not kept
+IGNORED_COLUMNS = ("index", "id", "label_name", "split", "boxes", "source", "line")
 NEGATIVE_NAMES = {"normal", "negative", "healthy", "benign", "no finding", "no_finding", "0", "false", "no"}
 
 
 @dataclass
 class FolderSource:
-    items: pd.DataFrame  # id, patient_id, label, label_name, boxes, path
+    items: pd.DataFrame  # id, patient_id, label, label_name, boxes, path, then the extra columns
     label_names: list[str]
     positive_index: int
     report: LabelReport
     has_patient_ids: bool
     unlisted_files: int
+    extra_columns: list[str]  # CSV columns kept for the manifest (view, sex, age, site, ...)
 
 
 def folder_source(images_dir: str | Path, labels_csv: str | Path, label_names: Sequence[str] | None = None,
@@ -61,12 +69,20 @@ def folder_source(images_dir: str | Path, labels_csv: str | Path, label_names: S
         "label_name": [names[i] for i in labels[keep]], "boxes": [[] for _ in range(int(keep.sum()))],
         "path": [str(p) for p, k in zip(paths, keep) if k],
     })
+    extra = extra_columns(frame)
+    for column in extra:
+        items[column] = frame[column][keep].to_numpy()
     listed = {p.resolve() for p, e in zip(paths, exists) if e}
     on_disk = [p for p in images_dir.rglob("*") if p.suffix.lower() in INPUT_SUFFIXES]
     unlisted = sum(1 for p in on_disk if p.resolve() not in listed)
     return FolderSource(items=items.sort_values("id").reset_index(drop=True), label_names=names,
                         positive_index=resolve_positive(names, positive, labels_csv), report=report,
-                        has_patient_ids=has_patients, unlisted_files=unlisted)
+                        has_patient_ids=has_patients, unlisted_files=unlisted, extra_columns=extra)
+
+
+def extra_columns(frame: pd.DataFrame) -> list[str]:
+    """The label CSV's columns beyond path,label,patient_id that become manifest columns, in file order."""
+    return [c for c in frame.columns if c not in BASE_COLUMNS + IGNORED_COLUMNS]
 
 
 def _refuse_outside(frame: pd.DataFrame, labels_csv: Path, images_dir: Path, given: Path) -> None:
@@ -96,7 +112,7 @@ def _read_table(path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: missing columns {missing}; expected path,label[,patient_id]")
     if frame.empty:
         raise DataError(f"{path}: no label rows (only the header)")
-    frame = frame[[c for c in ("path", "label", "patient_id") if c in frame.columns]].apply(lambda c: c.str.strip())
+    frame = frame.apply(lambda c: c.str.strip())
     frame["line"] = np.arange(len(frame)) + 2
     return frame
 

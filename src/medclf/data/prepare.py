@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from medclf.data.cache import cache_output, cache_writer, versions, write_cache
+from medclf.data.cache import META, cache_output, cache_writer, versions, write_cache
 from medclf.data.dicom import NORMS, preload
 from medclf.data.imageio import load_with_info, scale_boxes
 from medclf.data.rsna import label_problems, report_dict
@@ -87,6 +87,7 @@ class FileJob:
     progress: bool = True
     extra_meta: dict[str, Any] = field(default_factory=dict)
     shard: tuple[int, int] | None = None  # (i, n): only block i of n of the table (shards.py)
+    extra_columns: Sequence[str] = ()  # columns of `items` copied into the manifest (a folder CSV's own)
 
 
 def check_params(size: int | None, val: float, test: float, norm: str, workers: int | None) -> None:
@@ -130,9 +131,9 @@ def up_to_date(out: Path, fp: str, force: bool, params: dict[str, Any]) -> bool:
     """True when `out` already holds the cache of these inputs; an existing other cache needs `force`.
     (`cache_output` has already refused a folder that is not a cache, whatever `force` says.)"""
     meta: dict[str, Any] = {}
-    if (out / "cache.json").is_file():
+    if (out / META).is_file():
         with contextlib.suppress(OSError, ValueError):
-            meta = read_json(out / "cache.json")
+            meta = read_json(out / META)
         if meta.get("input_fingerprint") == fp:
             say(f"nothing to do: {out} is up to date (same inputs and parameters)")
             return True
@@ -355,6 +356,9 @@ def _manifest(job: FileJob, kept: pd.DataFrame, metas: list[dict[str, Any]]) -> 
     frame["sex"] = [h.get("sex", "") for h in headers]
     frame["age"] = ["" if h.get("age") is None else f"{h['age']:g}" for h in headers]  # 62, not 62.0
     frame["source"] = kept["path"].to_numpy()
+    for column in job.extra_columns:  # a folder CSV's own columns; its view/sex/age win over the header's
+        given = kept[column].fillna("").astype(str).to_numpy()
+        frame[column] = np.where(given != "", given, frame[column]) if column in frame else given
     return frame
 
 
@@ -381,6 +385,7 @@ def prepare_rsna(images: str | Path, labels: str | Path, out: str | Path, *, cla
                  shard: tuple[int, int] | None = None) -> Path:
     """RSNA challenge layout -> cache; returns the cache path. `shard=(i, n)`: block i of n only (shards.py)."""
     from medclf.data.rsna import rsna_source
+    from medclf.data.synthetic import synthetic_marker
 
     check_params(size, val, test, norm, workers)
     out = Path(out)
@@ -396,8 +401,14 @@ def prepare_rsna(images: str | Path, labels: str | Path, out: str | Path, *, cla
                   for n in src.report.images_without_labels]
     job = FileJob("rsna", src.items, out, size, norm, src.label_names, src.positive_index, label_mode,
                   {**params, "workers": workers}, fp, val, test, seed, workers, skip_bad, force, progress,
-                  {"label_check": report, "skipped": unlabelled}, shard=shard)
+                  {"label_check": report, "skipped": unlabelled, **_synthetic(synthetic_marker(labels))},
+                  shard=shard)
     return run_file_job(job)
+
+
+def _synthetic(marker: dict | None) -> dict[str, Any]:
+    """cache.json's `synthetic` entry for made-up data (kept out of the fingerprint: caches stay up to date)."""
+    return {"synthetic": marker} if marker else {}
 
 
 def prepare_folder(images: str | Path, labels: str | Path, out: str | Path, *, size: int = 256, val: float = 0.1,
@@ -422,6 +433,8 @@ def prepare_folder(images: str | Path, labels: str | Path, out: str | Path, *, s
     if allow_outside_images:  # recorded only when set, so caches made before the flag stay up to date
         params["allow_outside_images"] = True
     report = {**report_dict(src.report, skip_missing), "unlisted_files": src.unlisted_files}
+    if src.extra_columns:  # recorded only when present, so caches made before they were kept stay up to date
+        params["extra_columns"] = src.extra_columns
     fp = fingerprint(params, [labels], src.items["path"].tolist(), report)
     extra: dict[str, Any] = {"label_check": report}
     if not src.has_patient_ids:
@@ -429,7 +442,7 @@ def prepare_folder(images: str | Path, labels: str | Path, out: str | Path, *, s
     mode = "binary" if len(src.label_names) == 2 else "multiclass"
     job = FileJob("folder", src.items, out, size, norm, src.label_names, src.positive_index, mode,
                   {**params, "workers": workers}, fp, val, test, seed, workers, skip_bad, force, progress, extra,
-                  shard=shard)
+                  shard=shard, extra_columns=src.extra_columns)
     return run_file_job(job)
 
 
@@ -457,5 +470,5 @@ def prepare_medmnist(npz: str | Path, out: str | Path, *, size: int | None = Non
                 "label_mode": mode, "params": params, "versions": versions(), "leakage_audit": audit,
                 "skipped": [], "input_fingerprint": fp}
         write_cache(out, images, src.items, meta, overwrite=True)
-    _summary(out, read_json(out / "cache.json"), 0, time.perf_counter() - started)
+    _summary(out, read_json(out / META), 0, time.perf_counter() - started)
     return out

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from medclf.data.cache import Cache, cache_output, cache_writer
+from medclf.data.cache import MANIFEST, META, Cache, cache_output, cache_writer
 from medclf.data.splits import leakage_audit, split_patients
 from medclf.errors import DataError
 from medclf.io import read_json
@@ -147,7 +147,7 @@ def _ordered_shards(caches: list[Cache]) -> list[Cache]:
 
 def _manifest_as_written(path: Path) -> pd.DataFrame:
     """Every column as the text in the file (ages like `62` must not come back as `62.0`)."""
-    return pd.read_csv(path / "manifest.csv", dtype=str, keep_default_na=False)
+    return pd.read_csv(path / MANIFEST, dtype=str, keep_default_na=False)
 
 
 def _merged_meta(caches: list[Cache], manifest: pd.DataFrame, full_fp: str) -> dict[str, Any]:
@@ -170,7 +170,7 @@ def _merged_meta(caches: list[Cache], manifest: pd.DataFrame, full_fp: str) -> d
 def _up_to_date(out: Path, full_fp: str, force: bool) -> bool:
     if folder_kind(out) is None:  # absent or empty (cache_output refused anything else)
         return False
-    if (out / "cache.json").is_file() and read_json(out / "cache.json").get("input_fingerprint") == full_fp:
+    if (out / META).is_file() and read_json(out / META).get("input_fingerprint") == full_fp:
         print(f"nothing to do: {out} already holds these shards' cache", file=sys.stderr)
         return True
     if not force:

@@ -2,7 +2,8 @@
 
 `make_synthetic_rsna(out)` writes `stage_2_train_images/<id>.dcm` (8-bit MONOCHROME2, JPEG Baseline like the
 real files, 128 px by default), `stage_2_train_labels.csv` (one row per box, several per positive patient) and
-`stage_2_detailed_class_info.csv`. Each picture is chest-like: a body, two darker lung fields with rib
+`stage_2_detailed_class_info.csv`, and `SYNTHETIC.json` beside them, which `prepare rsna` records in the cache
+(`cache.json` -> `synthetic`) so that every run and report made from it says its data are made up. Each picture is chest-like: a body, two darker lung fields with rib
 texture, a bright mediastinum and heart, noise. Positives carry one or two bright, soft opacities inside the
 lungs, large enough that a tiny CNN learns them at 64 px in a few epochs. Same arguments, same bytes.
 """
@@ -15,7 +16,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medclf.io import read_json, write_json
+
 DETAILED = ("Normal", "No Lung Opacity / Not Normal", "Lung Opacity")
+MARKER = "SYNTHETIC.json"  # beside the label CSVs: the dataset was made here, not taken from patients
+
+
+def synthetic_marker(labels_csv: str | Path) -> dict | None:
+    """What `make_synthetic_rsna` recorded beside `labels_csv`, or None for real data."""
+    path = Path(labels_csv).parent / MARKER
+    if not path.is_file():
+        return None
+    return read_json(path)
 
 
 def make_synthetic_rsna(out_dir: str | Path, n_patients: int = 40, size: int = 128, seed: int = 0,
@@ -46,6 +58,9 @@ def make_synthetic_rsna(out_dir: str | Path, n_patients: int = 40, size: int = 1
     labels.to_csv(out_dir / "stage_2_train_labels.csv", index=False, lineterminator="\n")
     pd.DataFrame(class_rows, columns=["patientId", "class"]).to_csv(
         out_dir / "stage_2_detailed_class_info.csv", index=False, lineterminator="\n")
+    write_json(out_dir / MARKER, {"note": "synthetic images made by medclf (not real patients)",
+                                  "generator": "medclf.data.synthetic.make_synthetic_rsna",
+                                  "n_patients": n_patients, "size": size, "seed": seed, "pos_frac": pos_frac})
     return out_dir
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from medclf.config import flat_keys, outcome_config
 from medclf.errors import MedclfError
 from medclf.io import atomic_path
 from medclf.runs.layout import RunDir
@@ -52,6 +53,18 @@ class EarlyStopper:
             return True
         self.bad_epochs += 1
         return False
+
+    @classmethod
+    def kept_epoch(cls, history: pd.DataFrame, metric: str) -> int | None:
+        """The epoch whose weights best.pt holds: the last improvement when `history` is replayed through
+        this rule (the curves and the report mark it). None when `metric` is not a column of `history`."""
+        if metric not in history.columns or "epoch" not in history.columns:
+            return None
+        stopper, kept = cls(metric, None), None
+        for row in history.to_dict("records"):
+            if stopper.update(row):
+                kept = int(row["epoch"])
+        return kept
 
     def state_dict(self) -> dict:
         return {"best": self.best, "best_loss": self.best_loss, "bad_epochs": self.bad_epochs}
@@ -158,7 +171,7 @@ def check_resume(out_dir: Path, cfg: Config, cache_hash: str | None) -> tuple[in
         listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in changed[:5])
         more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
         raise MedclfError(f"--resume: {out_dir} was trained with other settings ({listed}{more}); they change the "
-                          f"result, so resume with the run's own settings ({out_dir / 'config.yaml'}) or train into "
+                          f"result, so resume with the run's own settings ({RunDir(out_dir).config_path}) or train into "
                           "a new --out")
     old_hash = _summary_hash(out_dir)
     if old_hash and cache_hash and old_hash != cache_hash:
@@ -177,7 +190,7 @@ def check_resume(out_dir: Path, cfg: Config, cache_hash: str | None) -> tuple[in
 
 
 def _changed_keys(saved: dict, wanted: dict, done: int) -> list[tuple[str, object, object]]:
-    old, new = _flat(saved), _flat(wanted)
+    old, new = flat_keys(outcome_config(saved)), flat_keys(outcome_config(wanted))
     changed = []
     for key in new:  # a key the saved config lacks is newer than the run: its value then cannot be compared
         if key not in old or key in RESUME_FREE_KEYS or old[key] == new[key]:
@@ -187,16 +200,6 @@ def _changed_keys(saved: dict, wanted: dict, done: int) -> list[tuple[str, objec
             continue
         changed.append((key, old.get(key), new.get(key)))
     return changed
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out: dict = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
-    return out
 
 
 def _summary_hash(out_dir: Path) -> str | None:
@@ -214,10 +217,12 @@ def saved_epochs(out_dir: Path) -> int | None:
         return None
 
 
-def write_history(out_dir: Path, history: list[dict]) -> None:
+def write_history(out_dir: Path, history: list[dict], metric: str | None = None) -> None:
+    """history.csv and curves.png; with `metric` (train.early_stop_metric) the curves mark the kept epoch."""
     from medclf.evaluation.plots import plot_curves
 
     frame = pd.DataFrame(history)
     with atomic_path(RunDir(out_dir).history_path) as tmp:
         frame.to_csv(tmp, index=False)
-    plot_curves(frame, RunDir(out_dir).curves_path)
+    kept = EarlyStopper.kept_epoch(frame, metric) if metric else None
+    plot_curves(frame, RunDir(out_dir).curves_path, kept_epoch=kept, kept_metric=metric)

@@ -28,11 +28,13 @@ from medclf.io import write_json
 from medclf.outdirs import FolderLock, claim_output_dir, remove_if_unused
 from medclf.data.cache import Cache
 from medclf.data.summary import data_summary
+from medclf.evaluation.caveats import metric_warnings, threshold_warning
 from medclf.evaluation.metrics import binary_metrics
-from medclf.evaluation.thresholds import choose_threshold
+from medclf.evaluation.thresholds import OperatingThreshold, operating_threshold
 from medclf.models.checkpoint import read_checkpoint
 from medclf.runs import Predictor, RunDir, open_checkpoint
 from medclf.runs.ood import fit_detector
+from medclf.tracking import Tracker, check_trackers, open_tracker, parent_kind
 
 
 def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool = False, progress: bool = True,
@@ -45,6 +47,7 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
     refused while this one runs; a refused or failed start leaves no folder it created behind.
     """
     out_dir = Path(out_dir)
+    check_trackers(cfg)
     dist = init_distributed(cfg.train.device)
     lock = FolderLock(out_dir, "run")  # held by rank 0 only
     # rank 0's answer, on every rank
@@ -66,33 +69,46 @@ def _train(cfg: Config, data_dir: str | Path, out_dir: Path, resume: bool, progr
     s = build_setup(cfg, data_dir, out_dir, dist, train_rows=train_rows)
     progress = progress and dist.is_main
     run_on_main(lambda: _write_run_files(s), dist)
+    tracker = open_tracker(out_dir, cfg, resume=resume) if dist.is_main else Tracker([])
 
-    ema = _make_ema(s) if cfg.train.ema else None
-    history: list[dict] = []
-    stopper = EarlyStopper(cfg.train.early_stop_metric, cfg.train.patience)
-    start = restore_state(s, ema, stopper, history) if resume else 0
-    if cfg.train.contrastive:  # representation first, then the epochs below fine-tune (or linear-probe) it
-        from medclf.robust.contrastive import contrastive_pretrain
+    with tracker:
+        tracker.log_config(cfg)
+        ema = _make_ema(s) if cfg.train.ema else None
+        history: list[dict] = []
+        stopper = EarlyStopper(cfg.train.early_stop_metric, cfg.train.patience)
+        start = restore_state(s, ema, stopper, history) if resume else 0
+        if cfg.train.contrastive:  # representation first, then the epochs below fine-tune (or linear-probe) it
+            from medclf.robust.contrastive import contrastive_pretrain
 
-        contrastive_pretrain(s, progress=progress, resumed=start > 0)  # resumed: only re-applies a probe's freeze
+            contrastive_pretrain(s, progress=progress, resumed=start > 0)  # resumed: only re-applies a probe's freeze
 
-    for epoch in range(start, cfg.train.epochs):
-        if stopper.should_stop:
-            break
-        t0 = time.perf_counter()
-        train_loss = train_one_epoch(s, epoch, ema, progress)
-        eval_model = ema.module if ema is not None else s.model
-        row = {"epoch": epoch + 1, "train_loss": train_loss, **validate(s, eval_model),
-               "lr": s.optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - t0}
-        history.append(row)
-        improved = stopper.update(row)  # every rank holds the same row, so all stop at the same epoch
-        run_on_main(lambda: save_epoch(s, eval_model, ema, stopper, history, epoch, improved), dist)
-        run_on_main(lambda: write_history(out_dir, history), dist)
-        if progress:
-            print(_epoch_line(row, improved))
+        for epoch in range(start, cfg.train.epochs):
+            if stopper.should_stop:
+                break
+            t0 = time.perf_counter()
+            train_loss = train_one_epoch(s, epoch, ema, progress)
+            eval_model = ema.module if ema is not None else s.model
+            row = {"epoch": epoch + 1, "train_loss": train_loss, **validate(s, eval_model),
+                   "lr": s.optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - t0}
+            history.append(row)
+            improved = stopper.update(row)  # every rank holds the same row, so all stop at the same epoch
+            run_on_main(lambda: save_epoch(s, eval_model, ema, stopper, history, epoch, improved), dist)
+            run_on_main(lambda: write_history(out_dir, history, stopper.metric), dist)
+            tracker.log_epoch(row)
+            if progress:
+                print(_epoch_line(row, improved))
 
-    run_on_main(lambda: finalize_run(s, progress), dist)
+        run_on_main(lambda: finalize_run(s, progress), dist)
+        _log_trained(tracker, RunDir(out_dir))
     return out_dir
+
+
+def _log_trained(tracker: Tracker, rd: RunDir) -> None:
+    """The curves and history with the run's tracker, and the model itself (an ensemble logs its own, combined)."""
+    tracker.log_image("curves", rd.curves_path)
+    tracker.log_artifact(rd.history_path)
+    if parent_kind() != "ensemble":
+        tracker.log_model(rd.path)
 
 
 def _check_out_dir(cfg: Config, data_dir: str | Path, out_dir: Path, resume: bool,
@@ -179,7 +195,8 @@ def validate(s: TrainingSetup, model: torch.nn.Module) -> dict:
 
 def finalize_run(s: TrainingSetup, progress: bool = False) -> None:
     """With the best weights: choose the operating threshold on validation and fit the OOD detector on the
-    training rows, both through the Predictor the run will predict with; store them in best.pt."""
+    training rows, both through the Predictor the run will predict with; store them in best.pt. Why the
+    threshold is what it is goes into the contract too, and its warnings to stderr."""
     from medclf.models.checkpoint import save_checkpoint
 
     run = open_checkpoint(RunDir(s.out_dir).best, s.device)
@@ -188,11 +205,26 @@ def finalize_run(s: TrainingSetup, progress: bool = False) -> None:
     probs = predictor.predict_dataset(s.val_set, batch_size=s.cfg.eval.batch_size).probs
     contract = run.contract
     y = (s.val_set.labels == contract.positive_index).astype(int)
-    contract.threshold = choose_threshold(y, probs[:, contract.positive_index], method=s.cfg.eval.threshold,
-                                          target=s.cfg.eval.target_sensitivity)
+    chosen, contract.threshold_warnings = checked_threshold(y, probs[:, contract.positive_index], s.cfg)
+    contract.threshold, contract.threshold_source, contract.threshold_reason = chosen.value, chosen.source, \
+        chosen.reason
+    for warning in contract.threshold_warnings:  # printed by rank 0 alone, once, whatever `progress` says
+        print(f"warning: {s.out_dir}: {warning}", file=sys.stderr)
     contract.ood = _fit_ood(s, predictor, progress)
     payload = read_checkpoint(run.dir.best)
     save_checkpoint(run.dir.best, run.model, contract, payload["config"], payload.get("extra"))
+
+
+def checked_threshold(y: np.ndarray, prob: np.ndarray, cfg: Config) -> tuple[OperatingThreshold, list[str]]:
+    """The operating threshold by the safe rule (`operating_threshold`: fitted only on enough positives and
+    negatives), and the reasons it, or the validation figures behind it, may mean nothing."""
+    chosen = operating_threshold(y, prob, method=cfg.eval.threshold, target=cfg.eval.target_sensitivity,
+                                 min_class=cfg.eval.threshold_min_class)
+    # a few hundred resamples show whether an interval collapses; the full count is evaluate's job
+    val_metrics = binary_metrics(y, prob, chosen.value, n_boot=200, seed=cfg.train.seed)
+    fallback = threshold_warning(chosen.source, chosen.reason)
+    warnings = [f"validation: {w}" for w in metric_warnings(val_metrics, cfg.eval.threshold_min_class)]
+    return chosen, ([fallback] if fallback else []) + warnings
 
 
 def _fit_ood(s: TrainingSetup, predictor: Predictor, progress: bool) -> dict | None:

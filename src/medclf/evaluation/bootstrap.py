@@ -137,7 +137,15 @@ def paired_bootstrap(
     out: dict[str, Any] = {"metric": metric, "a": none_if_nan(a), "b": none_if_nan(b),
                            "diff": none_if_nan(b - a), "ci": percentile_interval(diff_star),
                            "p_value": None, "n_boot": int(n_boot), "n_valid": int(diff_star.size)}
-    if diff_star.size:
-        far_side = min(int((diff_star <= 0).sum()), int((diff_star >= 0).sum()))
-        out["p_value"] = min(1.0, 2.0 * (1 + far_side) / (1 + diff_star.size))
+    out["p_value"] = bootstrap_p_value(diff_star)
     return out
+
+
+def bootstrap_p_value(diff_star: np.ndarray) -> float | None:
+    """Two-sided p-value that a difference is 0, from its bootstrap resamples (NaN-free):
+    min(1, 2 (1 + #{diff* on the far side of 0}) / (1 + B)); the +1 keeps a finite number of resamples from
+    claiming p = 0. None when there are no resamples."""
+    if diff_star.size == 0:
+        return None
+    far_side = min(int((diff_star <= 0).sum()), int((diff_star >= 0).sum()))
+    return min(1.0, 2.0 * (1 + far_side) / (1 + diff_star.size))

@@ -25,6 +25,11 @@ FIGSIZE = {"confusion": (5.0, 4.5), "roc": (5.0, 5.0), "pr": (5.0, 5.0), "calibr
            "curves": (10.0, 4.0)}
 OPERATING_POINT = dict(marker="o", markersize=8, color="#d62728", linestyle="none", zorder=5)
 METRIC_COLUMNS = ("val_auc", "val_f1", "val_accuracy")
+# curves that lie on top of each other (AUC, F1 and accuracy near 1) stay apart by line style and marker, in print
+# and for colour-blind readers too, not by colour alone
+CURVE_STYLES = (dict(color="#1f77b4", linestyle="-", marker="o", markersize=4),
+                dict(color="#ff7f0e", linestyle="--", marker="s", markersize=4, markerfacecolor="none"),
+                dict(color="#2ca02c", linestyle=":", marker="^", markersize=5, markerfacecolor="none"))
 
 
 def _figure(kind: str) -> Figure:
@@ -165,27 +170,33 @@ def _finish_unit_axes(ax: Any, xlabel: str | None, ylabel: str, title: str | Non
         ax.set_title(title)
 
 
-def plot_curves(history_df: Any, path: str | Path) -> Path:
+def plot_curves(history_df: Any, path: str | Path, kept_epoch: int | None = None,
+                kept_metric: str | None = None) -> Path:
     """Training curves: train vs validation loss per epoch (left) and validation metrics (right).
 
     Reads the history.csv columns ``epoch,train_loss,val_loss,val_auc,val_f1,val_accuracy,...``; columns that
-    are missing or empty are left out. The epoch with the lowest validation loss is marked.
+    are missing or empty are left out. `kept_epoch` (the one best.pt holds, chosen by `kept_metric`) is marked
+    on both panels; without it, the epoch with the lowest validation loss is.
     """
     if "epoch" not in history_df.columns or len(history_df) == 0:
         raise MedclfError("history has no rows or no 'epoch' column; cannot plot training curves")
     epoch = history_df["epoch"].to_numpy()
     fig = _figure("curves")
     loss_ax, metric_ax = fig.subplots(1, 2)
-    for col, label, color in (("train_loss", "train", "#1f77b4"), ("val_loss", "validation", "#ff7f0e")):
+    for (col, label), style in zip((("train_loss", "train"), ("val_loss", "validation")), CURVE_STYLES):
         if _has_values(history_df, col):
-            loss_ax.plot(epoch, history_df[col], marker="o", markersize=3, color=color, label=label)
-    if _has_values(history_df, "val_loss"):
+            loss_ax.plot(epoch, history_df[col], label=label, **style)
+    if kept_epoch is not None:  # the checkpoint kept, on both panels: the metric that chose it may be either
+        for ax in (loss_ax, metric_ax):
+            ax.axvline(kept_epoch, color="#444444", linestyle="--", linewidth=1,
+                       label=f"kept: epoch {kept_epoch} (best {kept_metric})")
+    elif _has_values(history_df, "val_loss"):
         best = epoch[int(np.nanargmin(history_df["val_loss"].to_numpy(dtype=np.float64)))]
         loss_ax.axvline(best, color="#888888", linestyle=":", linewidth=1, label=f"lowest val loss (epoch {best})")
     _finish_curve_axes(loss_ax, "Loss", "Train vs validation loss")
-    for col in METRIC_COLUMNS:
+    for col, style in zip(METRIC_COLUMNS, CURVE_STYLES):
         if _has_values(history_df, col):
-            metric_ax.plot(epoch, history_df[col], marker="o", markersize=3, label=col.removeprefix("val_"))
+            metric_ax.plot(epoch, history_df[col], label=col.removeprefix("val_"), **style)
     _finish_curve_axes(metric_ax, "Validation metric", "Validation metrics")
     return save_figure(fig, path)
 

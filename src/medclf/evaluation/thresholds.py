@@ -2,10 +2,18 @@
 
 Candidate thresholds are the distinct predicted probabilities; an image is called positive when
 ``prob >= threshold``. Ties between equally good thresholds go to the highest one (fewest positive calls).
+
+`operating_threshold` is the safe rule training uses: a threshold is fitted to validation only when validation
+holds at least `min_class` positives AND negatives (`eval.threshold_min_class`, 10 by default). With fewer, a
+fitted threshold lands on one image's probability (2.5e-07, or 1.0, from a single positive), so the run keeps
+DEFAULT_THRESHOLD instead, 0.5: the model's own decision (argmax of its two class probabilities), the point its
+validation metrics were tracked at during training. (Not the class prior: a balanced sampler or class-weighted
+loss already moves the probabilities away from it.) Either way the answer says why the threshold is what it is.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -15,6 +23,41 @@ from medclf.errors import MedclfError
 from medclf.evaluation.metrics import check_binary_inputs
 
 THRESHOLD_METHODS = ("f1", "youden", "sensitivity")
+DEFAULT_THRESHOLD = 0.5
+SOURCE_DATA, SOURCE_DEFAULT = "validation", "default"
+
+
+@dataclass(frozen=True)
+class OperatingThreshold:
+    """A threshold and why it is what it is: `source` is ``validation`` (fitted) or ``default`` (fallback)."""
+
+    value: float
+    source: str
+    reason: str  # e.g. "f1 on 270 validation images (135 positives)", "default 0.5: validation has 1 positive (< 10)"
+
+
+def operating_threshold(y_true: Any, prob: Any, method: str = "f1", target: float | None = None,
+                        min_class: int = 10, split: str = "validation") -> OperatingThreshold:
+    """`choose_threshold` when `split` has at least `min_class` positives and negatives, else DEFAULT_THRESHOLD."""
+    if method not in THRESHOLD_METHODS:  # a typo fails whatever the split holds
+        raise MedclfError(f"unknown threshold method {method!r}; choose one of {', '.join(THRESHOLD_METHODS)}")
+    y, p = check_binary_inputs(y_true, prob)
+    n_pos = int(y.sum())
+    counts = {"positive": n_pos, "negative": len(y) - n_pos}
+    min_class = max(1, int(min_class))  # a fitted threshold needs both classes, whatever the setting
+    short = [count_text(n, word) for word, n in counts.items() if n < min_class]
+    if short:
+        return OperatingThreshold(DEFAULT_THRESHOLD, SOURCE_DEFAULT,
+                                  f"default {DEFAULT_THRESHOLD:g}: {split} has {' and '.join(short)} (< {min_class})")
+    value = choose_threshold(y, p, method, target)
+    how = f"sensitivity >= {target:g}" if method == "sensitivity" else method
+    return OperatingThreshold(value, SOURCE_DATA,
+                              f"{how} on {len(y)} {split} images ({count_text(n_pos, 'positive')})")
+
+
+def count_text(n: int, word: str) -> str:
+    """'1 positive', '4 positives'."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def choose_threshold(y_true: Any, prob: Any, method: str = "f1", target: float | None = None) -> float:

@@ -21,8 +21,14 @@ from medclf.explain.featuremaps import feature_grid
 from medclf.explain.overlay import render, save_png
 from medclf.explain.registry import (check_applies, compute_maps, create_explainer, member_input, members_of,
                                      resize_maps)
+from medclf.explain.scores import is_flat
 from medclf.io import atomic_path
-from medclf.runs import Predictor, Run, open_run, read_images
+from medclf.runs import Predictor, Run, RunDir, open_run, read_images
+
+
+# Written under the caption of an overlay whose map is flat: without it a blank overlay looks like a quiet one.
+FLAT_NOTE = "flat map: no region stands out"
+COLUMNS = ["path", "method", "prob", "flat", "png", "error"]
 
 
 def slug(method: str) -> str:
@@ -30,20 +36,23 @@ def slug(method: str) -> str:
     return method.replace("+", "p")
 
 
-def caption(run: Run, prob: float) -> str:
-    """'pneumonia p=0.873' (the explained class and its probability; marked + at or above the threshold)."""
+def caption(run: Run, prob: float, flat: bool = False) -> str:
+    """'pneumonia p=0.873' (the explained class and its probability; marked + at or above the threshold),
+    and FLAT_NOTE on a second line when the map is flat."""
     c = run.contract
     flag = " +" if prob >= c.threshold else ""
-    return f"{c.label_names[c.positive_index]} p={prob:.3f}{flag}"
+    return f"{c.label_names[c.positive_index]} p={prob:.3f}{flag}" + (f"\n{FLAT_NOTE}" if flat else "")
 
 
-def explain_batch(run: Run, images: np.ndarray, method: str, device: torch.device,
+def explain_batch(run: Run, images: np.ndarray, method: str = "gradcam", device: torch.device | str | None = None,
                   predictor: Predictor | None = None) -> tuple[np.ndarray, np.ndarray]:
     """uint8 `B x S x S` -> (maps `B x S x S` in [0, 1] at the images' size, positive probabilities `B`, as the
-    run's Predictor gives them)."""
+    run's Predictor gives them). `device` defaults to the one the run was opened on."""
+    device = torch.device(device) if device is not None else next(run.model.parameters()).device
+    images = np.array(images, dtype=np.uint8)  # a copy: torch warns on a read-only memmap slice
     predictor = predictor or run.predictor()
     probs = predictor.predict_arrays(images).probs[:, run.contract.positive_index]
-    x = make_transform(run.contract, train=False)(torch.from_numpy(np.ascontiguousarray(images)).to(device))
+    x = make_transform(run.contract, train=False)(torch.from_numpy(images).to(device))
     maps = compute_maps(run.model, x, method, run.contract.positive_index)
     return resize_maps(maps, images.shape[-1]).clamp_(0.0, 1.0).numpy(), probs
 
@@ -52,35 +61,39 @@ def explain_files(run_dir: str | Path, inputs: Iterable[str | Path], method: str
                   out: str | Path | None = None, batch_size: int = 8, device: str = "auto",
                   progress: bool = True) -> pd.DataFrame:
     """Write `<out>/<stem>_<method>.png` per readable image (+ `<stem>_featuremaps_grid.png` for featuremaps)
-    and `<out>/explanations.csv` (`path,method,prob,png,error`); returns that table. `out` defaults to RUN/explain."""
+    and `<out>/explanations.csv` (`path,method,prob,flat,png,error`; `flat`: the map has no peak, said on the
+    picture too); returns that table. `out` defaults to RUN/explain."""
     dev = pick_device(device)
     run = open_run(run_dir, dev)
     explainer = create_explainer(method)
     check_applies(explainer, run.model)
     files = expand_inputs(inputs)
-    out_dir = Path(out) if out is not None else Path(run_dir) / "explain"
+    out_dir = Path(out) if out is not None else RunDir(run_dir) / RunDir.EXPLAIN
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     for start in tqdm(range(0, len(files), batch_size), desc=f"explain {method}", disable=not progress, leave=False):
         rows.extend(_explain_chunk(run, files[start:start + batch_size], method, out_dir, dev))
-    table = pd.DataFrame(rows, columns=["path", "method", "prob", "png", "error"])
-    with atomic_path(out_dir / "explanations.csv") as tmp:
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    with atomic_path(out_dir / RunDir.EXPLANATIONS) as tmp:
         table.to_csv(tmp, index=False)
     return table
 
 
 def _explain_chunk(run: Run, files: list[Path], method: str, out_dir: Path, dev: torch.device) -> list[dict]:
     batch, good, failed = read_images(files, run.load_image)
-    rows = [{"path": str(path), "method": method, "prob": None, "png": "", "error": err} for path, err in failed]
+    rows = [{"path": str(path), "method": method, "prob": None, "flat": None, "png": "", "error": err}
+            for path, err in failed]
     if batch is None:
         return rows
     maps, probs = explain_batch(run, batch, method, dev)
     names = _unique_stems(good)
     for path, name, image, heat, prob in zip(good, names, batch, maps, probs):
-        png = save_png(out_dir / f"{name}_{slug(method)}.png", render(image, heat, caption(run, float(prob))))
+        flat = is_flat(heat)
+        png = save_png(out_dir / f"{name}_{slug(method)}.png", render(image, heat, caption(run, float(prob), flat)))
         if method == "featuremaps":
             _write_grids(run, image, out_dir / f"{name}_featuremaps_grid.png", dev)
-        rows.append({"path": str(path), "method": method, "prob": float(prob), "png": str(png), "error": ""})
+        rows.append({"path": str(path), "method": method, "prob": float(prob), "flat": flat, "png": str(png),
+                     "error": ""})
     return rows
 
 

@@ -28,7 +28,7 @@ from medclf.explain.gallery import write_gallery
 from medclf.explain.registry import compute_maps, parse_methods, resize_maps
 from medclf.explain.scores import box_area_fraction, energy_in_box, is_flat, mean_ci, pointing_hit, road_scores
 from medclf.io import atomic_path, write_json, write_text
-from medclf.runs import Run, open_run
+from medclf.runs import Run, RunDir, open_run
 
 ALL_SPLITS = "all"
 
@@ -71,7 +71,7 @@ def score_run(run_dir: str | Path, data: str | Path, split: str = "test", method
         per_image.extend(records)
         summary[method] = _summarise(records, n_boot, seed, faithfulness, time.perf_counter() - started)
     out_dir = Path(out) if out is not None else Path(run_dir)
-    shown = write_gallery(run, cache, rows, probs, names, out_dir / "explain", dev, gallery)
+    shown = write_gallery(run, cache, rows, probs, names, out_dir / RunDir.EXPLAIN, dev, gallery)
     result = _result(run, cache, split, boxed, summary, per_image, shown, n_boot, seed, faithfulness)
     _write_outputs(out_dir, result, per_image)
     return result
@@ -165,7 +165,7 @@ def markdown_table(result: dict) -> str:
 
 def _write_outputs(out_dir: Path, result: dict, per_image: list[dict]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "explain_scores.json", result)
-    write_text(out_dir / "explain_scores.md", markdown_table(result))
-    with atomic_path(out_dir / "explain_scores_per_image.csv") as tmp:
+    write_json(out_dir / RunDir.EXPLAIN_SCORES, result)
+    write_text(out_dir / RunDir.EXPLAIN_SCORES_TABLE, markdown_table(result))
+    with atomic_path(out_dir / RunDir.EXPLAIN_PER_IMAGE) as tmp:
         pd.DataFrame(per_image).to_csv(tmp, index=False)

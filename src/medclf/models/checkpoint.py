@@ -7,6 +7,7 @@ a checkpoint never runs pickled code. The model is rebuilt from its registry nam
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from medclf.models.wrappers import ClassifierModel
 FORMAT = "medclf-checkpoint"
 FORMAT_VERSION = 1
 _SCALARS = (str, int, float, bool, type(None))
+_ANSI_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def unwrap_model(model: nn.Module) -> ClassifierModel:
@@ -78,6 +80,16 @@ def save_checkpoint(path: str | Path, model: nn.Module, contract: DataContract, 
         torch.save(payload, tmp)
 
 
+def _torch_reason(err: Exception) -> str:
+    """One plain line of why torch.load failed: for pickled code, the global it refused (torch's first line
+    only says the file "can still be loaded", and is bolded with terminal colour codes)."""
+    text = _ANSI_CODES.sub("", str(err)).strip()
+    found = re.search(r"WeightsUnpickler error: (Unsupported global: GLOBAL \S+)", text)
+    if found:
+        return f"pickled code refused: {found.group(1)}"
+    return " ".join(text.splitlines()[0].split()) if text else type(err).__name__
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The raw payload of a medclf checkpoint (weights-only load), with a clear error for anything else."""
     path = Path(path)
@@ -86,7 +98,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated/corrupt zip, not a torch file, or pickled code
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = _torch_reason(e)
         raise MedclfError(f"cannot read checkpoint {path}: corrupt or not a weights-only torch file ({first})") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise MedclfError(f"{path} is not a medclf checkpoint (no 'format': '{FORMAT}'); a plain state dict "

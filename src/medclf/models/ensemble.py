@@ -92,6 +92,10 @@ def _needs_adapter(member: DataContract, ensemble: DataContract) -> bool:
     return any(getattr(member, k) != getattr(ensemble, k) for k in keys)
 
 
-def ensemble_contract(first: DataContract, threshold: float, name: str) -> DataContract:
-    """The ensemble's contract: the first member's input description, its own name and threshold."""
-    return replace(first, model_name=name, threshold=float(threshold), ood=None)
+def ensemble_contract(first: DataContract, threshold: float, name: str, spec: dict | None = None) -> DataContract:
+    """The ensemble's contract: the first member's input description, its own name and threshold, and why the
+    threshold is what it is (from ensemble.json, `spec`; never the first member's reasons)."""
+    spec = spec or {}
+    return replace(first, model_name=name, threshold=float(threshold), ood=None,
+                   threshold_source=spec.get("threshold_source"), threshold_reason=spec.get("threshold_reason"),
+                   threshold_warnings=list(spec.get("threshold_warnings") or []))

@@ -5,7 +5,7 @@ or None when the run holds nothing for it. Sections live in a registry, so featu
 gallery, robustness, ensemble comparison) add their own without editing this file:
 
     from medclf.report.html import register_section, embed_png
-    register_section("Explanations", 50, lambda run_dir: embed_png(run_dir / "cams.png", "Grad-CAM"))
+    register_section("Curves", 50, lambda run_dir: embed_png(RunDir(run_dir).curves_path, "training curves"))
 
 A registering module must be imported before `build_report` runs; modules named ``medclf.report.section_*``
 are imported automatically. Built-in orders: 5 summary, 10 data, 20 configuration, 30 training,
@@ -31,6 +31,9 @@ from typing import Any, Callable, Iterable, Sequence
 
 from medclf.errors import MedclfError
 from medclf.io import write_text
+from medclf.report import notices
+from medclf.runs.layout import RunDir
+from medclf.tracking import log_file_to_trained_run
 
 SectionFn = Callable[[Path], "str | None"]
 
@@ -40,14 +43,16 @@ class Section:
     name: str
     order: float
     fn: SectionFn
+    how_to_read: str | None = None  # one plain sentence for a clinician-researcher, shown under the heading
 
 
 _SECTIONS: dict[str, Section] = {}
 
 
-def register_section(name: str, order: float, fn: SectionFn) -> None:
-    """Add (or replace, by name) a report section; `name` is its heading, `order` its place (ascending)."""
-    _SECTIONS[name] = Section(name, float(order), fn)
+def register_section(name: str, order: float, fn: SectionFn, how_to_read: str | None = None) -> None:
+    """Add (or replace, by name) a report section; `name` is its heading, `order` its place (ascending),
+    `how_to_read` a short line saying what its figures mean."""
+    _SECTIONS[name] = Section(name, float(order), fn, how_to_read)
 
 
 def unregister_section(name: str) -> None:
@@ -110,6 +115,14 @@ def fmt_threshold(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else fmt(value)
 
 
+def warning_box(title: str, items: Sequence[str]) -> str:
+    """A visible box of sentences (escaped); "" when there are none."""
+    if not items:
+        return ""
+    lines = "".join(f"<li>{esc(item)}</li>" for item in items)
+    return f'<div class="warning" role="note"><strong>{esc(title)}</strong><ul>{lines}</ul></div>'
+
+
 def fmt_ci(ci: Any) -> str:
     if not ci or any(v is None for v in ci):
         return "—"
@@ -122,10 +135,10 @@ def fmt_ci(ci: Any) -> str:
 def build_report(run_dir: str | Path, out_path: str | Path | None = None) -> Path:
     """Write the HTML report for `run_dir` (default RUN/report.html) and return its path."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise MedclfError(f"{run_dir}: not a run directory (config.yaml not found)")
+    if not RunDir(run_dir).config_path.is_file():
+        raise MedclfError(f"{run_dir}: not a run directory ({RunDir.CONFIG} not found)")
     _load_plugin_sections()
-    out_path = Path(out_path) if out_path else run_dir / "report.html"
+    out_path = Path(out_path) if out_path else RunDir(run_dir) / RunDir.REPORT
     parts, nav = [], []
     for section in registered_sections():
         fragment = _render_section(section, run_dir)
@@ -133,8 +146,11 @@ def build_report(run_dir: str | Path, out_path: str | Path | None = None) -> Pat
             continue
         anchor = _slug(section.name)
         nav.append(f'<a href="#{anchor}">{esc(section.name)}</a>')
-        parts.append(f'<section id="{anchor}"><h2>{esc(section.name)}</h2>\n{fragment}\n</section>')
+        howto = (f'<p class="howto"><b>How to read this:</b> {esc(section.how_to_read)}</p>'
+                 if section.how_to_read else "")
+        parts.append(f'<section id="{anchor}"><h2>{esc(section.name)}</h2>\n{howto}{fragment}\n</section>')
     write_text(out_path, _page(run_dir, nav, parts))
+    log_file_to_trained_run(run_dir, out_path)
     return out_path
 
 
@@ -182,30 +198,35 @@ def _config(run_dir: Path) -> dict:
     import yaml
 
     try:
-        loaded = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+        loaded = yaml.safe_load(RunDir(run_dir).config_path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
         return {}
     return loaded if isinstance(loaded, dict) else {}
 
 
-def _flatten(tree: dict, prefix: str = "") -> list[tuple[str, str]]:
-    rows: list[tuple[str, str]] = []
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            rows.extend(_flatten(value, f"{name}."))
-        else:
-            rows.append((name, value if isinstance(value, str) else json.dumps(value, default=str)))
-    return rows
+def _value_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
 def section_config(run_dir: Path) -> str | None:
-    text = (run_dir / "config.yaml").read_text(encoding="utf-8")
-    tree = _config(run_dir)
-    if not tree:  # unparsable or not a mapping: show it as written
-        return f'<p class="note">config.yaml as written</p><pre>{esc(text)}</pre>'
-    rows = "".join(f'<tr><td class="key">{esc(k)}</td><td>{esc(v)}</td></tr>' for k, v in _flatten(tree))
-    return f"<table><thead><tr><th>key</th><th>value</th></tr></thead><tbody>{rows}</tbody></table>"
+    """The settings that differ from the run's preset, then the full resolved config behind one click."""
+    from medclf.config import flat_keys, preset_changes
+
+    rd = RunDir(run_dir)
+    text = rd.config_path.read_text(encoding="utf-8")
+    try:
+        cfg = rd.config()
+    except MedclfError:  # unparsable or not a medclf config: show it as written
+        return f'<p class="note">{esc(RunDir.CONFIG)} as written</p><pre>{esc(text)}</pre>'
+    base_name, changes = preset_changes(cfg)
+    rows = [(k, _value_text(old), _value_text(new)) for k, old, new in changes]
+    every = flat_keys(cfg.to_dict())
+    diff = (f'<p class="note">Settings that differ from {esc(base_name)} ({len(rows)} of {len(every)}).</p>'
+            + html_table(["key", base_name, "this run"], rows) if rows
+            else f'<p class="note">Every setting is as in {esc(base_name)}.</p>')
+    full = html_table(["key", "value"], [(k, _value_text(v)) for k, v in every.items()])
+    return f'{diff}<details><summary>Full resolved config ({esc(RunDir.CONFIG)})</summary>{full}</details>'
+
 
 
 def _count_table(counts: dict, first: str) -> str:
@@ -219,11 +240,12 @@ def _count_table(counts: dict, first: str) -> str:
 
 
 def section_data(run_dir: Path) -> str | None:
-    path = run_dir / "data_summary.json"
+    path = RunDir(run_dir).data_summary_path
     if not path.is_file():
         return None
     summary = read_run_json(path)
-    out = []
+    synthetic = notices.synthetic_note(summary)
+    out = [warning_box("Synthetic data", [synthetic])] if synthetic else []
     facts = [(k, summary[k]) for k in ("source", "cache") if summary.get(k)]
     if facts:
         out.append("<p>" + "<br>".join(f"<b>{esc(k)}</b>: {esc(v)}" for k, v in facts) + "</p>")
@@ -235,17 +257,21 @@ def section_data(run_dir: Path) -> str | None:
 
 
 def section_training(run_dir: Path) -> str | None:
-    figure = embed_png(run_dir / "curves.png", "training curves",
-                       "Left: train vs validation loss per epoch. Right: validation metrics.", wide=True)
-    summary = _history_summary(run_dir / "history.csv")
+    rd = RunDir(run_dir)
+    figure = embed_png(rd.curves_path, "training curves",
+                       "Left: train vs validation loss per epoch. Right: validation metrics. A dashed line marks the "
+                       "kept epoch (runs trained before it was marked: a dotted line at the lowest validation loss).",
+                       wide=True)
+    summary = _history_summary(run_dir)
     if not figure and not summary:
         return None
     return summary + figure
 
 
-def _history_summary(path: Path) -> str:
+def _history_summary(run_dir: Path) -> str:
     import pandas as pd
 
+    path = RunDir(run_dir).history_path
     if not path.is_file():
         return ""
     try:
@@ -254,12 +280,7 @@ def _history_summary(path: Path) -> str:
         raise MedclfError(f"{path}: cannot read history ({err})") from err
     if hist.empty or "epoch" not in hist.columns:
         return ""
-    facts = [f"{len(hist)} epochs"]
-    for col, best in (("val_auc", "max"), ("val_loss", "min")):
-        if col in hist.columns and hist[col].notna().any():
-            i = hist[col].idxmax() if best == "max" else hist[col].idxmin()
-            facts.append(f"best {col} {hist.at[i, col]:.3f} at epoch {hist.at[i, 'epoch']}")
-            break
+    facts = [f"{len(hist)} epochs", *notices.selection_facts(hist, _config(run_dir))]
     if "seconds" in hist.columns and hist["seconds"].notna().any():
         facts.append(f"training time {hist['seconds'].sum() / 60:.1f} min")
     return f'<p class="note">{esc("; ".join(facts))}</p>'
@@ -272,19 +293,35 @@ _METRIC_ROWS = (
 )
 _PLOTS = (("confusion", "Confusion matrix at the operating threshold"), ("roc", "ROC curve"),
           ("pr", "Precision-recall curve"), ("calibration", "Reliability diagram"))
+_CAVEATS = "These figures may mean nothing"
+HOW_TO_READ = {
+    "summary": "each figure is measured on the images of one split; its 95% interval is the range it moves over "
+               "when those images are resampled, so a wide interval means too few images to pin it down. It says "
+               "nothing about patients from other hospitals or scanners.",
+    "data": "patients never cross splits, so no patient's images are seen in training and again in the test. "
+            "Where the view is known, its mix matters: in RSNA, AP films are more often positive than PA films.",
+    "configuration": "only the settings changed from the preset are listed; the full recipe, as the run used it, "
+                     "opens below.",
+    "training": "the loss should fall on both curves; validation loss rising while training loss falls is "
+                "over-fitting. The dashed line marks the epoch whose weights were kept, and the metric that "
+                "chose it.",
+    "evaluation": "the operating point is the probability threshold above which an image is called positive; it "
+                  "was chosen on validation and applied unchanged here. Sensitivity is the share of positive "
+                  "images found, specificity the share of negative images cleared. In the reliability diagram, "
+                  "points on the diagonal mean a predicted 30% is positive 30% of the time.",
+    "ensemble": "each member is a separate model; the ensemble averages their probabilities. Members that "
+                "disagree on an image (a large spread) mark a case to look at twice.",
+    "explanations": "the heat map shows which pixels moved the model's output most; a map inside the "
+                    "radiologist's box supports the model, one outside it (e.g. on a marker or the edge) is a "
+                    "warning sign. A map is no proof of reasoning.",
+    "robustness": "accuracy under attack shows how far an invisible change to the pixels moves the decisions; "
+                  "the out-of-distribution table shows how well images unlike the training images are flagged.",
+}
 
 
 def _ordered(keys: Iterable[str]) -> list[str]:
     rank = {"train": 0, "val": 1, "test": 2}
     return sorted(keys, key=lambda s: (rank.get(s, 3), s))
-
-
-def metrics_files(run_dir: Path) -> dict[str, Path]:
-    """split -> metrics_<split>.json in the run, in display order (train, val, test, then the rest)."""
-    found = {p.name[len("metrics_"):-len(".json")]: p for p in run_dir.glob("metrics_*.json")}
-    if not found and (run_dir / "metrics.json").is_file():
-        found = {"test": run_dir / "metrics.json"}
-    return {s: found[s] for s in _ordered(found)}
 
 
 def metrics_table(metrics: dict) -> str:
@@ -294,26 +331,61 @@ def metrics_table(metrics: dict) -> str:
     table = html_table(["metric", "value", "95% CI"], rows, numeric=(1, 2))
     counts = [(k.upper() if len(k) == 2 else k, fmt(metrics.get(k))) for k in ("n", "n_pos", "tp", "fp", "fn", "tn")]
     counts_line = ", ".join(f"{k} {v}" for k, v in counts)
-    return (f'<p class="note">Operating threshold {esc(fmt_threshold(metrics.get("threshold")))} '
+    why = f" ({metrics['threshold_reason']})" if metrics.get("threshold_reason") else ""
+    return (f'<p class="note">Operating threshold {esc(fmt_threshold(metrics.get("threshold")))}{esc(why)} '
             f"(positive when probability ≥ threshold). {esc(counts_line)}.</p>{table}")
 
 
+def multiclass_tables(m: dict) -> str:
+    """A K-class split: each class against the rest (at the most probable class), the averages, and the K x K
+    confusion matrix (true class in rows, called class in columns)."""
+    def cell(value: Any, ci: Any = None) -> str:
+        return fmt(value) + (f" [{fmt_ci(ci)}]" if ci else "")
+
+    rows = [(name, f"{c['n_pos']:,}", cell(c["roc_auc"], c["ci"].get("roc_auc")), cell(c["sensitivity"]),
+             cell(c["specificity"]), cell(c["precision"]), cell(c["f1"])) for name, c in m["per_class"].items()]
+    rows += [(f"{avg} average", "", cell(m[avg]["roc_auc"], m["ci"].get("macro_roc_auc") if avg == "macro" else None),
+              cell(m[avg]["sensitivity"]), "", cell(m[avg]["precision"]), cell(m[avg]["f1"]))
+             for avg in ("macro", "weighted", "micro")]
+    per_class = html_table(["class", "n", "ROC AUC [95% CI]", "sensitivity", "specificity", "precision", "F1"],
+                           rows, numeric=range(1, 7))
+    names = m["label_names"]
+    confusion = html_table(["true \\ called", *names], [(n, *(f"{v:,}" for v in row))
+                                                         for n, row in zip(names, m["confusion"])],
+                           numeric=range(1, len(names) + 1))
+    ci = m["ci"]
+    summary = (f"The most probable class is the one called. Accuracy {cell(m['accuracy'], ci['accuracy'])}, "
+               f"balanced accuracy {cell(m['balanced_accuracy'], ci['balanced_accuracy'])}, "
+               f"Cohen's kappa {cell(m['cohen_kappa'], ci['cohen_kappa'])}.")
+    return (f'<h4>Per class</h4><p class="note">{esc(summary)}</p>{per_class}'
+            f"<h4>Confusion matrix (true class in rows)</h4>{confusion}")
+
+
 def section_evaluation(run_dir: Path) -> str | None:
-    files = metrics_files(run_dir)
+    rd = RunDir(run_dir)
     blocks = []
-    for split, path in files.items():
-        figures = "".join(embed_png(run_dir / f"{kind}_{split}.png", f"{kind} {split}", caption)
-                          for kind, caption in _PLOTS)
+    for split, path in rd.evaluated().items():
+        figures = "".join(embed_png(rd.plot(kind, split), f"{kind} {split}", caption) for kind, caption in _PLOTS)
         figs = f'<div class="figs">{figures}</div>' if figures else ""
-        blocks.append(f"<h3>Split: {esc(split)}</h3>{metrics_table(read_run_json(path))}{figs}")
+        metrics = read_run_json(path)
+        caveats = warning_box(_CAVEATS, notices.split_warnings(metrics))
+        per_class = multiclass_tables(metrics["multiclass"]) if metrics.get("multiclass") else ""
+        blocks.append(f"<h3>Split: {esc(split)}</h3>{caveats}{metrics_table(metrics)}{per_class}{figs}")
     return "\n".join(blocks) or None
 
 
 def section_summary(run_dir: Path) -> str | None:
-    files = metrics_files(run_dir)
+    """What to know first (made-up data, no evaluation yet, what a command would add), then the headline
+    figures of the test split (or the last evaluated one) with their caveats."""
+    rd = RunDir(run_dir)
+    synthetic = notices.synthetic_note(rd.data_summary() if rd.data_summary_path.is_file() else None)
+    head = warning_box("Synthetic data", [synthetic]) if synthetic else ""
+    hints = notices.missing_section_hints(run_dir)
+    tail = (f'<p class="note">Not in this report yet: {esc("; ".join(hints))}.</p>' if hints else "")
+    files = rd.evaluated()
     split = "test" if "test" in files else next(reversed(files), None)
     if split is None:
-        return None
+        return head + warning_box("Not evaluated", [notices.unevaluated_note(run_dir)]) + tail
     metrics = read_run_json(files[split])
     ci = metrics.get("ci") or {}
     cards = []
@@ -324,11 +396,12 @@ def section_summary(run_dir: Path) -> str | None:
                      f'{esc(fmt(metrics.get(key)))}</div><div class="ci">95% CI {esc(interval)}</div></div>')
     note = (f"Split {split}: {fmt(metrics.get('n'))} images, {fmt(metrics.get('n_pos'))} positive; "
             f"threshold {fmt_threshold(metrics.get('threshold'))}.")
-    return f'<p class="note">{esc(note)}</p><div class="cards">{"".join(cards)}</div>'
+    caveats = warning_box(f"{_CAVEATS} ({split})", notices.split_warnings(metrics))
+    return f'{head}{caveats}<p class="note">{esc(note)}</p><div class="cards">{"".join(cards)}</div>{tail}'
 
 
-register_section("Summary", 5, section_summary)
-register_section("Data", 10, section_data)
-register_section("Configuration", 20, section_config)
-register_section("Training", 30, section_training)
-register_section("Evaluation", 40, section_evaluation)
+register_section("Summary", 5, section_summary, HOW_TO_READ["summary"])
+register_section("Data", 10, section_data, HOW_TO_READ["data"])
+register_section("Configuration", 20, section_config, HOW_TO_READ["configuration"])
+register_section("Training", 30, section_training, HOW_TO_READ["training"])
+register_section("Evaluation", 40, section_evaluation, HOW_TO_READ["evaluation"])

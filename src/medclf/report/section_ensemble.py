@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medclf.report.html import esc, fmt, fmt_threshold, html_table, read_run_json, register_section
+from medclf.report.html import (HOW_TO_READ, esc, fmt, fmt_threshold, html_table,
+                                 read_run_json, register_section, warning_box)
+from medclf.runs.layout import RunDir
 
 _COMBINE_TEXT = {
     "mean": "the mean of the members' probabilities",
@@ -17,7 +19,7 @@ _COMBINE_TEXT = {
 
 
 def section_ensemble(run_dir: Path) -> str | None:
-    path = run_dir / "ensemble.json"
+    path = RunDir(run_dir).ensemble_path
     if not path.is_file():
         return None
     spec = read_run_json(path)
@@ -30,20 +32,30 @@ def section_ensemble(run_dir: Path) -> str | None:
                         "val ROC AUC", "threshold", "weight"], rows, numeric=(2, 3, 5, 6, 7))
     intro = (f"{len(info)} members ({spec.get('mode', '?')} mode) combined as "
              f"{_COMBINE_TEXT.get(spec.get('combine'), spec.get('combine'))}. The ensemble's operating threshold "
-             f"{fmt_threshold(spec.get('threshold'))} was chosen on the {spec.get('threshold_split', 'val')} split "
-             f"({spec.get('threshold_method', '?')}) with the combined probabilities.")
-    return f'<p class="note">{esc(intro)}</p>{table}{disagreement(run_dir, spec)}'
+             f"{fmt_threshold(spec.get('threshold'))} {_threshold_origin(spec)}.")
+    caveats = warning_box("The ensemble's threshold may mean nothing", spec.get("threshold_warnings") or [])
+    return f'<p class="note">{esc(intro)}</p>{caveats}{table}{disagreement(run_dir, spec)}'
+
+
+def _threshold_origin(spec: dict) -> str:
+    """How ensemble.json's threshold came about (older files carry no reason)."""
+    reason = spec.get("threshold_reason")
+    if spec.get("threshold_source") == "default":
+        return f"is not fitted to data: {reason}"
+    chosen = (f"was chosen on the {spec.get('threshold_split', 'val')} split ({spec.get('threshold_method', '?')}) "
+              "with the combined probabilities")
+    return f"{chosen}: {reason}" if reason else chosen
 
 
 def disagreement(run_dir: Path, spec: dict) -> str:
     """Mean member spread (`std` column) per evaluated split, overall and for right vs wrong calls."""
     rows = []
-    for csv in sorted(run_dir.glob("predictions_*.csv")):
+    rd = RunDir(run_dir)
+    for split, csv in rd.prediction_tables().items():
         table = pd.read_csv(csv)
         if "std" not in table.columns or table.empty:
             continue
-        split = csv.stem[len("predictions_"):]
-        metrics_path = run_dir / f"metrics_{split}.json"
+        metrics_path = rd.metrics(split)
         pos = int(read_run_json(metrics_path).get("positive_index", 1)) if metrics_path.is_file() else 1
         called = table["prob"].to_numpy() >= float(spec.get("threshold", 0.5))
         right = called == (table["label"].to_numpy() == pos)
@@ -61,4 +73,4 @@ def _mean(values: np.ndarray) -> str:
     return fmt(float(values.mean())) if values.size else "—"
 
 
-register_section("Ensemble", 35, section_ensemble)
+register_section("Ensemble", 35, section_ensemble, HOW_TO_READ["ensemble"])

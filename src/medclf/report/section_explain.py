@@ -1,14 +1,16 @@
 """Report section "Explanations": box scores per method and the TP/FP/FN/TN gallery.
 
-Reads what `medclf explain RUN --data CACHE --score` left in the run directory (`explain_scores.json`,
-`explain/gallery_<outcome>.png`); shows nothing when the run was never scored. Light on purpose: no torch.
+Reads what `medclf explain RUN --data CACHE --score` left in the run directory (RunDir.EXPLAIN_SCORES and the
+gallery PNGs under RunDir.EXPLAIN); shows nothing when the run was never scored.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from medclf.report.html import embed_png, esc, fmt, fmt_ci, html_table, read_run_json, register_section
+from medclf.report.html import (HOW_TO_READ, embed_png, esc, fmt, fmt_ci,
+                                 html_table, read_run_json, register_section)
+from medclf.runs.layout import RunDir
 
 OUTCOMES = (("tp", "True positives"), ("fp", "False positives"), ("fn", "False negatives"),
             ("tn", "True negatives"))
@@ -47,7 +49,8 @@ def _caption(label: str, info: dict) -> str:
 
 
 def section_explain(run_dir: Path) -> str | None:
-    path = run_dir / "explain_scores.json"
+    rd = RunDir(run_dir)
+    path = rd / RunDir.EXPLAIN_SCORES
     if not path.is_file():
         return None
     result = read_run_json(path)
@@ -57,11 +60,12 @@ def section_explain(run_dir: Path) -> str | None:
     for key, label in OUTCOMES:
         info = gallery.get(key)
         if info:
-            figures.append(embed_png(run_dir / "explain" / info.get("png", f"gallery_{key}.png"),
+            png = rd / RunDir.EXPLAIN / info["png"] if info.get("png") else rd.explain_gallery(key)
+            figures.append(embed_png(png,
                                      f"explanation gallery: {label.lower()}", _caption(label, info), wide=True))
     if any(figures):
         parts.append("<h3>Gallery</h3>" + "".join(figures))
     return "\n".join(parts)
 
 
-register_section("Explanations", 50, section_explain)
+register_section("Explanations", 50, section_explain, HOW_TO_READ["explanations"])

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medclf.report.html import embed_png, esc, fmt, html_table, read_run_json, register_section
+from medclf.report.html import (HOW_TO_READ, embed_png, esc, fmt, html_table, read_run_json, register_section)
+from medclf.runs.layout import RunDir
 
 
 def attack_tables(run_dir: Path) -> str:
-    path = run_dir / "robustness.json"
+    rd = RunDir(run_dir)
+    path = rd / RunDir.ROBUSTNESS
     if not path.is_file():
         return ""
     blocks = []
@@ -21,9 +23,9 @@ def attack_tables(run_dir: Path) -> str:
         blocks.append(f"<h3>{esc(title)}</h3>" + html_table(
             ["eps", "accuracy", "F1", "ROC AUC", "sensitivity", "specificity", "decisions flipped"], rows,
             numeric=range(1, 7)))
-    figures = embed_png(run_dir / "robustness.png", "metrics against eps", "Metrics against attack radius", wide=True)
+    figures = embed_png(rd / RunDir.ROBUSTNESS_PLOT, "metrics against eps", "Metrics against attack radius", wide=True)
     for method in ("fgsm", "pgd"):
-        figures += embed_png(run_dir / f"attack_examples_{method}.png", f"{method} examples",
+        figures += embed_png(rd.attack_examples(method), f"{method} examples",
                              f"{method.upper()} examples at the largest eps")
     note = ('<p class="note">L-inf attacks on the unit-range grey image before normalisation; eps in grey levels '
             'of 255. Metrics at the clean operating threshold.</p>')
@@ -31,7 +33,7 @@ def attack_tables(run_dir: Path) -> str:
 
 
 def ood_tables(run_dir: Path) -> str:
-    path = run_dir / "ood.json"
+    path = RunDir(run_dir) / RunDir.OOD
     if not path.is_file():
         return ""
     entries = read_run_json(path).get("entries", [])
@@ -56,4 +58,4 @@ def section_robustness(run_dir: Path) -> str | None:
     return html or None
 
 
-register_section("Robustness", 60, section_robustness)
+register_section("Robustness", 60, section_robustness, HOW_TO_READ["robustness"])

@@ -23,6 +23,7 @@ from medclf.device import autocast, epoch_seed
 from medclf.errors import ConfigError, MedclfError
 from medclf.io import atomic_path
 from medclf.models.checkpoint import unwrap_model
+from medclf.runs.layout import RunDir
 
 CONTRASTIVE_METHODS = ("supcon",)
 PROBES = ("finetune", "linear")
@@ -87,7 +88,7 @@ def contrastive_pretrain(setup, progress: bool = True, resumed: bool = False) ->
             print(f"supcon epoch {epoch + 1}: loss {loss:.4f} ({history[-1]['seconds']:.1f}s)")
     if history:
         setup.out_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(setup.out_dir / "contrastive_history.csv") as tmp:
+        with atomic_path(setup.out_dir / RunDir.CONTRASTIVE_HISTORY) as tmp:
             pd.DataFrame(history).to_csv(tmp, index=False)
     if cfg.contrastive_probe == "linear":
         freeze_for_linear_probe(classifier)

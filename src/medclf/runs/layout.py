@@ -8,14 +8,17 @@ file lives and reads the typed ones back (config, data summary, ensemble descrip
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import yaml
 
 from medclf.config import Config, config_from_dict
 from medclf.errors import MedclfError
 from medclf.io import read_json
+from medclf.outdirs import register_own_files
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ENSEMBLE_FORMAT = "medclf-ensemble"
 PLOT_KINDS = ("confusion", "roc", "pr", "calibration")
@@ -46,10 +49,21 @@ class RunDir:
     OOD = "ood.json"
     OOD_TABLE = "ood.csv"
     EXPLAIN = "explain"
+    EXPLANATIONS = "explanations.csv"  # the index `explain` writes beside its overlays
     EXPLAIN_SCORES = "explain_scores.json"
+    EXPLAIN_SCORES_TABLE = "explain_scores.md"
     EXPLAIN_PER_IMAGE = "explain_scores_per_image.csv"
     CONTRASTIVE_HISTORY = "contrastive_history.csv"
+    ONNX = "model.onnx"
     STUDY = "study.json"
+    TENSORBOARD = "tensorboard"
+    TRACKING = "tracking.json"
+    COMPARISON = "comparison.md"  # a study's comparison (`.csv` and `.html` beside it)
+    # names that carry a split tag or a method: built by predictions(), metrics(), plot(), attack_examples()
+    PREDICTIONS_PREFIX = "predictions_"
+    METRICS_PREFIX = "metrics_"
+    ATTACK_EXAMPLES_PREFIX = "attack_examples_"
+    SUBGROUPS = "subgroups"  # stem of subgroups_<tag>.json / .csv / .png (`evaluate --by`)
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -95,25 +109,48 @@ class RunDir:
 
     @property
     def onnx_path(self) -> Path:
-        return self.path / "model.onnx"
+        return self.path / self.ONNX
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / self.TENSORBOARD
+
+    @property
+    def tracking_path(self) -> Path:
+        return self.path / self.TRACKING
 
     def export_path(self, suffix: str) -> Path:
         return self.path / f"model{suffix}"
 
     def predictions(self, tag: str) -> Path:
         """`predictions_<tag>.csv`; tag is a split, or `<split>@<hash8>` for another cache."""
-        return self.path / f"predictions_{check_tag(tag)}.csv"
+        return self.path / f"{self.PREDICTIONS_PREFIX}{check_tag(tag)}.csv"
 
     def metrics(self, tag: str) -> Path:
-        return self.path / f"metrics_{check_tag(tag)}.json"
+        return self.path / f"{self.METRICS_PREFIX}{check_tag(tag)}.json"
 
     def plot(self, kind: str, tag: str) -> Path:
         if kind not in PLOT_KINDS:
             raise ValueError(f"unknown plot kind {kind!r}")
         return self.path / f"{kind}_{check_tag(tag)}.png"
 
+    def subgroups(self, tag: str, suffix: str = ".json") -> Path:
+        """`subgroups_<tag>.json` (results per group), `.csv` (the same as a table) or `.png` (the forest plot)."""
+        if suffix not in (".json", ".csv", ".png"):
+            raise ValueError(f"unknown subgroups file suffix {suffix!r}")
+        return self.path / f"{self.SUBGROUPS}_{check_tag(tag)}{suffix}"
+
+    def subgroup_tags(self) -> list[str]:
+        """Tags with a subgroups_<tag>.json in the run, train/val/test first."""
+        stem = f"{self.SUBGROUPS}_"
+        return sorted((p.name[len(stem):-len(".json")] for p in self.path.glob(f"{stem}*.json")), key=tag_order)
+
     def attack_examples(self, method: str) -> Path:
-        return self.path / f"attack_examples_{method}.png"
+        return self.path / f"{self.ATTACK_EXAMPLES_PREFIX}{method}.png"
+
+    def explain_gallery(self, outcome: str) -> Path:
+        """`explain/gallery_<outcome>.png` (outcome tp, fp, fn or tn), written by `explain --score`."""
+        return self.path / self.EXPLAIN / f"gallery_{outcome}.png"
 
     def member(self, rel: str | int) -> "RunDir":
         """A member's own run directory: `members/<i>` (int) or the relative dir ensemble.json names."""
@@ -132,6 +169,13 @@ class RunDir:
         if self.is_ensemble:
             return [self.member(m).best for m in self.ensemble_spec()["members"]]
         return [self.best]
+
+    def inference_files(self) -> list[str]:
+        """The files `open_run` needs, relative to the run: what a copy of the model must carry."""
+        if not self.is_ensemble:
+            return [self.BEST]
+        members = [f"{m}/{self.BEST}" for m in self.ensemble_spec()["members"]]
+        return [self.ENSEMBLE, self.CONFIG, *members]
 
     def config(self) -> Config:
         """The run's resolved config (typed); retired keys of older versions are dropped."""
@@ -167,24 +211,52 @@ class RunDir:
 
     def evaluated(self) -> dict[str, Path]:
         """tag -> metrics file of every evaluated split, in display order (train, val, test, then the rest)."""
-        found = {p.name[len("metrics_"):-len(".json")]: p for p in self.path.glob("metrics_*.json")}
+        prefix = self.METRICS_PREFIX
+        found = {p.name[len(prefix):-len(".json")]: p for p in self.path.glob(f"{prefix}*.json")}
         if not found and (self.path / self.METRICS).is_file():
             found = {"test": self.path / self.METRICS}
-        order = {"train": 0, "val": 1, "test": 2}
-        return dict(sorted(found.items(), key=lambda kv: (order.get(kv[0], 3), kv[0])))
+        return dict(sorted(found.items(), key=lambda kv: tag_order(kv[0])))
+
+    def evaluation_tag(self, split: str, cache: str | Path | None = None, content_hash: str | None = None) -> str:
+        """The tag `evaluate` files `split` of `cache` under: the split itself on the run's own cache (or when no
+        cache is named), `<split>@<first 8 of the cache's content hash>` on any other cache."""
+        if cache is None or self.trained_on(cache):
+            return split
+        return f"{split}@{(content_hash or 'ext')[:8]}"
+
+    def trained_on(self, cache: str | Path) -> bool:
+        """True when `cache` is the cache the run was trained on (as its data summary records)."""
+        own = self.cache_path()
+        return own is not None and Path(cache).resolve() == own.resolve()
 
     def prediction_tables(self) -> dict[str, Path]:
         """tag -> predictions_<tag>.csv present in the run."""
-        return {p.stem[len("predictions_"):]: p for p in sorted(self.path.glob("predictions_*.csv"))}
+        prefix = self.PREDICTIONS_PREFIX
+        return {p.stem[len(prefix):]: p for p in sorted(self.path.glob(f"{prefix}*.csv"))}
 
     def read_metrics(self, tag: str) -> dict[str, Any]:
         return read_json(self.metrics(tag))
 
-    def read_predictions(self, tag: str) -> pd.DataFrame:
+    def read_predictions(self, tag: str) -> "pd.DataFrame":
+        import pandas as pd  # only here: the package imports this module, and must stay light
+
         return pd.read_csv(self.predictions(tag))
 
-    def history(self) -> pd.DataFrame:
+    def history(self) -> "pd.DataFrame":
+        import pandas as pd
+
         return pd.read_csv(self.history_path)
+
+
+# how `medclf.outdirs` recognises these folders when they carry no marker (a run never does)
+register_own_files("ensemble", (RunDir.ENSEMBLE,), (RunDir.PLAN,))
+register_own_files("run", (RunDir.LAST,), (RunDir.BEST,), (RunDir.CONFIG, RunDir.DATA_SUMMARY), (RunDir.TRAIN_ROWS,))
+register_own_files("study", (RunDir.STUDY,))
+
+
+def tag_order(tag: str) -> tuple[int, str]:
+    """Sort key for split tags: train, val, test, then the rest (external caches) by name."""
+    return ({"train": 0, "val": 1, "test": 2}.get(tag, 3), tag)
 
 
 def check_tag(tag: str) -> str:

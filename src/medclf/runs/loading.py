@@ -93,7 +93,7 @@ def _open_ensemble(rd: RunDir, device: torch.device | str) -> Run:
     if len(names) > 1:
         raise MedclfError(f"{rd.ensemble_path}: members have different label names {sorted(names)}")
     name = f"ensemble[{spec['combine']}]({','.join(r.contract.model_name for r in runs)})"
-    contract = ensemble_contract(runs[0].contract, spec["threshold"], name)
+    contract = ensemble_contract(runs[0].contract, spec["threshold"], name, spec)
     model = Ensemble([r.model for r in runs], [r.contract for r in runs], contract, spec["combine"], spec["weights"])
     model.to(device).eval()
     config = rd.config() if rd.config_path.is_file() else runs[0].config
@@ -118,9 +118,3 @@ def open_run_and_cache(run_dir: str | Path, data: str | Path | None,
 def check_labels(cache: "Cache", label_names: list[str]) -> None:
     if list(cache.label_names) != list(label_names):
         raise DataError(f"{cache.path}: labels {list(cache.label_names)} differ from the model's {list(label_names)}")
-
-
-def is_own_cache(run: Run, cache_path: str | Path) -> bool:
-    """True when `cache_path` is the cache the run was trained on."""
-    own = run.dir.cache_path()
-    return own is not None and Path(cache_path).resolve() == own.resolve()

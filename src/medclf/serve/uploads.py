@@ -10,6 +10,7 @@ client's file name is kept for display only; it never becomes part of a path.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import AsyncIterator, BinaryIO, Mapping
@@ -22,7 +23,7 @@ ACCEPTED = "DICOM (with the DICM preamble), PNG or JPEG"
 
 
 class UploadError(Exception):
-    """A request the client must fix; `status` is the HTTP status to answer with (400, 413, 415)."""
+    """A request the client must fix; `status` is the HTTP status to answer with (400, 408, 413, 415)."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -165,8 +166,9 @@ def multipart_boundary(content_type: str | None) -> bytes:
 
 
 async def receive_uploads(headers: Mapping[str, str], stream: AsyncIterator[bytes], folder: Path,
-                          max_bytes: int, max_files: int) -> list[Upload]:
-    """Parse a multipart body from `stream` into files under `folder`, stopping with 413 past `max_bytes`.
+                          max_bytes: int, max_files: int, timeout_s: float | None = None) -> list[Upload]:
+    """Parse a multipart body from `stream` into files under `folder`, stopping with 413 past `max_bytes`
+    and with 408 when the whole body has not arrived within `timeout_s` seconds (None: no deadline).
 
     `headers` is the request's (case-insensitive) header mapping. The declared Content-Length is checked
     first, so an honest client that is over the cap is refused before one byte is read; chunked bodies are
@@ -183,7 +185,7 @@ async def receive_uploads(headers: Mapping[str, str], stream: AsyncIterator[byte
     parser = MultipartParser(boundary, collector.callbacks())
     received = 0
     try:
-        async for chunk in stream:
+        async for chunk in within_deadline(stream, timeout_s):
             received += len(chunk)
             if received > max_bytes:
                 raise UploadError(413, too_large(max_bytes))
@@ -194,6 +196,32 @@ async def receive_uploads(headers: Mapping[str, str], stream: AsyncIterator[byte
     finally:
         collector.close()
     return collector.uploads
+
+
+async def within_deadline(stream: AsyncIterator[bytes], timeout_s: float | None) -> AsyncIterator[bytes]:
+    """The chunks of `stream`, raising `UploadError(408)` once `timeout_s` seconds have passed since reading
+    began.
+
+    Why here: uvicorn times out idle keep-alive connections but not a request body that stops arriving, so a
+    client that sends half a body and stalls would hold its temporary folder (and a connection) for ever.
+    A deadline on the whole body, not on each read, also stops a client that drips one byte at a time.
+    """
+    if timeout_s is None:
+        async for chunk in stream:
+            yield chunk
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    chunks = stream.__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(chunks.__anext__(), max(0.0, deadline - loop.time()))
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            raise UploadError(408, f"upload timed out: the request body did not arrive within {timeout_s:g} s "
+                                   f"(server option --upload-timeout)") from None
+        yield chunk
 
 
 def too_large(max_bytes: int) -> str:

@@ -43,10 +43,20 @@ async function loadModel() {
       ["OOD check", m.ood ? "on" : "not fitted"],
     ]);
     renderTraining(m.training_data, m.labels);
+    renderModelWarnings($("model-warning"), m);
   } catch (err) {
     $("model-name").textContent = "server unreachable";
     $("health-dot").className = "dot down";
   }
+}
+
+// A fallback threshold, or validation figures too thin to mean much: said once, beside the model's facts.
+function renderModelWarnings(box, m) {
+  const warnings = m.warnings || [];
+  if (!warnings.length) return;
+  box.textContent = "⚠ " + warnings.join(" · ");
+  box.title = m.threshold_reason || "";
+  box.hidden = false;
 }
 
 function renderTraining(summary, labels) {
@@ -88,7 +98,9 @@ function placeholder(file) {
 
 function showError(card, name, message) {
   card.className = "result failed";
-  card.replaceChildren(el("strong", "", name + ": "), el("span", "error-text", message));
+  // the server's reasons already start with the file's name: show it once
+  const reason = message.startsWith(name + ": ") ? message.slice(name.length + 2) : message;
+  card.replaceChildren(el("strong", "", name + ": "), el("span", "error-text", reason));
 }
 
 function showResult(card, r) {
@@ -110,7 +122,8 @@ function showResult(card, r) {
   if (r.positive) fill.classList.add("positive");
   node.querySelector(".bar-marker").style.left = `calc(${pct(r.threshold)} - 1px)`;
   node.querySelector(".bar").setAttribute("aria-label", `probability ${pct(r.probability)}, threshold ${r.threshold}`);
-  node.querySelector(".threshold-text").textContent = `operating threshold ${r.threshold.toFixed(3)}`;
+  const fallback = state.model && state.model.threshold_source === "default" ? " (default: not fitted to data)" : "";
+  node.querySelector(".threshold-text").textContent = `operating threshold ${r.threshold.toFixed(3)}${fallback}`;
   renderOod(node.querySelector(".ood"), r);
   const meta = [["Model", r.model]];
   if (r.dicom) meta.push(["Modality", r.dicom.modality], ["View", r.dicom.view], ["Photometric", r.dicom.photometric]);

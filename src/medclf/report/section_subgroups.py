@@ -1,0 +1,55 @@
+"""Report section "Subgroups": per-group metrics and the forest plot that `medclf evaluate --by` wrote."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from medclf.report.html import embed_png, esc, fmt, fmt_ci, html_table, read_run_json, register_section
+from medclf.runs.layout import RunDir
+
+HOW_TO_READ = ("each line is the model measured on one group of patients only (a view, a sex, an age band), at "
+               "the same operating threshold. A group whose interval lies far from the dashed overall line, or "
+               "whose difference from the rest has a small p-value, is served differently; a model can learn the "
+               "view instead of the disease. Groups with too few positive or negative images are shown as too "
+               "small, without numbers: a figure measured on them would be noise.")
+HEADER = ["group", "n", "positives", "ROC AUC", "95% CI", "sensitivity", "95% CI", "specificity", "95% CI",
+          "AUC − rest", "95% CI", "p"]
+
+
+def group_cells(row: dict[str, Any], min_class: int) -> list[str]:
+    """One table row: n and positives always; numbers only for a group large enough to measure."""
+    head = [row["group"], fmt(row["n"]), fmt(row["n_pos"])]
+    if row["too_small"]:
+        return head + [f"too small (n={row['n']}; < {min_class} positives or negatives)"] + [""] * 8
+    m, ci = row["metrics"], row["metrics"].get("ci") or {}
+    cells = head + [c for key in ("roc_auc", "recall", "specificity") for c in (fmt(m.get(key)), fmt_ci(ci.get(key)))]
+    test = row.get("vs_rest")
+    if not test:
+        return cells + ["rest too small", "", ""]
+    p = test.get("p_value")
+    return cells + [fmt(test.get("diff")), fmt_ci(test.get("ci")), "—" if p is None else f"{p:.3g}"]
+
+
+def split_block(rd: RunDir, tag: str) -> str:
+    result = read_run_json(rd.subgroups(tag))
+    overall = result.get("overall") or {}
+    note = (f"Split {tag}: {fmt(overall.get('n'))} images, {fmt(overall.get('n_pos'))} positive, overall ROC AUC "
+            f"{fmt(overall.get('roc_auc'))}; threshold {result['threshold']:.4g}. Too small: fewer than "
+            f"{result['min_class']} positives or negatives. Test: {result['test']} (p two-sided). Empty values "
+            f"form the group '{result.get('unknown', 'unknown')}'.")
+    tables = "".join(f"<h4>{esc(column)}</h4>" + html_table(
+        HEADER, [group_cells(r, result["min_class"]) for r in rows], numeric=range(1, 12))
+        for column, rows in result["columns"].items())
+    plot = embed_png(rd.subgroups(tag, ".png"), f"forest plot {tag}", "ROC AUC per subgroup with 95% intervals; "
+                     "dashed line: overall AUC", wide=True)
+    return (f"<h3>Split: {esc(tag)}</h3><p class=\"note\">{esc(note)}</p>{tables}"
+            + (f'<div class="figs">{plot}</div>' if plot else ""))
+
+
+def section_subgroups(run_dir: Path) -> str | None:
+    rd = RunDir(run_dir)
+    return "\n".join(split_block(rd, tag) for tag in rd.subgroup_tags()) or None
+
+
+register_section("Subgroups", 45, section_subgroups, HOW_TO_READ)
