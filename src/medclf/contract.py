@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from medclf.errors import ConfigError
+from medclf.tasks import task_of
 
 
 @dataclass
@@ -30,8 +31,18 @@ class DataContract:
     threshold_source: str | None = None
     threshold_reason: str | None = None
     threshold_warnings: list[str] = field(default_factory=list)
+    # binary / multiclass / multilabel (medclf.tasks); None in older checkpoints, read from num_classes
+    task: str | None = None
+    # multilabel: one operating threshold per label, chosen on validation (`threshold` is then unused)
+    thresholds: list[float] | None = None
 
     def __post_init__(self) -> None:
+        try:
+            self.task = task_of(self.label_names, self.task)
+        except ValueError as err:
+            raise ConfigError(f"contract: {err}") from None
+        if self.thresholds is not None and len(self.thresholds) != self.num_classes:
+            raise ConfigError(f"contract: {len(self.thresholds)} thresholds for {self.num_classes} labels")
         if self.num_classes < 2:
             raise ConfigError(f"contract: num_classes must be >= 2 (models output K >= 2 logits), got {self.num_classes}")
         if len(self.label_names) != self.num_classes:
@@ -63,6 +74,8 @@ class DataContract:
             "threshold_source": None if self.threshold_source is None else str(self.threshold_source),
             "threshold_reason": None if self.threshold_reason is None else str(self.threshold_reason),
             "threshold_warnings": [str(w) for w in self.threshold_warnings],
+            "task": str(self.task),
+            "thresholds": None if self.thresholds is None else [float(t) for t in self.thresholds],
         }
 
     @classmethod
@@ -90,4 +103,14 @@ class DataContract:
             threshold_source=d.get("threshold_source"),
             threshold_reason=d.get("threshold_reason"),
             threshold_warnings=[str(w) for w in d.get("threshold_warnings") or []],
+            task=d.get("task"),
+            thresholds=None if d.get("thresholds") is None else [float(t) for t in d["thresholds"]],
         )
+
+    @property
+    def multilabel(self) -> bool:
+        return self.task == "multilabel"
+
+    def label_thresholds(self) -> list[float]:
+        """Per-label operating thresholds of a multilabel contract (0.5 where none was chosen)."""
+        return list(self.thresholds) if self.thresholds is not None else [0.5] * self.num_classes

@@ -24,6 +24,7 @@ import pandas as pd
 
 from medclf.data.splits import SPLITS, leakage_audit
 from medclf.errors import DataError
+from medclf.tasks import check_masks, label_counts, label_set_name, task_of
 from medclf.io import make_temp_dir, read_json, write_json, write_text
 from medclf.outdirs import MARKER, claim_output_dir, folder_kind, folder_lock, register_own_files, write_marker
 
@@ -70,6 +71,11 @@ class Cache:
     @property
     def label_names(self) -> list[str]:
         return list(self.meta["label_names"])
+
+    @property
+    def task(self) -> str:
+        """binary, multiclass or multilabel (medclf.tasks); caches made before the field read from K."""
+        return task_of(self.label_names, self.meta.get("task"))
 
     @property
     def positive_index(self) -> int:
@@ -122,33 +128,39 @@ def manifest_hash_bytes(manifest: pd.DataFrame) -> bytes:
     return manifest[HASHED_COLUMNS].to_csv(index=False, lineterminator="\n").encode("utf-8")
 
 
-def split_counts(manifest: pd.DataFrame, label_names: list[str]) -> dict[str, dict[str, int]]:
-    """{split: {label_name: n}} for the splits that have rows."""
+def split_counts(manifest: pd.DataFrame, label_names: list[str], task: str | None = None) -> dict[str, dict[str, int]]:
+    """{split: {label_name: n}} for the splits that have rows (multilabel: images holding each label)."""
     splits = manifest["split"].to_numpy()
     labels = manifest["label"].to_numpy(dtype=np.int64)
     counts: dict[str, dict[str, int]] = {}
     for split in SPLITS:
         chosen = labels[splits == split]
         if chosen.size:
-            per = np.bincount(chosen, minlength=len(label_names))
+            per = label_counts(chosen, len(label_names)) if task == "multilabel" else \
+                np.bincount(chosen, minlength=len(label_names))
             counts[split] = {name: int(per[i]) for i, name in enumerate(label_names)}
     return counts
 
 
-def normalise_manifest(manifest: pd.DataFrame, label_names: list[str]) -> pd.DataFrame:
-    """Columns in contract order, missing optional ones filled, index = row number; checks labels/splits."""
+def normalise_manifest(manifest: pd.DataFrame, label_names: list[str], task: str | None = None) -> pd.DataFrame:
+    """Columns in contract order, missing optional ones filled, index = row number; checks labels/splits.
+    A multilabel manifest's `label` is a bit mask (medclf.tasks)."""
     frame = manifest.reset_index(drop=True).copy()
     for col in ("id", "label", "split"):
         if col not in frame:
             raise ValueError(f"manifest lacks required column {col!r}")
     frame["index"] = np.arange(len(frame))
     frame["label"] = frame["label"].astype(np.int64)
-    if len(frame) and (frame["label"].min() < 0 or frame["label"].max() >= len(label_names)):
+    multilabel = task == "multilabel"
+    if multilabel:
+        check_masks(frame["label"].to_numpy(), len(label_names))
+    elif len(frame) and (frame["label"].min() < 0 or frame["label"].max() >= len(label_names)):
         raise ValueError(f"labels must be in [0, {len(label_names)}), got {sorted(set(frame['label']))}")
     bad = sorted(set(frame["split"]) - set(SPLITS))
     if bad:
         raise ValueError(f"unknown split values {bad}; valid: {list(SPLITS)}")
-    defaults = {"patient_id": frame["id"], "label_name": [label_names[i] for i in frame["label"]],
+    names = [label_set_name(m, label_names) if multilabel else label_names[m] for m in frame["label"]]
+    defaults = {"patient_id": frame["id"], "label_name": names,
                 "boxes": "[]", "view": "", "sex": "", "age": np.nan, "source": ""}
     for col, value in defaults.items():
         if col not in frame:
@@ -188,7 +200,8 @@ class CacheWriter:
 
     def finish(self, manifest: pd.DataFrame, meta: dict[str, Any]) -> dict[str, Any]:
         label_names = list(meta["label_names"])
-        manifest = normalise_manifest(manifest, label_names)
+        task = task_of(label_names, meta.get("task"))
+        manifest = normalise_manifest(manifest, label_names, task)
         # No msync: the rename makes the cache appear whole to readers (they share the page cache); like the
         # rest of medclf it does not promise durability across a power cut, only across a killed process.
         digest = hashlib.sha256()
@@ -201,9 +214,9 @@ class CacheWriter:
             "n": len(manifest),
             "label_names": label_names, "positive_index": int(meta["positive_index"]),
             "label_mode": meta.get("label_mode", ""), "params": meta.get("params", {}),
-            "versions": meta.get("versions") or versions(), "split_counts": split_counts(manifest, label_names),
+            "versions": meta.get("versions") or versions(), "split_counts": split_counts(manifest, label_names, task),
             "leakage_audit": meta.get("leakage_audit") or leakage_audit(manifest["patient_id"], manifest["split"]),
-            "content_hash": digest.hexdigest(), "skipped": meta.get("skipped", []),
+            "content_hash": digest.hexdigest(), "skipped": meta.get("skipped", []), "task": task,
         }
         full.update({k: v for k, v in meta.items() if k not in full})  # extra keys (fingerprint, reports) kept
         write_text(self.tmp_dir / MANIFEST, manifest.to_csv(index=False, lineterminator="\n"))
@@ -299,7 +312,7 @@ def write_cache_view(cache: Cache, view_dir: str | Path, manifest: pd.DataFrame)
     if (view_dir / META).is_file():
         return view_dir
     base_hash = str(cache.meta.get("content_hash", ""))
-    meta = {**cache.meta, "split_counts": split_counts(manifest, cache.label_names),
+    meta = {**cache.meta, "split_counts": split_counts(manifest, cache.label_names, cache.task),
             "leakage_audit": leakage_audit(manifest["patient_id"], manifest["split"]),
             "content_hash": hashlib.sha256(base_hash.encode() + manifest_hash_bytes(manifest)).hexdigest(),
             "view_of": {"cache": str(cache.path.resolve()), "content_hash": base_hash}}

@@ -104,7 +104,8 @@ def _check_args(num_classes: int, in_chans: int, input_size: int | None, drop_ra
 
 def create_model(name: str, num_classes: int, pretrained: bool = False, weights: str | Path | None = None,
                  in_chans: int = 3, input_size: int | None = None, drop_rate: float = 0.0,
-                 label_names: list[str] | None = None, positive_index: int = 1) -> ClassifierModel:
+                 label_names: list[str] | None = None, positive_index: int = 1,
+                 task: str | None = None) -> ClassifierModel:
     """Build a classifier by name, with its data contract.
 
     pretrained: the library's ImageNet weights (cache or download; a clear MedclfError when unavailable).
@@ -113,6 +114,7 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, weights:
     in_chans: 3 (the grey image is replicated by the transform) or 1 (the first layer's filters are summed).
     input_size: the square input side; default 224 (timm: its pretrained config's size). ViTs are built for it.
     drop_rate: dropout before the classifier.
+    task: binary, multiclass or multilabel (medclf.tasks; default from num_classes): how the logits are read.
     """
     names = _check_args(num_classes, in_chans, input_size, drop_rate, label_names, positive_index)
     if weights is not None and pretrained:
@@ -136,7 +138,7 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, weights:
         mean, std = [sum(mean) / len(mean)], [sum(std) / len(std)]
     model.contract = DataContract(model_name=name, num_classes=num_classes, label_names=names,
                                   positive_index=positive_index, input_size=input_size, in_chans=in_chans,
-                                  mean=mean, std=std)
+                                  mean=mean, std=std, task=task)
     model.build_kwargs = {"num_classes": num_classes, "in_chans": in_chans, "input_size": input_size,
                           "drop_rate": float(drop_rate), "label_names": names, "positive_index": positive_index}
     return model
