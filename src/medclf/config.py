@@ -46,6 +46,10 @@ class LossConfig:
     label_smoothing: float = 0.0  # ce
     class_balanced: bool = False  # weights by the effective number of samples (Cui et al. 2019)
     beta: float = 0.999
+    pos_weight: bool = False  # multilabel ce/focal: each label's positives weighted by its negatives/positives
+    gamma_neg: float = 4.0  # asl (multilabel): focusing of the negatives
+    gamma_pos: float = 0.0  # asl: focusing of the positives
+    clip: float = 0.05  # asl: probability margin shifted off the negatives
 
 
 @dataclass

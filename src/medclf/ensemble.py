@@ -27,11 +27,14 @@ from medclf.data.summary import data_summary
 from medclf.device import pick_device
 from medclf.engine.distributed import is_main
 from medclf.errors import MedclfError
+from medclf.evaluation.multilabel import macro_roc_auc
+from medclf.evaluation.thresholds import OperatingThreshold
 from medclf.io import atomic_path, read_json, write_json
 from medclf.models.ensemble import COMBINES, Ensemble, ensemble_contract
 from medclf.models.registry import list_models
 from medclf.outdirs import output_dir
 from medclf.runs import ENSEMBLE_FORMAT, Predictor, RunDir, open_checkpoint
+from medclf.tasks import multi_hot, rarest_label
 from medclf.tracking import Tracker, parent_run
 
 MODES = ("partition", "kfold", "bootstrap", "models")
@@ -53,6 +56,8 @@ def plan_members(cache: Cache, mode: str, k: int, model_names: list[str], seed: 
     """The members' training rows, drawn from the cache's train split, patient-grouped and seeded."""
     rows = cache.indices("train")
     labels = cache.manifest["label"].to_numpy(dtype=np.int64)[rows]
+    if cache.task == "multilabel":  # stratify by rarest label, as prepare splits (medclf.tasks.rarest_label)
+        labels = rarest_label(labels, len(cache.label_names))
     groups = cache.manifest["patient_id"].to_numpy()[rows]
     if mode == "models":
         return [MemberPlan(i, name, seed + i, rows) for i, name in enumerate(model_names)]
@@ -207,7 +212,7 @@ def finalize_ensemble(out_dir: Path, cache: Cache, cfg: Config, mode: str, combi
     """Score the members on the cache's val split, set the weights, choose the ensemble's threshold on the
     combined probabilities (through the Predictor, with the run's test-time augmentation), and write
     ensemble.json (whose presence makes OUT an ensemble run)."""
-    from medclf.engine.train import checked_threshold  # the members' own rule, so both say why alike
+    from medclf.engine.train import checked_threshold, set_label_thresholds  # the members' rule, so both say why alike
 
     device = pick_device(cfg.train.device)
     rd = RunDir(out_dir)
@@ -221,21 +226,36 @@ def finalize_ensemble(out_dir: Path, cache: Cache, cfg: Config, mode: str, combi
     prediction = Predictor(model, contract, tta_flip=cfg.eval.tta_flip, device=device,
                            detectors=[]).predict_dataset(val, batch_size=cfg.eval.batch_size)
     member_p, combined = prediction.member_probs, prediction.probs
-    y = (val.labels == pos).astype(int)
-    aucs = [float(roc_auc_score(y, m[:, pos])) if 0 < y.sum() < len(y) else None for m in member_p]
+    y = multi_hot(val.labels, contract.num_classes) if contract.multilabel else (val.labels == pos).astype(int)
+    aucs = [_member_auc(y, m, contract) for m in member_p]
     weights = [1.0 / len(runs)] * len(runs)
     if combine == "weighted" and None not in aucs:
         weights = [a / sum(aucs) for a in aucs]
         combined = np.tensordot(np.asarray(weights, dtype=np.float32), member_p, axes=1)
-    chosen, warnings = checked_threshold(y, combined[:, pos], cfg)
-    info = [{**read_json(rd.member(d) / RunDir.MEMBER_INFO), "dir": d, "val_auc": auc, "threshold": r.contract.threshold}
+    if contract.multilabel:  # one threshold per label, by the members' rule
+        set_label_thresholds(contract, y, combined, cfg)
+        chosen = OperatingThreshold(0.5, contract.threshold_source, contract.threshold_reason)
+        warnings = contract.threshold_warnings
+    else:
+        chosen, warnings = checked_threshold(y, combined[:, pos], cfg)
+    info = [{**read_json(rd.member(d) / RunDir.MEMBER_INFO), "dir": d, "val_auc": auc,
+             "threshold": r.contract.thresholds if contract.multilabel else r.contract.threshold}
             for d, r, auc in zip(dirs, runs, aucs)]
     spec = {"format": ENSEMBLE_FORMAT, "format_version": 1, "mode": mode, "combine": combine, "members": dirs,
             "weights": weights, "threshold": chosen.value, "threshold_method": cfg.eval.threshold,
             "threshold_split": "val", "threshold_source": chosen.source, "threshold_reason": chosen.reason,
             "threshold_warnings": warnings, "member_info": info, "cache": str(cache.path.resolve()),
             "cache_hash": cache.meta.get("content_hash")}
+    if contract.multilabel:
+        spec["thresholds"] = contract.thresholds
     for warning in warnings:
         print(f"warning: {out_dir}: {warning}", file=sys.stderr)
     write_json(rd.ensemble_path, spec)
     return spec
+
+
+def _member_auc(y: np.ndarray, probs: np.ndarray, contract) -> float | None:
+    """A member's validation ROC AUC: of the positive class, or the macro AUC over labels (multilabel)."""
+    if contract.multilabel:
+        return macro_roc_auc(y, probs)
+    return float(roc_auc_score(y, probs[:, contract.positive_index])) if 0 < y.sum() < len(y) else None

@@ -207,3 +207,133 @@ def _make_soft_f1(
 ) -> nn.Module:
     _check_positive_index(num_classes, positive_index)
     return SoftF1Loss(positive_index=positive_index, eps=eps)
+
+
+# ---------------------------------------------------------------------------------------------- multilabel
+# A multilabel target is one int64 bit mask per image (medclf.tasks); these losses unpack it into the K x 0/1
+# matrix and score each logit with its own sigmoid. Their registry is separate: the same names (`ce`, `focal`)
+# mean the one-vs-rest form there, so a config moves between task types unchanged.
+MULTILABEL_LOSSES: dict[str, LossFactory] = {}
+
+
+def _register_multilabel(name: str) -> Callable[[LossFactory], LossFactory]:
+    def add(factory: LossFactory) -> LossFactory:
+        MULTILABEL_LOSSES[name] = factory
+        return factory
+
+    return add
+
+
+def multi_hot_target(mask: torch.Tensor, k: int) -> torch.Tensor:
+    """`B` int64 bit masks -> `B x K` float 0/1."""
+    bits = torch.arange(k, device=mask.device, dtype=torch.int64)
+    return ((mask.view(-1, 1) >> bits) & 1).float()
+
+
+def create_multilabel_loss(name: str, num_labels: int, label_counts: Sequence[int] | None = None,
+                           n_images: int | None = None, **params: object) -> nn.Module:
+    """The loss `name` for `num_labels` independent sigmoids; `label_counts` (images holding each label) and
+    `n_images` from the training split are needed only with `pos_weight=True`."""
+    if name not in MULTILABEL_LOSSES:
+        raise ConfigError(f"loss.name: {name!r} is not defined for a multilabel task; valid: "
+                          f"{', '.join(sorted(MULTILABEL_LOSSES))}")
+    factory = MULTILABEL_LOSSES[name]
+    valid = [p for p in inspect.signature(factory).parameters if p not in ("num_labels", "pos_weights")]
+    unknown = sorted(set(params) - set(valid) - {"pos_weight"})
+    if unknown:
+        raise ConfigError(f"loss.params: unknown {unknown} for multilabel loss {name!r}; valid: {', '.join(valid)}")
+    weights = _pos_weights(label_counts, n_images, num_labels) if params.pop("pos_weight", False) else None
+    return factory(num_labels, pos_weights=weights, **params)
+
+
+def _pos_weights(label_counts: Sequence[int] | None, n_images: int | None, k: int) -> torch.Tensor:
+    """negatives / positives per label (BCEWithLogitsLoss's pos_weight), so each label's two sides weigh alike."""
+    if label_counts is None or n_images is None or len(label_counts) != k:
+        raise ConfigError("loss.pos_weight: needs the training split's count of each label")
+    counts = np.asarray(label_counts, dtype=np.float64)
+    if (counts <= 0).any() or (counts >= n_images).any():
+        raise ConfigError(f"loss.pos_weight: every label needs positives and negatives in the training split, "
+                          f"got {counts.astype(int).tolist()} of {n_images} images")
+    return torch.tensor((n_images - counts) / counts, dtype=torch.float32)
+
+
+class MultiLabelBCE(nn.Module):
+    """Mean binary cross-entropy over images and labels (torch's BCEWithLogitsLoss on the unpacked mask)."""
+
+    def __init__(self, num_labels: int, pos_weights: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.num_labels = num_labels
+        self.loss = nn.BCEWithLogitsLoss(pos_weight=pos_weights)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.loss(logits.float(), multi_hot_target(target, self.num_labels))
+
+
+class MultiLabelFocal(nn.Module):
+    """torchvision's sigmoid focal loss (Lin et al. 2017), averaged over images and labels; `pos_weights`
+    multiply each label's positive terms as in BCEWithLogitsLoss."""
+
+    def __init__(self, num_labels: int, gamma: float = 2.0, alpha: float | None = None,
+                 pos_weights: torch.Tensor | None = None) -> None:
+        super().__init__()
+        if gamma < 0:
+            raise ConfigError(f"loss.params.gamma: must be >= 0, got {gamma}")
+        self.num_labels, self.gamma, self.alpha = num_labels, float(gamma), -1.0 if alpha is None else float(alpha)
+        self.register_buffer("pos_weights", pos_weights)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        from torchvision.ops import sigmoid_focal_loss
+
+        y = multi_hot_target(target, self.num_labels)
+        loss = sigmoid_focal_loss(logits.float(), y, alpha=self.alpha, gamma=self.gamma, reduction="none")
+        if self.pos_weights is not None:
+            loss = loss * (1 + (self.pos_weights - 1) * y)
+        return loss.mean()
+
+
+class AsymmetricLoss(nn.Module):
+    """ASL (Ridnik et al., ICCV 2021): positives -(1-p)^g+ log p, negatives -p_m^g- log(1 - p_m) with the
+    shifted probability p_m = max(p - clip, 0), summed over labels and averaged over images as in the paper.
+
+    Written by hand: no maintained library on PyPI ships it (the authors' repository is not a package).
+    """
+
+    def __init__(self, num_labels: int, gamma_neg: float = 4.0, gamma_pos: float = 0.0, clip: float = 0.05,
+                 pos_weights: torch.Tensor | None = None, eps: float = 1e-8) -> None:
+        super().__init__()
+        if gamma_neg < 0 or gamma_pos < 0 or not 0 <= clip < 1:
+            raise ConfigError(f"loss.params: asl needs gamma_neg, gamma_pos >= 0 and clip in [0, 1), got "
+                              f"{gamma_neg}, {gamma_pos}, {clip}")
+        self.num_labels, self.gamma_neg, self.gamma_pos, self.clip, self.eps = \
+            num_labels, float(gamma_neg), float(gamma_pos), float(clip), eps
+        self.register_buffer("pos_weights", pos_weights)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        y = multi_hot_target(target, self.num_labels)
+        p = torch.sigmoid(logits.float())
+        p_neg = (p - self.clip).clamp(min=0) if self.clip > 0 else p
+        pos = y * torch.log(p.clamp(min=self.eps)) * (1 - p).pow(self.gamma_pos)
+        if self.pos_weights is not None:
+            pos = pos * self.pos_weights
+        neg = (1 - y) * torch.log((1 - p_neg).clamp(min=self.eps)) * p_neg.pow(self.gamma_neg)
+        return -(pos + neg).sum(dim=1).mean()
+
+
+@_register_multilabel("ce")
+def _make_multilabel_bce(num_labels: int, pos_weights: torch.Tensor | None = None) -> nn.Module:
+    return MultiLabelBCE(num_labels, pos_weights)
+
+
+_register_multilabel("bce")(_make_multilabel_bce)
+
+
+@_register_multilabel("focal")
+def _make_multilabel_focal(num_labels: int, pos_weights: torch.Tensor | None = None, gamma: float = 2.0,
+                           alpha: float | None = None) -> nn.Module:
+    return MultiLabelFocal(num_labels, gamma=gamma, alpha=alpha, pos_weights=pos_weights)
+
+
+@_register_multilabel("asl")
+def _make_asl(num_labels: int, pos_weights: torch.Tensor | None = None, gamma_neg: float = 4.0,
+              gamma_pos: float = 0.0, clip: float = 0.05) -> nn.Module:
+    return AsymmetricLoss(num_labels, gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip, pos_weights=pos_weights)

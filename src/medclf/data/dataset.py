@@ -12,7 +12,8 @@ from medclf.data.cache import Cache
 
 
 class CacheDataset(Dataset):
-    """Rows `indices` of a cache. `labels` is a numpy array so samplers never iterate the images."""
+    """Rows `indices` of a cache. `labels` is a numpy array so samplers never iterate the images (a bit mask
+    per image for a multilabel cache, `task` says which: medclf.tasks)."""
 
     def __init__(self, cache: Cache, split: str | None = None, indices: Sequence[int] | None = None):
         self.cache = cache
@@ -21,6 +22,8 @@ class CacheDataset(Dataset):
         self.indices = np.asarray(indices, dtype=np.int64)
         self.labels = cache.manifest["label"].to_numpy(dtype=np.int64)[self.indices]
         self.ids = cache.manifest["id"].astype(str).to_numpy()[self.indices]
+        self.task = cache.task
+        self.num_labels = len(cache.label_names)
 
     def __len__(self) -> int:
         return len(self.indices)

@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset, Sampler, Subset
 
 from medclf.errors import ConfigError, DataError
+from medclf.tasks import rarest_label
 
 
 def dataset_labels(dataset: Dataset) -> np.ndarray:
@@ -102,8 +103,19 @@ class ShuffleSampler(EpochSampler):
         return torch.cat(perms)[: self.num_samples]
 
 
+def sampling_classes(dataset: Dataset) -> np.ndarray:
+    """The class each item is balanced by: its label, or for a multilabel dataset (`task == "multilabel"`) its
+    rarest present label, K for an image with none (medclf.tasks.rarest_label): a rare finding is then drawn
+    as often as a common one, and its images bring their other findings along."""
+    labels = dataset_labels(dataset)
+    if getattr(dataset, "task", None) == "multilabel":
+        return rarest_label(labels, int(dataset.num_labels))
+    return labels
+
+
 class BalancedSampler(EpochSampler):
-    """Draws with replacement with weight 1 / count(label), so each class is equally likely per draw.
+    """Draws with replacement with weight 1 / count(class), so each class is equally likely per draw (the class
+    of `sampling_classes`).
 
     Same weighting as torchsampler's ImbalancedDatasetSampler, with labels from `dataset_labels` and an explicit
     generator. Rare-class images repeat within an epoch and common-class images are skipped; the epoch length is
@@ -114,7 +126,7 @@ class BalancedSampler(EpochSampler):
         self, dataset: Dataset, num_samples: int | None = None, seed: int = 0, num_replicas: int = 1, rank: int = 0
     ) -> None:
         super().__init__(dataset, num_samples, seed, num_replicas, rank)
-        labels = dataset_labels(dataset)
+        labels = sampling_classes(dataset)
         _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
         self.weights = torch.as_tensor(1.0 / counts[inverse], dtype=torch.float64)
 

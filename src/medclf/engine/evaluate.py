@@ -16,11 +16,13 @@ from medclf.errors import DataError
 from medclf.evaluation.caveats import MIN_CLASS, metric_warnings, threshold_warning
 from medclf.evaluation.metrics import CI_KEYS, binary_metrics
 from medclf.evaluation.multiclass import multiclass_metrics
+from medclf.evaluation.multilabel import multilabel_metrics
 from medclf.evaluation.subgroups import (DEFAULT_AGE_BINS, TEST_NAME, UNKNOWN, check_age_bins, flat_rows,
                                          group_labels, group_order, subgroup_rows)
 from medclf.io import atomic_path, write_json
 from medclf.runs import Prediction, Predictor, RunDir, open_run_and_cache
 from medclf.runs.layout import PLOT_KINDS
+from medclf.tasks import label_set_name, multi_hot
 from medclf.tracking import open_run_tracker
 
 
@@ -53,6 +55,8 @@ def evaluate_run(
     negatives (default: the run's eval.threshold_min_class) are reported as too small.
     """
     run, cache = open_run_and_cache(run_dir, data, pick_device(device))
+    if by and run.contract.multilabel:
+        raise DataError(f"--by: subgroups are reported for single-label runs; {run.dir.path} is multilabel")
     by = check_subgroup_columns(cache, by)
     age_bins = check_age_bins(age_bins)
     dataset = split_dataset(cache, split)
@@ -64,6 +68,13 @@ def evaluate_run(
         table.to_csv(tmp, index=False)
     c = run.contract
     fallback = threshold_warning(c.threshold_source, c.threshold_reason)
+    if c.multilabel:
+        metrics = write_multilabel_evaluation(table, c.label_names, c.label_thresholds(), run.dir, tag, n_boot=n_boot,
+                                              min_class=run.config.eval.threshold_min_class,
+                                              threshold_reason=c.threshold_reason,
+                                              notes=[fallback] if fallback else [])
+        log_evaluation(run.dir, run.config, tag, metrics, mlflow_uri)
+        return metrics
     metrics = write_evaluation(table, c.threshold, run.dir, tag, n_boot=n_boot, positive_index=c.positive_index,
                                label_names=c.label_names, min_class=run.config.eval.threshold_min_class,
                                threshold_reason=c.threshold_reason, notes=[fallback] if fallback else [])
@@ -94,7 +105,12 @@ def predictions_table(dataset: CacheDataset, prediction: Prediction, predictor: 
     index), `predicted` the class called at `threshold`; `predict`'s CSV uses the same names."""
     columns = predictor.columns(prediction)
     head = pd.DataFrame({"id": dataset.ids, "label": dataset.labels})
-    table = pd.concat([head, columns[["prob", "predicted", "threshold"]]], axis=1)
+    if predictor.contract.multilabel:  # label: the truth's bit mask; labels: its names (medclf.tasks)
+        head["labels"] = [label_set_name(m, predictor.contract.label_names) for m in dataset.labels]
+        lead = [c for c in columns.columns if c.startswith(("prob_", "pred_")) or c == "predicted"]
+    else:
+        lead = ["prob", "predicted", "threshold"]
+    table = pd.concat([head, columns[lead]], axis=1)
     table["split"], table["model"] = split, predictor.name
     rest = [c for c in columns.columns if c not in table.columns]
     return pd.concat([table, columns[rest]], axis=1)
@@ -141,6 +157,33 @@ def write_evaluation(pred_df: Any, threshold: float, run_dir: str | Path | RunDi
     plots.plot_roc(y, prob, rd.plot("roc", tag), threshold=threshold, title=tag)
     plots.plot_pr(y, prob, rd.plot("pr", tag), threshold=threshold, title=tag)
     plots.plot_calibration(y, prob, rd.plot("calibration", tag), title=tag)
+    return metrics
+
+
+def write_multilabel_evaluation(pred_df: pd.DataFrame, label_names: Sequence[str], thresholds: Sequence[float],
+                                run_dir: str | Path | RunDir, tag: str, n_boot: int = 1000, seed: int = 0,
+                                min_class: int = MIN_CLASS, threshold_reason: str | None = None,
+                                notes: Sequence[str] = ()) -> dict[str, Any]:
+    """A multilabel run's `metrics_<tag>.json` (medclf.evaluation.multilabel: per label and averaged, with
+    `task`, `roc_auc` = the macro ROC AUC, `split`, `n_boot`, `threshold_reason`, `warnings`: each label's
+    `metric_warnings`, prefixed with its name) and its per-label ROC and PR plots. Returns the metrics dict."""
+    from medclf.evaluation import plots  # matplotlib is only needed here
+
+    rd = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    rd.metrics(tag)  # checks the tag before any work
+    probs = pred_df[[f"prob_{n}" for n in label_names]].to_numpy(dtype=np.float64)
+    metrics = {"task": "multilabel", "split": tag, "n_boot": int(n_boot), "threshold_reason": threshold_reason,
+               **multilabel_metrics(pred_df["label"].to_numpy(), probs, label_names, thresholds, n_boot=n_boot,
+                                    seed=seed)}
+    metrics["roc_auc"] = metrics["macro"]["roc_auc"]
+    metrics["warnings"] = [f"{name}: {w}" for name, m in metrics["per_label"].items()
+                           for w in metric_warnings(m, min_class)] + list(notes)
+    write_json(rd.metrics(tag), metrics)
+    if tag.split("@")[0] == "test":
+        write_json(rd / RunDir.METRICS, metrics)
+    y = multi_hot(pred_df["label"].to_numpy(), len(label_names))
+    for kind in ("roc", "pr"):
+        plots.plot_label_curves(y, probs, label_names, thresholds, rd.plot(kind, tag), kind=kind, title=tag)
     return metrics
 
 

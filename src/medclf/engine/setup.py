@@ -19,7 +19,8 @@ from medclf.data.transforms import Augment, BatchTransform, make_transform
 from medclf.engine.distributed import DistContext, check_same_cache, wrap_model
 from medclf.engine.optim import create_optimizer, create_scheduler
 from medclf.errors import ConfigError, DataError
-from medclf.losses import create_loss
+from medclf.losses import create_loss, create_multilabel_loss
+from medclf.tasks import label_counts
 from medclf.models import create_model
 from medclf.contract import DataContract
 
@@ -97,16 +98,13 @@ def build_setup(cfg: Config, data_dir: str | Path, out_dir: str | Path, dist: Di
         drop_rate=cfg.model.drop_rate,
         label_names=list(cache.label_names),
         positive_index=cache.positive_index,
+        task=cache.task,
     )
     model.to(device)
     if cfg.train.channels_last and device.type == "cuda":
         model.to(memory_format=torch.channels_last)
 
-    class_counts = np.bincount(train_set.labels, minlength=len(cache.label_names))
-    loss_fn = create_loss(
-        cfg.loss.name, num_classes=len(cache.label_names), class_counts=class_counts.tolist(),
-        **loss_params(cfg, cache.positive_index),
-    ).to(device)
+    loss_fn = task_loss(cfg, cache, train_set.labels).to(device)
     # every rank draws the same global epoch and keeps its share: the epoch has the same length as on one process
     sampler = create_sampler(cfg.data.sampler, train_set, num_samples=cfg.data.epoch_samples, seed=cfg.train.seed,
                              num_replicas=dist.world_size, rank=dist.rank)
@@ -134,6 +132,26 @@ def compiled(model: torch.nn.Module, cfg: Config) -> torch.nn.Module:
     if not cfg.train.compile:
         return model
     return torch.compile(model)
+
+
+def task_loss(cfg: Config, cache: Cache, train_labels: np.ndarray) -> torch.nn.Module:
+    """The configured loss for the cache's task, with the training split's counts it may weigh by."""
+    k = len(cache.label_names)
+    if cache.task == "multilabel":
+        lc = cfg.loss
+        params = {"ce": {}, "bce": {}, "focal": {"gamma": lc.gamma, "alpha": lc.alpha},
+                  "asl": {"gamma_neg": lc.gamma_neg, "gamma_pos": lc.gamma_pos, "clip": lc.clip}}.get(lc.name, {})
+        if lc.class_balanced:
+            raise ConfigError("loss.class_balanced: weighs classes of a single-label task; a multilabel task "
+                              "weighs each label's positives with loss.pos_weight=true")
+        return create_multilabel_loss(lc.name, k, label_counts(train_labels, k).tolist(), len(train_labels),
+                                      pos_weight=lc.pos_weight, **params)
+    if cfg.loss.pos_weight:
+        raise ConfigError("loss.pos_weight: weighs each label of a multilabel task; a single-label task uses "
+                          "loss.class_balanced=true")
+    class_counts = np.bincount(train_labels, minlength=k)
+    return create_loss(cfg.loss.name, num_classes=k, class_counts=class_counts.tolist(),
+                       **loss_params(cfg, cache.positive_index))
 
 
 def loss_params(cfg: Config, positive_index: int) -> dict:

@@ -30,10 +30,14 @@ from medclf.data.cache import Cache
 from medclf.data.summary import data_summary
 from medclf.evaluation.caveats import metric_warnings, threshold_warning
 from medclf.evaluation.metrics import binary_metrics
-from medclf.evaluation.thresholds import OperatingThreshold, operating_threshold
+from medclf.evaluation.multilabel import average_rates, macro_roc_auc
+from medclf.evaluation.thresholds import SOURCE_DATA, SOURCE_DEFAULT, OperatingThreshold, operating_threshold
+from medclf.contract import DataContract
 from medclf.models.checkpoint import read_checkpoint
+from medclf.models.outputs import logits_of
 from medclf.runs import Predictor, RunDir, open_checkpoint
 from medclf.runs.ood import fit_detector
+from medclf.tasks import multi_hot
 from medclf.tracking import Tracker, check_trackers, open_tracker, parent_kind
 
 
@@ -185,12 +189,27 @@ def validate(s: TrainingSetup, model: torch.nn.Module) -> dict:
     """
     predictor = Predictor(model, s.contract, device=s.device, detectors=[])
     probs = predict_sharded(predictor, s.val_set, s.dist, batch_size=s.cfg.eval.batch_size)
+    if s.contract.multilabel:
+        return validate_multilabel(s, probs)
     logp = torch.log(torch.from_numpy(probs).clamp_min(1e-7))
     # val loss with the training loss function, so the two curves are comparable (the seed deck's graph)
     val_loss = float(s.loss_fn(logp.to(s.device), torch.from_numpy(s.val_set.labels).to(s.device)))
     y = (s.val_set.labels == s.contract.positive_index).astype(int)
     m = binary_metrics(y, probs[:, s.contract.positive_index], threshold=0.5, n_boot=0)
     return {"val_loss": val_loss, "val_auc": m["roc_auc"], "val_f1": m["f1"], "val_accuracy": m["accuracy"]}
+
+
+def validate_multilabel(s: TrainingSetup, probs: np.ndarray) -> dict:
+    """The same row for a multilabel run: `val_auc` is the macro ROC AUC over labels, `val_f1` the macro F1 and
+    `val_accuracy` the share of correct image-label calls, each label called at 0.5."""
+    labels = s.val_set.labels
+    logits = logits_of(torch.from_numpy(probs), "multilabel")
+    val_loss = float(s.loss_fn(logits.to(s.device), torch.from_numpy(labels).to(s.device)))
+    y = multi_hot(labels, probs.shape[1])
+    called = probs >= 0.5
+    auc = macro_roc_auc(y, probs)
+    return {"val_loss": val_loss, "val_auc": math.nan if auc is None else auc,
+            "val_f1": average_rates(y, called, "macro")["f1"], "val_accuracy": float((called == y).mean())}
 
 
 def finalize_run(s: TrainingSetup, progress: bool = False) -> None:
@@ -204,10 +223,13 @@ def finalize_run(s: TrainingSetup, progress: bool = False) -> None:
     predictor = Predictor(run.model, run.contract, tta_flip=s.cfg.eval.tta_flip, device=s.device, detectors=[])
     probs = predictor.predict_dataset(s.val_set, batch_size=s.cfg.eval.batch_size).probs
     contract = run.contract
-    y = (s.val_set.labels == contract.positive_index).astype(int)
-    chosen, contract.threshold_warnings = checked_threshold(y, probs[:, contract.positive_index], s.cfg)
-    contract.threshold, contract.threshold_source, contract.threshold_reason = chosen.value, chosen.source, \
-        chosen.reason
+    if contract.multilabel:
+        set_label_thresholds(contract, multi_hot(s.val_set.labels, contract.num_classes), probs, s.cfg)
+    else:
+        y = (s.val_set.labels == contract.positive_index).astype(int)
+        chosen, contract.threshold_warnings = checked_threshold(y, probs[:, contract.positive_index], s.cfg)
+        contract.threshold, contract.threshold_source, contract.threshold_reason = chosen.value, chosen.source, \
+            chosen.reason
     for warning in contract.threshold_warnings:  # printed by rank 0 alone, once, whatever `progress` says
         print(f"warning: {s.out_dir}: {warning}", file=sys.stderr)
     contract.ood = _fit_ood(s, predictor, progress)
@@ -225,6 +247,18 @@ def checked_threshold(y: np.ndarray, prob: np.ndarray, cfg: Config) -> tuple[Ope
     fallback = threshold_warning(chosen.source, chosen.reason)
     warnings = [f"validation: {w}" for w in metric_warnings(val_metrics, cfg.eval.threshold_min_class)]
     return chosen, ([fallback] if fallback else []) + warnings
+
+
+def set_label_thresholds(contract: DataContract, y: np.ndarray, probs: np.ndarray, cfg: Config) -> None:
+    """A multilabel run's operating thresholds, one per label, each by the safe rule on that label's validation
+    column (`checked_threshold`); the contract's source is "validation" only when every label's was fitted."""
+    chosen, warnings = zip(*(checked_threshold(y[:, k], probs[:, k], cfg) for k in range(y.shape[1])))
+    names = contract.label_names
+    contract.thresholds = [c.value for c in chosen]
+    fitted = all(c.source == SOURCE_DATA for c in chosen)
+    contract.threshold_source = SOURCE_DATA if fitted else SOURCE_DEFAULT
+    contract.threshold_reason = "; ".join(f"{name}: {c.reason}" for name, c in zip(names, chosen))
+    contract.threshold_warnings = [f"{name}: {w}" for name, ws in zip(names, warnings) for w in ws]
 
 
 def _fit_ood(s: TrainingSetup, predictor: Predictor, progress: bool) -> dict | None:

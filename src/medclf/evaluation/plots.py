@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -214,3 +215,36 @@ def _finish_curve_axes(ax: Any, ylabel: str, title: str) -> None:
         ax.legend(fontsize=9)
     # epochs are whole numbers
     ax.xaxis.get_major_locator().set_params(integer=True)
+
+
+def plot_label_curves(y: Any, prob: Any, label_names: Sequence[str], thresholds: Sequence[float], path: str | Path,
+                      kind: str = "roc", title: str | None = None) -> Path:
+    """A multilabel run's ROC (`kind="roc"`) or precision-recall (`"pr"`) curves, one per label, each with its
+    AUC and its operating point; labels without both outcomes are named as undefined in the legend."""
+    y, p = np.asarray(y), np.asarray(prob, dtype=np.float64)
+    fig = _figure(kind)
+    ax = fig.add_subplot()
+    colours = matplotlib.colormaps["tab10"]
+    if kind == "roc":
+        ax.plot([0, 1], [0, 1], color="#bbbbbb", linestyle="--", linewidth=1)
+    for k, name in enumerate(label_names):
+        yk, pk, colour = y[:, k].astype(np.int8), p[:, k], colours(k % 10)
+        if not 0 < yk.sum() < len(yk):
+            ax.plot([], [], color=colour, label=f"{name}: undefined (one outcome only)")
+            continue
+        sens, fp_rate, prec = _operating_point(yk, pk, float(thresholds[k]))
+        if kind == "roc":
+            fpr, tpr, _ = roc_curve(yk, pk)
+            ax.plot(fpr, tpr, color=colour, linewidth=1.8, label=f"{name} (AUC {roc_auc_score(yk, pk):.3f})")
+            ax.plot([fp_rate], [sens], "o", color=colour, markeredgecolor="black")
+        else:
+            precision, recall, _ = precision_recall_curve(yk, pk)
+            ax.step(recall, precision, where="post", color=colour, linewidth=1.8,
+                    label=f"{name} (AP {average_precision_score(yk, pk):.3f})")
+            if not np.isnan(prec):
+                ax.plot([sens], [prec], "o", color=colour, markeredgecolor="black")
+    ax.legend(loc="lower right" if kind == "roc" else "lower left", fontsize=8)
+    axes = (("False positive rate (1 - specificity)", "True positive rate (sensitivity)") if kind == "roc"
+            else ("Recall (sensitivity)", "Precision (PPV)"))
+    _finish_unit_axes(ax, *axes, title)
+    return save_figure(fig, path)

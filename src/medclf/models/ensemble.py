@@ -24,6 +24,7 @@ from torch import nn
 from medclf.contract import DataContract
 from medclf.data.transforms import make_transform, resize
 from medclf.errors import MedclfError
+from medclf.models.outputs import logits_of, probabilities
 
 COMBINES = ("mean", "vote", "weighted")
 _TINY = 1e-12  # log(0) would give -inf logits (and infinite gradients for attacks); softmax renormalises
@@ -37,6 +38,9 @@ class Ensemble(nn.Module):
         super().__init__()
         if combine not in COMBINES:
             raise MedclfError(f"unknown combine '{combine}'; choose one of {', '.join(COMBINES)}")
+        if combine == "vote" and contract.multilabel:
+            raise MedclfError("combine 'vote' counts votes for one positive class; a multilabel ensemble "
+                              "combines with 'mean' or 'weighted'")
         if not members or len(members) != len(member_contracts):
             raise MedclfError(f"an ensemble needs members with one contract each, got {len(members)} and "
                               f"{len(member_contracts)}")
@@ -53,8 +57,8 @@ class Ensemble(nn.Module):
         self._adapters = [_needs_adapter(c, contract) for c in member_contracts]
 
     def member_probs(self, x: torch.Tensor) -> torch.Tensor:
-        """Softmax probabilities of every member, `M x B x K` (float32)."""
-        return torch.stack([torch.softmax(m(self.member_input(i, x)).float(), dim=1)
+        """Probabilities of every member, `M x B x K` (float32): softmax, or sigmoids for a multilabel task."""
+        return torch.stack([probabilities(m(self.member_input(i, x)), self.contract.task)
                             for i, m in enumerate(self.members)])
 
     def combine_probs(self, member_probs: torch.Tensor) -> torch.Tensor:
@@ -73,8 +77,9 @@ class Ensemble(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Log of the combined probabilities: callers' softmax turns it back into them."""
-        return torch.log(self.combine_probs(self.member_probs(x)).clamp_min(_TINY))
+        """Logits of the combined probabilities (their log, or log-odds for multilabel): the task's softmax or
+        sigmoids turn them back into them."""
+        return logits_of(self.combine_probs(self.member_probs(x)), self.contract.task)
 
     def member_input(self, i: int, x: torch.Tensor) -> torch.Tensor:
         """Re-express the ensemble's normalised input in member i's contract (size, channels, mean/std)."""
@@ -98,4 +103,5 @@ def ensemble_contract(first: DataContract, threshold: float, name: str, spec: di
     spec = spec or {}
     return replace(first, model_name=name, threshold=float(threshold), ood=None,
                    threshold_source=spec.get("threshold_source"), threshold_reason=spec.get("threshold_reason"),
-                   threshold_warnings=list(spec.get("threshold_warnings") or []))
+                   threshold_warnings=list(spec.get("threshold_warnings") or []),
+                   thresholds=None if spec.get("thresholds") is None else list(spec["thresholds"]))

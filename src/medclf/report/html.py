@@ -361,6 +361,29 @@ def multiclass_tables(m: dict) -> str:
             f"<h4>Confusion matrix (true class in rows)</h4>{confusion}")
 
 
+def multilabel_tables(m: dict) -> str:
+    """A multilabel split: each label at its own operating threshold (n images holding it), then the macro,
+    prevalence-weighted and micro averages; replaces the single-threshold table of the other tasks."""
+    def cell(value: Any, ci: Any = None) -> str:
+        return fmt(value) + (f" [{fmt_ci(ci)}]" if ci else "")
+
+    rows = [(name, f"{c['n_pos']:,}", fmt_threshold(c["threshold"]), cell(c["roc_auc"], c["ci"].get("roc_auc")),
+             cell(c["recall"]), cell(c["specificity"]), cell(c["precision"]), cell(c["f1"]))
+            for name, c in m["per_label"].items()]
+    rows += [(f"{avg} average", "", "", cell(m[avg]["roc_auc"], m["ci"].get("macro_roc_auc") if avg == "macro"
+                                             else None),
+              cell(m[avg]["recall"]), cell(m[avg]["specificity"]), cell(m[avg]["precision"]), cell(m[avg]["f1"]))
+             for avg in ("macro", "weighted", "micro")]
+    table = html_table(["label", "n", "threshold", "ROC AUC [95% CI]", "sensitivity", "specificity", "precision",
+                        "F1"], rows, numeric=range(1, 8))
+    why = f" ({m['threshold_reason']})" if m.get("threshold_reason") else ""
+    note = (f"{m['n']:,} images; each label is called present when its probability reaches its own threshold, "
+            f"chosen on validation{why}. All labels right on {fmt(m['exact_match'])} of the images.")
+    undefined = (f" No ROC AUC for {', '.join(m['labels_without_auc'])} (one outcome only in this split)."
+                 if m.get("labels_without_auc") else "")
+    return f'<h4>Per label</h4><p class="note">{esc(note + undefined)}</p>{table}'
+
+
 def section_evaluation(run_dir: Path) -> str | None:
     rd = RunDir(run_dir)
     blocks = []
@@ -369,8 +392,12 @@ def section_evaluation(run_dir: Path) -> str | None:
         figs = f'<div class="figs">{figures}</div>' if figures else ""
         metrics = read_run_json(path)
         caveats = warning_box(_CAVEATS, notices.split_warnings(metrics))
-        per_class = multiclass_tables(metrics["multiclass"]) if metrics.get("multiclass") else ""
-        blocks.append(f"<h3>Split: {esc(split)}</h3>{caveats}{metrics_table(metrics)}{per_class}{figs}")
+        if metrics.get("task") == "multilabel":
+            body = multilabel_tables(metrics)
+        else:
+            body = metrics_table(metrics) + (multiclass_tables(metrics["multiclass"]) if metrics.get("multiclass")
+                                             else "")
+        blocks.append(f"<h3>Split: {esc(split)}</h3>{caveats}{body}{figs}")
     return "\n".join(blocks) or None
 
 
@@ -388,6 +415,9 @@ def section_summary(run_dir: Path) -> str | None:
         return head + warning_box("Not evaluated", [notices.unevaluated_note(run_dir)]) + tail
     metrics = read_run_json(files[split])
     ci = metrics.get("ci") or {}
+    if metrics.get("task") == "multilabel":  # the headline is the macro average over labels
+        ci = {"roc_auc": ci.get("macro_roc_auc")}
+        metrics = {**metrics, **metrics["macro"]}
     cards = []
     for key, label in (("roc_auc", "ROC AUC"), ("recall", "Sensitivity"), ("specificity", "Specificity"),
                        ("precision", "Precision"), ("f1", "F1")):
@@ -396,6 +426,9 @@ def section_summary(run_dir: Path) -> str | None:
                      f'{esc(fmt(metrics.get(key)))}</div><div class="ci">95% CI {esc(interval)}</div></div>')
     note = (f"Split {split}: {fmt(metrics.get('n'))} images, {fmt(metrics.get('n_pos'))} positive; "
             f"threshold {fmt_threshold(metrics.get('threshold'))}.")
+    if metrics.get("task") == "multilabel":
+        note = (f"Split {split}: {fmt(metrics.get('n'))} images, {len(metrics['label_names'])} labels; macro "
+                "averages over the labels, each label called at its own threshold.")
     caveats = warning_box(f"{_CAVEATS} ({split})", notices.split_warnings(metrics))
     return f'{head}{caveats}<p class="note">{esc(note)}</p><div class="cards">{"".join(cards)}</div>{tail}'
 

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from medclf.data.cache import Cache
 from medclf.data.dataset import CacheDataset, make_loader
 from medclf.device import pick_device
+from medclf.data.samplers import sampling_classes
 from medclf.errors import DataError, MedclfError
 from medclf.evaluation.ood import OOD_SCORES, Outputs, detection_metrics, fit_mahalanobis
 from medclf.io import atomic_path, read_json, write_json
@@ -60,7 +61,7 @@ def ood_run(run_dir: str | Path, ood: str | Path, split: str = "test", data: str
     if len(train_set) < 2:
         raise DataError(f"{own.path}: the training split has {len(train_set)} images; the detector needs >= 2")
     fit_out = outputs(train_set, "ood: fit on train")
-    maha = fit_mahalanobis(fit_out.features, train_set.labels) if fit_out.features is not None else None
+    maha = fit_mahalanobis(fit_out.features, sampling_classes(train_set)) if fit_out.features is not None else None
     in_out = outputs(eval_set, f"ood: {split}")
     out_out = outputs(ood_images, f"ood: {name}")
 

@@ -18,6 +18,7 @@ from torch import nn
 from medclf.contract import DataContract
 from medclf.data.transforms import make_transform
 from medclf.evaluation.ood import detector_arrays
+from medclf.models.outputs import logits_of, probabilities
 
 
 class InferenceModule(nn.Module):
@@ -56,8 +57,8 @@ class InferenceModule(nn.Module):
         return probs, member_probs, self.ood_scores(x)
 
     def log_probs(self, x_unit: torch.Tensor) -> torch.Tensor:
-        """log of `probs`: what an attack's cross-entropy reads as logits."""
-        return torch.log(self.from_unit(x_unit)[0].clamp_min(1e-12))
+        """Logits of `probs` (log p; log-odds for multilabel): what an attack's loss reads as logits."""
+        return logits_of(self.from_unit(x_unit)[0], self.contract.task)
 
     def ood_scores(self, x: torch.Tensor) -> torch.Tensor:
         """`B x M` Mahalanobis scores of the normalised (unflipped) batch, one column per member."""
@@ -71,7 +72,7 @@ class InferenceModule(nn.Module):
     def _member_probs(self, x: torch.Tensor) -> torch.Tensor:
         if hasattr(self.model, "member_probs"):
             return self.model.member_probs(x)
-        return torch.softmax(self.model(x).float(), dim=1).unsqueeze(0)
+        return probabilities(self.model(x), self.contract.task).unsqueeze(0)
 
     def _combine(self, member_probs: torch.Tensor) -> torch.Tensor:
         if hasattr(self.model, "combine_probs"):

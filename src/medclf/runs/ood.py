@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from medclf.data.samplers import sampling_classes
 from medclf.errors import DataError, MedclfError
 from medclf.evaluation.ood import Outputs, fit_mahalanobis, make_detector
 from medclf.runs.graph import MahalanobisScore
@@ -32,7 +33,7 @@ def fit_detector(predictor: Predictor, train_set, val_set, accept_rate: float = 
     if len(val_set) == 0:
         raise DataError(f"{val_set.cache.path}: no validation images to set the OOD threshold on")
     features = dataset_embeddings(predictor, fit_set, batch_size, progress, "ood: fit on train")
-    maha = fit_mahalanobis(features, fit_set.labels)
+    maha = fit_mahalanobis(features, sampling_classes(fit_set))  # multilabel: by rarest label
     val_features = dataset_embeddings(predictor, val_set, batch_size, progress, "ood: threshold on val")
     detector = make_detector(0.0, accept_rate, maha, {})
     with torch.no_grad():

@@ -28,6 +28,7 @@ from medclf.contract import DataContract
 from medclf.device import autocast, pick_device
 from medclf.errors import MedclfError
 from medclf.runs.graph import InferenceModule
+from medclf.tasks import encode_multi_hot, label_set_name
 
 ENGINES = ("torch", "onnx")
 
@@ -171,6 +172,10 @@ class Predictor:
 
     # ------------------------------------------------------------------ reading a Prediction
     def column_names(self) -> list[str]:
+        c = self.contract
+        if c.multilabel:  # no single positive class: a probability and a call per label
+            names = [f"prob_{n}" for n in c.label_names] + [f"pred_{n}" for n in c.label_names] + ["predicted"]
+            return names + (["std"] if self.n_members > 1 else []) + (["ood", "ood_score"] if self.has_ood else [])
         names = ["prob", "predicted", "threshold"]
         if self.n_members > 1:
             names.append("std")
@@ -183,15 +188,22 @@ class Predictor:
     def columns(self, p: Prediction) -> pd.DataFrame:
         """The per-image columns shared by `predict`'s CSV and `evaluate`'s predictions table.
 
-        `prob`: the positive class's probability; `predicted`: the class called at `threshold`; `std`: the
+        Multilabel: `prob_<label>` and `pred_<label>` (0/1 at the label's threshold) per label, `predicted` the
+        labels called. Otherwise `prob`: the positive class's probability; `predicted`: the class called at `threshold`; `std`: the
         members' disagreement (population std of their positive probabilities); `ood`, `ood_score`: see above.
         """
         c = self.contract
-        out = {"prob": p.probs[:, c.positive_index], "predicted": self.decisions(p.probs),
-               "threshold": np.full(len(p.probs), self.threshold)}
+        if c.multilabel:
+            out = {f"prob_{n}": p.probs[:, k] for k, n in enumerate(c.label_names)}
+            out.update({f"pred_{n}": called[:, k].astype(np.int8)
+                        for called in [self.label_calls(p.probs)] for k, n in enumerate(c.label_names)})
+            out["predicted"] = self.decisions(p.probs)
+        else:
+            out = {"prob": p.probs[:, c.positive_index], "predicted": self.decisions(p.probs),
+                   "threshold": np.full(len(p.probs), self.threshold)}
         if self.n_members > 1:
             out["std"] = self.spread(p)
-        if c.num_classes > 2:
+        if c.num_classes > 2 and not c.multilabel:
             out.update({f"prob_{n}": p.probs[:, k] for k, n in enumerate(c.label_names)})
         if self.has_ood:
             score, flag = self.ood(p)
@@ -199,12 +211,22 @@ class Predictor:
         return pd.DataFrame(out)[self.column_names()]
 
     def decisions(self, probs: np.ndarray) -> list[str]:
-        """The class called for each row of `probs` at the operating threshold."""
+        """The class called for each row of `probs` at the operating threshold; multilabel: the labels called,
+        each at its own threshold, joined by `|` (`No Finding` when none is)."""
         c = self.contract
+        if c.multilabel:
+            return [label_set_name(m, c.label_names) for m in encode_multi_hot(self.label_calls(probs))]
         return [decide(row, c.positive_index, self.threshold, c.label_names) for row in np.atleast_2d(probs)]
 
+    def label_calls(self, probs: np.ndarray) -> np.ndarray:
+        """N x K booleans: each label's probability at or above its own operating threshold (multilabel)."""
+        return np.atleast_2d(probs) >= np.asarray(self.contract.label_thresholds())
+
     def spread(self, p: Prediction) -> np.ndarray:
-        """Members' disagreement per image: population std (ddof=0) of their positive-class probabilities."""
+        """Members' disagreement per image: population std (ddof=0) of their positive-class probabilities
+        (multilabel: the largest such std over the labels)."""
+        if self.contract.multilabel:
+            return p.member_probs.std(axis=0).max(axis=1)
         return p.member_probs[:, :, self.contract.positive_index].std(axis=0)
 
     def ood(self, p: Prediction) -> tuple[np.ndarray, np.ndarray]:
