@@ -8,9 +8,10 @@ texture, a bright mediastinum and heart, noise. Positives carry one or two brigh
 lungs, large enough that a tiny CNN learns them at 64 px in a few epochs. Same arguments, same bytes.
 
 `write_synthetic_multilabel(out)` writes a multi-label cache directly (task `multilabel`, medclf.tasks): three
-findings drawn as clearly different bright shapes ("disc", "square", "bar") on a noisy dark background, each
-present independently (probability 0.35 by default), so an image holds none, one, two or all three. Its
-cache.json carries the same `synthetic` entry as a cache prepared from `make_synthetic_rsna`'s files.
+findings drawn as clearly different bright shapes (a filled "disc", a "square" outline, a horizontal "bar"),
+each in its own quadrant on a noisy dark background and present independently (probability 0.35 by default), so
+an image holds none, one, two or all three. A small CNN learns every label to ROC AUC ~1 in a few CPU epochs at
+48 px from the default 600 images (fewer images learn more slowly). Its cache.json carries the same `synthetic` entry as a cache prepared from `make_synthetic_rsna`'s files.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def make_synthetic_rsna(out_dir: str | Path, n_patients: int = 40, size: int = 1
 SHAPES = ("disc", "square", "bar")  # the findings of write_synthetic_multilabel, in label-index order
 
 
-def write_synthetic_multilabel(out: str | Path, n: int = 300, size: int = 48, seed: int = 0, val: float = 0.15,
+def write_synthetic_multilabel(out: str | Path, n: int = 600, size: int = 48, seed: int = 0, val: float = 0.15,
                                test: float = 0.15, p: float = 0.35, overwrite: bool = False) -> Path:
     """Write a multi-label cache of `n` images (one per patient) at `out` and return `out`.
 
@@ -107,19 +108,20 @@ def _shapes_picture(size: int, present: np.ndarray, rng: np.random.Generator) ->
         q = quadrants[k]
         cu = (q % 2 + 0.5) * half + rng.uniform(-0.05, 0.05) * size
         cv = (q // 2 + 0.5) * half + rng.uniform(-0.05, 0.05) * size
-        img[_shape_mask(SHAPES[k], u - cu, v - cv, size, rng)] = rng.uniform(170.0, 230.0)
+        img[_shape_mask(SHAPES[k], u - cu, v - cv, size)] = rng.uniform(200.0, 240.0)
     img += rng.normal(0.0, 6.0, size=img.shape).astype(np.float32)
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
-def _shape_mask(shape: str, du: np.ndarray, dv: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+def _shape_mask(shape: str, du: np.ndarray, dv: np.ndarray, size: int) -> np.ndarray:
+    """Pixels of one shape centred at du = dv = 0; the three differ in outline, not in brightness."""
     r = size / 6  # big enough for a tiny CNN at 48 px
     if shape == "disc":
         return du**2 + dv**2 <= r**2
-    if shape == "square":
-        return (np.abs(du) <= 0.8 * r) & (np.abs(dv) <= 0.8 * r)
-    long, short = (du, dv) if rng.random() < 0.5 else (dv, du)  # a bar lies either way
-    return (np.abs(long) <= 1.2 * r) & (np.abs(short) <= 0.3 * r)
+    if shape == "square":  # an outline: edges inside the shape, unlike the filled disc
+        side = np.maximum(np.abs(du), np.abs(dv))
+        return (side <= 0.9 * r) & (side >= 0.45 * r)
+    return (np.abs(du) <= 1.2 * r) & (np.abs(dv) <= 0.35 * r)  # horizontal: flips keep it a bar
 
 
 def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
