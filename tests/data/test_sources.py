@@ -35,11 +35,7 @@ def test_medmnist_keeps_its_splits_and_values(tmp_path):
     assert abs(resized.images.astype(float).mean() - cache.images.astype(float).mean()) < 2
 
 
-def test_medmnist_refuses_multilabel_and_converts_colour(tmp_path):
-    multi = _npz(tmp_path / "chestmnist.npz", train_images=np.zeros((2, 4, 4), np.uint8),
-                 train_labels=np.array([[0, 1], [1, 0]]))
-    with pytest.raises(DataError, match="chestmnist.npz: train_labels is multi-label"):
-        prepare_medmnist(multi, tmp_path / "c1", progress=False)
+def test_medmnist_converts_colour(tmp_path):  # multi-label files: tests/data/test_multilabel_sources.py
     colour = np.zeros((2, 4, 4, 3), np.uint8)
     colour[..., 0] = 100  # pure red 100 -> luma 0.299 * 100 = 29.9 -> 30
     npz = _npz(tmp_path / "x.npz", test_images=colour, test_labels=np.array([0, 1]))

@@ -9,12 +9,21 @@ unless the caller allows it (`--allow-outside-images`), so a labels file cannot 
 `label` is an integer class index or a class name. Without
 `patient_id` every image is its own patient (the split cannot then guard against patient leakage; cache.json
 says so). Files in the folder that the CSV does not list are counted in the report, not an error.
+
+Multi-label sets (task `multilabel`, medclf.data.multilabel), in either of two conventions:
+- `label` holds finding names joined by `|` (ChestX-ray14 `Finding Labels`: `Effusion|Mass`), `No Finding` or an
+  empty cell for none. A `|` in any label, or `task="multilabel"`, makes the set multi-label; the label names
+  are the sorted names seen, or `label_names` in that order (any other name is a malformed row).
+- `label_columns=["A", "B", ...]` names 0/1 columns (CheXpert); no `label` column is needed. `1` present,
+  `0`/blank absent, `-1` uncertain, mapped by `uncertain` (zero | one | drop; drop leaves the image out and
+  lists it in the report as `uncertain_dropped`); anything else is a malformed row. The label columns do not
+  become manifest columns.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -22,8 +31,10 @@ import numpy as np
 import pandas as pd
 
 from medclf.data.imageio import INPUT_SUFFIXES
+from medclf.data.multilabel import SEPARATOR, MultiLabels, parse_label_columns, parse_label_sets
 from medclf.data.rsna import LabelReport
 from medclf.errors import DataError
+from medclf.tasks import TASKS, label_set_name
 
 BASE_COLUMNS = ("path", "label", "patient_id")
 # manifest columns the cache fills itself: a CSV column of that name would clash with them, so it is not kept
@@ -40,19 +51,32 @@ class FolderSource:
     has_patient_ids: bool
     unlisted_files: int
     extra_columns: list[str]  # CSV columns kept for the manifest (view, sex, age, site, ...)
+    task: str = "binary"  # binary | multiclass | multilabel (medclf.tasks)
+    uncertain_dropped: list[str] = field(default_factory=list)  # "file:line: path" left out as uncertain (-1)
 
 
 def folder_source(images_dir: str | Path, labels_csv: str | Path, label_names: Sequence[str] | None = None,
-                  positive: str | int | None = None, allow_outside_images: bool = False) -> FolderSource:
+                  positive: str | int | None = None, allow_outside_images: bool = False, *,
+                  task: str | None = None, label_columns: Sequence[str] | None = None,
+                  uncertain: str = "zero") -> FolderSource:
+    """The labelled images of a folder; `task` None decides from the CSV (module docstring)."""
     given, labels_csv = Path(os.path.abspath(images_dir)), Path(labels_csv)
     images_dir = given.resolve()
     if not images_dir.is_dir():
         raise DataError(f"{images_dir}: image folder not found")
-    frame = _read_table(labels_csv)
+    frame = _read_table(labels_csv, needs_label=not label_columns)
     if not allow_outside_images:
         _refuse_outside(frame, labels_csv, images_dir, given)
     report = LabelReport()
-    labels, names = _parse_labels(frame, labels_csv, label_names, report)
+    task = _task(frame, labels_csv, task, label_columns, label_names)
+    if task == "multilabel":
+        multi = _parse_multilabel(frame, labels_csv, label_names, label_columns, uncertain, report)
+        labels, names, dropped = multi.masks, multi.names, multi.dropped
+        positive_index = _no_positive(positive, labels_csv)
+    else:
+        labels, names = _parse_labels(frame, labels_csv, label_names, report)
+        positive_index, dropped = resolve_positive(names, positive, labels_csv), []
+        task = _check_single_task(task, names, labels_csv)
     has_patients = "patient_id" in frame.columns
     patient = frame["patient_id"] if has_patients else frame["path"]
     patient = patient.where(patient != "", frame["path"])
@@ -66,23 +90,67 @@ def folder_source(images_dir: str | Path, labels_csv: str | Path, label_names: S
     keep = exists & (labels >= 0) & ~dup.to_numpy() & (frame["path"] != "").to_numpy()
     items = pd.DataFrame({
         "id": frame["path"][keep].to_numpy(), "patient_id": patient[keep].to_numpy(), "label": labels[keep],
-        "label_name": [names[i] for i in labels[keep]], "boxes": [[] for _ in range(int(keep.sum()))],
+        "label_name": [label_set_name(m, names) if task == "multilabel" else names[m] for m in labels[keep]],
+        "boxes": [[] for _ in range(int(keep.sum()))],
         "path": [str(p) for p, k in zip(paths, keep) if k],
     })
-    extra = extra_columns(frame)
+    extra = extra_columns(frame, label_columns or ())
     for column in extra:
         items[column] = frame[column][keep].to_numpy()
     listed = {p.resolve() for p, e in zip(paths, exists) if e}
     on_disk = [p for p in images_dir.rglob("*") if p.suffix.lower() in INPUT_SUFFIXES]
     unlisted = sum(1 for p in on_disk if p.resolve() not in listed)
     return FolderSource(items=items.sort_values("id").reset_index(drop=True), label_names=names,
-                        positive_index=resolve_positive(names, positive, labels_csv), report=report,
-                        has_patient_ids=has_patients, unlisted_files=unlisted, extra_columns=extra)
+                        positive_index=positive_index, report=report, has_patient_ids=has_patients,
+                        unlisted_files=unlisted, extra_columns=extra, task=task,
+                        uncertain_dropped=dropped)
 
 
-def extra_columns(frame: pd.DataFrame) -> list[str]:
-    """The label CSV's columns beyond path,label,patient_id that become manifest columns, in file order."""
-    return [c for c in frame.columns if c not in BASE_COLUMNS + IGNORED_COLUMNS]
+def extra_columns(frame: pd.DataFrame, label_columns: Sequence[str] = ()) -> list[str]:
+    """The label CSV's columns beyond path,label,patient_id (and the label columns) that become manifest
+    columns, in file order."""
+    return [c for c in frame.columns if c not in BASE_COLUMNS + IGNORED_COLUMNS + tuple(label_columns)]
+
+
+def _task(frame: pd.DataFrame, csv: Path, declared: str | None, label_columns: Sequence[str] | None,
+          label_names: Sequence[str] | None) -> str | None:
+    """multilabel, binary or multiclass as declared; else multilabel for label columns or a `|` in a label,
+    None (decided by the class count) otherwise."""
+    if declared is not None and declared not in TASKS:
+        raise DataError(f"--task {declared!r}: valid values are {', '.join(TASKS)}")
+    if label_columns:
+        if declared not in (None, "multilabel"):
+            raise DataError(f"{csv}: --label-columns makes a multilabel set, not --task {declared}")
+        if label_names:
+            raise DataError(f"{csv}: give --label-columns or --label-names, not both (the columns name the labels)")
+        return "multilabel"
+    if declared is None and frame["label"].str.contains(SEPARATOR, regex=False).any():
+        return "multilabel"
+    return declared
+
+
+def _parse_multilabel(frame: pd.DataFrame, csv: Path, label_names: Sequence[str] | None,
+                      label_columns: Sequence[str] | None, uncertain: str, report: LabelReport) -> MultiLabels:
+    if label_columns:
+        multi = parse_label_columns(frame, label_columns, csv, uncertain)
+    else:
+        multi = parse_label_sets(frame["label"], frame["line"], csv, label_names)
+    report.malformed_rows += multi.malformed
+    return multi
+
+
+def _no_positive(positive: str | int | None, csv: Path) -> int:
+    """A multi-label set has no positive class (each label is its own positive): positive_index is 0."""
+    if positive is not None:
+        raise DataError(f"{csv}: --positive applies to binary sets; a multilabel set has none")
+    return 0
+
+
+def _check_single_task(declared: str | None, names: list[str], csv: Path) -> str:
+    implied = "binary" if len(names) == 2 else "multiclass"
+    if declared not in (None, implied):
+        raise DataError(f"{csv}: --task {declared} but the labels hold {len(names)} classes {names}")
+    return implied
 
 
 def _refuse_outside(frame: pd.DataFrame, labels_csv: Path, images_dir: Path, given: Path) -> None:
@@ -100,16 +168,17 @@ def _refuse_outside(frame: pd.DataFrame, labels_csv: Path, images_dir: Path, giv
                         "pass --allow-outside-images to read files there")
 
 
-def _read_table(path: Path) -> pd.DataFrame:
+def _read_table(path: Path, needs_label: bool = True) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"{path}: label file not found")
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
         raise DataError(f"{path}: not a readable CSV ({' '.join(str(err).split())})") from None
-    missing = [c for c in ("path", "label") if c not in frame.columns]
+    missing = [c for c in ("path", "label")[: 1 + needs_label] if c not in frame.columns]
     if missing:
-        raise DataError(f"{path}: missing columns {missing}; expected path,label[,patient_id]")
+        expected = "path,label[,patient_id]" if needs_label else "path[,patient_id] and the --label-columns"
+        raise DataError(f"{path}: missing columns {missing}; expected {expected}")
     if frame.empty:
         raise DataError(f"{path}: no label rows (only the header)")
     frame = frame.apply(lambda c: c.str.strip())

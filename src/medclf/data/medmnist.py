@@ -4,6 +4,10 @@ MedMNIST images are already 8-bit and display-ready, so their values are kept (`
 are converted to luma because the cache is greyscale. MedMNIST has no patient ids: `patient_id = id`, so the
 leakage audit is trivially clean and cannot detect patient overlap between the given splits (cache.json
 says so in `leakage_audit.note`).
+
+Labels of shape (N, K) with K > 1 (ChestMNIST: 14 findings) make a multi-label cache: each row's 0/1 values
+become a bit mask (medclf.tasks). Label names: `label_names`, else ChestMNIST's 14 (MedMNIST's INFO order) for
+a file named like `chestmnist*.npz` with K = 14, else "0".."K-1".
 """
 
 from __future__ import annotations
@@ -17,11 +21,16 @@ import numpy as np
 import pandas as pd
 
 from medclf.data.folder import resolve_positive
+from medclf.data.multilabel import check_names
 from medclf.data.splits import SPLITS
 from medclf.errors import DataError
+from medclf.tasks import encode_multi_hot, label_set_name, task_of
 
 # Class names MedMNIST's INFO gives for binary sets we know (indices follow the .npz labels).
-KNOWN_NAMES = {"pneumoniamnist": ["normal", "pneumonia"], "breastmnist": ["malignant", "normal, benign"]}
+KNOWN_NAMES = {"pneumoniamnist": ["normal", "pneumonia"], "breastmnist": ["malignant", "normal, benign"],
+               "chestmnist": ["atelectasis", "cardiomegaly", "effusion", "infiltration", "mass", "nodule",
+                              "pneumonia", "pneumothorax", "consolidation", "edema", "emphysema", "fibrosis",
+                              "pleural", "hernia"]}
 LEAKAGE_NOTE = "MedMNIST has no patient ids: patient_id = id, so this audit cannot detect patient overlap"
 
 
@@ -31,6 +40,7 @@ class MedmnistSource:
     items: pd.DataFrame  # id, patient_id, label, label_name, split, boxes, source
     label_names: list[str]
     positive_index: int
+    task: str = "binary"  # binary | multiclass | multilabel (medclf.tasks)
 
 
 def medmnist_source(npz: str | Path, label_names: Sequence[str] | None = None,
@@ -47,29 +57,51 @@ def medmnist_source(npz: str | Path, label_names: Sequence[str] | None = None,
         if not splits:
             raise DataError(f"{npz}: no {{train,val,test}}_images arrays (found {sorted(data.files)})")
         blocks = [_split_block(npz, data, s) for s in splits]
+    if len({b[1].shape[1:] for b in blocks}) > 1:
+        raise DataError(f"{npz}: the splits' label arrays differ in shape ({[b[1].shape for b in blocks]})")
     images = np.concatenate([b[0] for b in blocks])
     labels = np.concatenate([b[1] for b in blocks])
     split = np.concatenate([[s] * len(b[0]) for s, b in zip(splits, blocks)])
     local = np.concatenate([np.arange(len(b[0])) for b in blocks])
-    names = _names(npz, labels, label_names)
-    if labels.max() >= len(names):
-        raise DataError(f"{npz}: label {int(labels.max())} but only {len(names)} class names {names}")
+    if labels.ndim == 2:
+        labels, names, task, positive_index = _multilabel(npz, labels, label_names, positive)
+        label_name = [label_set_name(m, names) for m in labels]
+    else:
+        names, task = _names(npz, labels, label_names), None
+        if labels.max() >= len(names):
+            raise DataError(f"{npz}: label {int(labels.max())} but only {len(names)} class names {names}")
+        label_name, positive_index = [names[i] for i in labels], resolve_positive(names, positive, npz)
     ids = [f"{s}-{i:06d}" for s, i in zip(split, local)]
     items = pd.DataFrame({
-        "id": ids, "patient_id": ids, "label": labels, "label_name": [names[i] for i in labels], "split": split,
+        "id": ids, "patient_id": ids, "label": labels, "label_name": label_name, "split": split,
         "boxes": [[] for _ in ids], "source": [f"{npz.name}#{s}_images[{i}]" for s, i in zip(split, local)],
     })
-    return MedmnistSource(images=images, items=items, label_names=names,
-                          positive_index=resolve_positive(names, positive, npz))
+    return MedmnistSource(images=images, items=items, label_names=names, positive_index=positive_index,
+                          task=task_of(names, task))
+
+
+def _multilabel(npz: Path, labels: np.ndarray, given: Sequence[str] | None,
+                positive: str | int | None) -> tuple[np.ndarray, list[str], str, int]:
+    """N x K 0/1 labels -> (bit masks, label names, "multilabel", positive_index 0)."""
+    if not np.isin(labels, (0, 1)).all():
+        raise DataError(f"{npz}: multi-label labels must be 0 or 1, found {np.unique(labels)[:5].tolist()}")
+    if positive is not None:
+        raise DataError(f"{npz}: --positive applies to binary sets; a multilabel set has none")
+    k = labels.shape[1]
+    known = KNOWN_NAMES["chestmnist"] if "chestmnist" in npz.name.lower() else []
+    names = list(given) if given else known if len(known) == k else [str(i) for i in range(k)]
+    if len(names) != k:
+        raise DataError(f"{npz}: {k} labels per image but {len(names)} label names {names}")
+    names = check_names(names, str(npz))
+    return encode_multi_hot(labels), names, "multilabel", 0
 
 
 def _split_block(npz: Path, data: np.lib.npyio.NpzFile, split: str) -> tuple[np.ndarray, np.ndarray]:
     if f"{split}_labels" not in data.files:
         raise DataError(f"{npz}: {split}_images without {split}_labels")
     images, labels = data[f"{split}_images"], data[f"{split}_labels"]
-    if labels.ndim == 2 and labels.shape[1] > 1:
-        raise DataError(f"{npz}: {split}_labels is multi-label {labels.shape}; only single-label sets are supported")
-    labels = labels.reshape(-1).astype(np.int64)
+    multi = labels.ndim == 2 and labels.shape[1] > 1  # (N, K): multi-label; (N,) or (N, 1): one label
+    labels = labels.astype(np.int64) if multi else labels.reshape(-1).astype(np.int64)
     if len(labels) != len(images):
         raise DataError(f"{npz}: {len(images)} {split} images but {len(labels)} labels")
     if labels.size and labels.min() < 0:

@@ -34,7 +34,7 @@ from medclf.data.dicom import NORMS, preload
 from medclf.data.imageio import load_with_info, scale_boxes
 from medclf.data.rsna import label_problems, report_dict
 from medclf.data.shards import job_fingerprint, shard_meta, split_then_shard
-from medclf.data.splits import leakage_audit
+from medclf.data.splits import SPLITS, leakage_audit, split_strata
 from medclf.errors import DataError
 from medclf.io import atomic_path, read_json
 from medclf.outdirs import claim_output_dir, folder_kind
@@ -88,6 +88,7 @@ class FileJob:
     extra_meta: dict[str, Any] = field(default_factory=dict)
     shard: tuple[int, int] | None = None  # (i, n): only block i of n of the table (shards.py)
     extra_columns: Sequence[str] = ()  # columns of `items` copied into the manifest (a folder CSV's own)
+    task: str | None = None  # medclf.tasks; None: binary or multiclass by the class count
 
 
 def check_params(size: int | None, val: float, test: float, norm: str, workers: int | None) -> None:
@@ -310,7 +311,8 @@ def _run_file_job(job: FileJob) -> Path:
         return out
     if job.items.empty:
         raise DataError(f"{out}: no labelled images to prepare")
-    items = split_then_shard(job.items, job.val, job.test, job.seed, job.shard)
+    strata = split_strata(job.items["label"], job.task, len(job.label_names))
+    items = split_then_shard(job.items, job.val, job.test, job.seed, job.shard, strata)
     paths = items["path"].tolist()
     partial = out.parent / f"{out.name}.partial"
     chunks = chunk_files(paths, partial, job.size, job.norm)
@@ -344,7 +346,7 @@ def _run_file_job(job: FileJob) -> Path:
         meta["timings"] = {"seconds": round(time.perf_counter() - started, 2)}
         full = writer.finish(manifest, meta)
     shutil.rmtree(partial, ignore_errors=True)
-    _summary(out, full, len(skipped), time.perf_counter() - started)
+    _summary(out, full, manifest["split"], len(skipped), time.perf_counter() - started)
     return out
 
 
@@ -364,15 +366,22 @@ def _manifest(job: FileJob, kept: pd.DataFrame, metas: list[dict[str, Any]]) -> 
 
 def _meta(job: FileJob, audit: dict[str, Any], skipped: list[dict[str, Any]]) -> dict[str, Any]:
     return {
-        "source": job.source, "label_names": job.label_names, "positive_index": job.positive_index,
+        "source": job.source, "label_names": job.label_names, "positive_index": job.positive_index, "task": job.task,
         "label_mode": job.label_mode, "params": job.params, "versions": versions(), "leakage_audit": audit,
         "skipped": skipped, "input_fingerprint": job.fingerprint, **job.extra_meta,
     }
 
 
-def _summary(out: Path, meta: dict[str, Any], n_skipped: int, seconds: float) -> None:
-    counts = ", ".join(f"{s} {sum(c.values())}" for s, c in meta["split_counts"].items())
-    say(f"prepared {out}: {meta['n']} images ({counts}), {meta['size']} px, {n_skipped} skipped, {seconds:.1f} s")
+def _summary(out: Path, meta: dict[str, Any], splits: Sequence[str], n_skipped: int, seconds: float) -> None:
+    """One line: images per split (and, for a multi-label set, images holding each label), size, time."""
+    sizes = pd.Series(list(splits), dtype=object).value_counts()
+    counts = ", ".join(f"{s} {int(sizes[s])}" for s in SPLITS if s in sizes)
+    per_label = ""
+    if meta.get("task") == "multilabel":
+        totals = {n: sum(c[n] for c in meta["split_counts"].values()) for n in meta["label_names"]}
+        per_label = "; images per label: " + ", ".join(f"{n} {k}" for n, k in totals.items())
+    say(f"prepared {out}: {meta['n']} images ({counts}{per_label}), {meta['size']} px, {n_skipped} skipped, "
+        f"{seconds:.1f} s")
 
 
 # ------------------------------------------------------------------------------------------------ entry points
@@ -416,16 +425,19 @@ def prepare_folder(images: str | Path, labels: str | Path, out: str | Path, *, s
                    label_names: Sequence[str] | None = None, positive: str | int | None = None,
                    skip_missing: bool = False, skip_bad: bool = False, force: bool = False,
                    progress: bool = True, shard: tuple[int, int] | None = None,
-                   allow_outside_images: bool = False) -> Path:
+                   allow_outside_images: bool = False, task: str | None = None,
+                   label_columns: Sequence[str] | None = None, uncertain: str = "zero") -> Path:
     """Folder of PNG/JPEG/DICOM + `path,label[,patient_id]` CSV -> cache; returns the cache path.
     `shard=(i, n)`: block i of n only (shards.py). CSV paths must stay inside `images` unless
-    `allow_outside_images`."""
+    `allow_outside_images`. Multi-label: `A|B` labels, `task="multilabel"`, or 0/1 `label_columns` with
+    `uncertain` (zero | one | drop) for -1 (medclf.data.folder)."""
     from medclf.data.folder import folder_source
 
     check_params(size, val, test, norm, workers)
     out = Path(out)
     claim_output_dir(out, "cache", replace=True)  # a refused --out fails before the labels are read
-    src = folder_source(images, labels, label_names, positive, allow_outside_images)
+    src = folder_source(images, labels, label_names, positive, allow_outside_images, task=task,
+                        label_columns=label_columns, uncertain=uncertain)
     label_problems(src.report, Path(labels), out, skip_missing)
     params = {"images": str(Path(images).resolve()), "labels": str(Path(labels).resolve()), "size": size,
               "val": val, "test": test, "seed": seed, "norm": norm, "label_names": src.label_names,
@@ -435,14 +447,18 @@ def prepare_folder(images: str | Path, labels: str | Path, out: str | Path, *, s
     report = {**report_dict(src.report, skip_missing), "unlisted_files": src.unlisted_files}
     if src.extra_columns:  # recorded only when present, so caches made before they were kept stay up to date
         params["extra_columns"] = src.extra_columns
+    if src.task == "multilabel":  # likewise: binary/multiclass caches keep their fingerprints
+        params.update(task=src.task, label_columns=list(label_columns or []), uncertain=uncertain)
+        report["uncertain_dropped"] = src.uncertain_dropped
+    if src.uncertain_dropped:
+        say(f"--uncertain drop: left out {len(src.uncertain_dropped)} images with an uncertain (-1) label")
     fp = fingerprint(params, [labels], src.items["path"].tolist(), report)
     extra: dict[str, Any] = {"label_check": report}
     if not src.has_patient_ids:
         extra["leakage_note"] = {"note": "no patient_id column: each image is its own patient"}
-    mode = "binary" if len(src.label_names) == 2 else "multiclass"
-    job = FileJob("folder", src.items, out, size, norm, src.label_names, src.positive_index, mode,
+    job = FileJob("folder", src.items, out, size, norm, src.label_names, src.positive_index, src.task,
                   {**params, "workers": workers}, fp, val, test, seed, workers, skip_bad, force, progress, extra,
-                  shard=shard, extra_columns=src.extra_columns)
+                  shard=shard, extra_columns=src.extra_columns, task=src.task)
     return run_file_job(job)
 
 
@@ -465,10 +481,9 @@ def prepare_medmnist(npz: str | Path, out: str | Path, *, size: int | None = Non
         say(f"note: {LEAKAGE_NOTE}; the file's own splits are kept")
         images = resize_images(src.images, size, progress)
         audit = leakage_audit(src.items["patient_id"], src.items["split"]) | {"note": LEAKAGE_NOTE}
-        mode = "binary" if len(src.label_names) == 2 else "multiclass"
         meta = {"source": "medmnist", "label_names": src.label_names, "positive_index": src.positive_index,
-                "label_mode": mode, "params": params, "versions": versions(), "leakage_audit": audit,
-                "skipped": [], "input_fingerprint": fp}
+                "label_mode": src.task, "task": src.task, "params": params, "versions": versions(),
+                "leakage_audit": audit, "skipped": [], "input_fingerprint": fp}
         write_cache(out, images, src.items, meta, overwrite=True)
-    _summary(out, read_json(out / META), 0, time.perf_counter() - started)
+    _summary(out, read_json(out / META), src.items["split"], 0, time.perf_counter() - started)
     return out

@@ -63,11 +63,13 @@ def shard_rows(n_rows: int, shard: tuple[int, int]) -> slice:
 
 
 def split_then_shard(items: pd.DataFrame, val: float, test: float, seed: int,
-                     shard: tuple[int, int] | None) -> pd.DataFrame:
+                     shard: tuple[int, int] | None, strata: np.ndarray | None = None) -> pd.DataFrame:
     """The label table with its `split` column (assigned on the full table unless the source gave one), cut to
-    the shard's rows when `shard` is given: each row gets the split it has in an unsharded run."""
+    the shard's rows when `shard` is given: each row gets the split it has in an unsharded run. `strata`
+    (splits.split_strata) default to the labels."""
     if "split" not in items:
-        items = items.assign(split=split_patients(items["label"], items["patient_id"], val, test, seed))
+        strata = items["label"] if strata is None else strata
+        items = items.assign(split=split_patients(strata, items["patient_id"], val, test, seed))
     if shard is None:
         return items
     check_shard(shard)

@@ -6,6 +6,11 @@ fractions per class and splits the full RSNA label set (26,684 patients) in mill
 
 A patient's stratum is its most frequent label (ties -> the lower index); all of a patient's images go to
 the same split. Fractions count patients, which equal images for RSNA (one image per patient).
+
+Multi-label sets (bit masks, medclf.tasks) are stratified by each image's rarest present label
+(`split_strata`), so every label, however rare, lands in each split. That is the first step of iterative
+stratification (Sechidis et al. 2011) and only an approximation of it: the other labels' proportions follow
+by chance, not by construction.
 """
 
 from __future__ import annotations
@@ -15,7 +20,16 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from medclf.tasks import rarest_label
+
 SPLITS = ("train", "val", "test")
+
+
+def split_strata(labels: Sequence[int], task: str | None = None, n_labels: int = 0) -> np.ndarray:
+    """What `split_patients` / `partition_indices` stratify on: the labels, or for a multilabel task (bit
+    masks of `n_labels` labels) each sample's rarest present label, `n_labels` for none (tasks.rarest_label)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    return rarest_label(labels, n_labels) if task == "multilabel" else labels
 
 
 def _patient_strata(labels: np.ndarray, groups: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
