@@ -80,6 +80,7 @@ def build_setup(cfg: Config, data_dir: str | Path, out_dir: str | Path, dist: Di
                           "norms are not SyncBatchNorm)")
     cache = Cache.open(data_dir)
     check_same_cache(cache.meta.get("content_hash"), dist)
+    check_task_options(cfg, cache)
     device = dist.device
     train_set = CacheDataset(cache, indices=cache.indices("train") if train_rows is None else np.asarray(train_rows))
     val_set = CacheDataset(cache, split="val")
@@ -125,6 +126,17 @@ def build_setup(cfg: Config, data_dir: str | Path, out_dir: str | Path, dist: Di
         scheduler=create_scheduler(optimizer, cfg.train, steps), steps_per_epoch=steps,
         train_model=compiled(wrap_model(model, dist, sync_bn=cfg.train.sync_bn), cfg), dist=dist,  # wraps the final model
     )
+
+
+def check_task_options(cfg: Config, cache: Cache) -> None:
+    """Options defined for single-label tasks only refuse a multilabel cache, naming what to change."""
+    if cache.task != "multilabel":
+        return
+    single = {"train.adversarial": cfg.train.adversarial, "train.contrastive": cfg.train.contrastive}
+    for key, value in single.items():
+        if value:
+            raise ConfigError(f"{key}={value}: defined for single-label tasks; {cache.path} is multilabel "
+                              f"(drop {key})")
 
 
 def compiled(model: torch.nn.Module, cfg: Config) -> torch.nn.Module:

@@ -17,8 +17,10 @@ log = logging.getLogger("medclf.serve")
 HEATMAP_METHOD = "gradcam"
 
 
-def heatmap_maps(run: Run, images: np.ndarray, device: torch.device) -> tuple[np.ndarray | None, str | None]:
-    """Grad-CAM maps `B x S x S` in [0, 1] for the positive class of uint8 `B x S x S` images, or (None, reason).
+def heatmap_maps(run: Run, images: np.ndarray, device: torch.device,
+                 targets: np.ndarray | None = None) -> tuple[np.ndarray | None, str | None]:
+    """Grad-CAM maps `B x S x S` in [0, 1] for the positive class of uint8 `B x S x S` images (or for each
+    image's class in `targets`), or (None, reason).
 
     Works for ensembles too (`compute_maps` averages the members' maps). Called on the predictor's single
     model thread: Grad-CAM registers hooks on the shared model and needs gradients.
@@ -29,7 +31,12 @@ def heatmap_maps(run: Run, images: np.ndarray, device: torch.device) -> tuple[np
         return None, f"explanations unavailable: medclf.explain cannot be imported ({err})"
     try:
         x = make_transform(run.contract, train=False)(torch.from_numpy(images).to(device))
-        maps = compute_maps(run.model, x, HEATMAP_METHOD, run.contract.positive_index)
+        if targets is None:
+            targets = np.full(len(images), run.contract.positive_index)
+        maps = np.zeros((len(images), *x.shape[-2:]), dtype=np.float32)
+        for target in np.unique(targets):  # one pass per class explained
+            chosen = np.flatnonzero(targets == target)
+            maps[chosen] = compute_maps(run.model, x[chosen], HEATMAP_METHOD, int(target))
     except Exception as err:  # an explanation failure must not cost the prediction itself
         log.warning("heatmap failed: %s", type(err).__name__)
         return None, f"{HEATMAP_METHOD} failed: {type(err).__name__}: {_first_line(err)}"

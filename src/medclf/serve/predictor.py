@@ -108,7 +108,9 @@ class ServeModel:
     def _run_model(self, batch: np.ndarray, heatmap: bool) -> tuple[Prediction, tuple]:
         """Runs on the model thread only: the Predictor's outputs and (maps, reason)."""
         prediction = self.predictor.predict_arrays(batch)
-        maps = heatmap_maps(self.run, batch, self.device) if heatmap else (None, "not requested")
+        # a multilabel map is drawn for the likeliest label, the one the page's bar shows
+        targets = prediction.probs.argmax(axis=1) if self.run.contract.multilabel else None
+        maps = heatmap_maps(self.run, batch, self.device, targets) if heatmap else (None, "not requested")
         return prediction, maps
 
     def _ood(self, columns: list[dict]) -> tuple[list[dict] | None, str | None]:
@@ -138,17 +140,23 @@ class ServeModel:
     def _result(self, d: Decoded, probs: np.ndarray, columns: dict, cam: np.ndarray | None, cam_reason: str | None,
                 ood: dict | None, ood_reason: str | None, image: bool) -> dict[str, Any]:
         c = self.run.contract
-        prob, label = float(columns["prob"]), columns["predicted"]
+        label = columns["predicted"]
+        focus, threshold = c.positive_index, c.threshold
+        if c.multilabel:  # the page's bar shows the likeliest label; `called` lists every label called
+            focus = int(np.argmax(probs))
+            threshold = c.label_thresholds()[focus]
         return {
             "filename": d.upload.filename,
             "type": d.upload.kind,
             "model": c.model_name,
-            "probability": prob,
+            "probability": float(probs[focus]),
             "probabilities": {name: float(p) for name, p in zip(c.label_names, probs)},
             "label": label,
-            "positive": label == c.label_names[c.positive_index],
-            "positive_label": c.label_names[c.positive_index],
-            "threshold": c.threshold,
+            "positive": bool(probs[focus] >= threshold) if c.multilabel else label == c.label_names[focus],
+            "positive_label": c.label_names[focus],
+            "threshold": threshold,
+            **({"called": [n for n in c.label_names if columns[f"pred_{n}"]],
+                "thresholds": dict(zip(c.label_names, c.label_thresholds()))} if c.multilabel else {}),
             "ood": ood,
             "ood_reason": ood_reason,
             "heatmap": None if cam is None else png_base64(heat_rgba(cam, d.display.shape[0])),

@@ -1,0 +1,129 @@
+"""A multilabel run end to end on the synthetic three-shape set (one trained run shared by every test): it learns
+each finding, its per-label thresholds come from validation, and evaluate, predict (eager and ONNX), the API,
+the report and an ensemble all read the same per-label probabilities."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from medclf.config import load_config
+from medclf.data.cache import Cache
+from medclf.data.synthetic import write_synthetic_multilabel
+from medclf.engine.evaluate import evaluate_run
+from medclf.engine.train import train
+from medclf.errors import ConfigError
+from medclf.evaluation.thresholds import operating_threshold
+from medclf.runs import open_run
+from medclf.tasks import multi_hot
+
+NAMES = ["disc", "square", "bar"]
+TINY = ["model.name=resnet18", "model.input_size=48", "data.batch_size=16", "train.lr=0.003", "train.epochs=4",
+        "train.warmup_epochs=0", "train.device=cpu", "eval.n_boot=0", "eval.ood_detector=false"]
+
+
+@pytest.fixture(scope="module")
+def multilabel_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("multilabel")
+    cache = write_synthetic_multilabel(root / "cache", n=400, size=48, seed=0)
+    run = train(load_config(None, TINY), cache, root / "run", progress=False)
+    metrics = evaluate_run(run, split="test", n_boot=100, device="cpu", progress=False)
+    return cache, run, metrics
+
+
+def test_every_finding_is_learned(multilabel_run):
+    _, _, metrics = multilabel_run
+    aucs = {name: metrics["per_label"][name]["roc_auc"] for name in NAMES}
+    assert min(aucs.values()) >= 0.95, aucs
+    assert metrics["task"] == "multilabel" and metrics["roc_auc"] == metrics["macro"]["roc_auc"]
+
+
+def test_the_thresholds_are_chosen_per_label_on_validation(multilabel_run):
+    cache, run, _ = multilabel_run
+    opened = open_run(run)
+    contract = opened.contract
+    assert contract.task == "multilabel" and len(contract.thresholds) == 3
+    val = Cache.open(cache)
+    from medclf.data.dataset import CacheDataset
+
+    dataset = CacheDataset(val, split="val")
+    probs = opened.predictor().predict_dataset(dataset).probs
+    y = multi_hot(dataset.labels, 3)
+    for k in range(3):
+        expected = operating_threshold(y[:, k], probs[:, k], min_class=10)
+        assert contract.thresholds[k] == pytest.approx(expected.value)
+    assert contract.threshold_source == "validation" and contract.threshold_reason.startswith("disc: f1 on ")
+
+
+def test_the_metrics_equal_scikit_learn_on_the_predictions_table(multilabel_run):
+    _, run, metrics = multilabel_run
+    table = pd.read_csv(run / "predictions_test.csv")
+    assert list(table.columns[:3]) == ["id", "label", "labels"]
+    assert [c for c in table.columns if c.startswith("prob_")] == [f"prob_{n}" for n in NAMES]
+    y = multi_hot(table["label"].to_numpy(), 3)
+    probs = table[[f"prob_{n}" for n in NAMES]].to_numpy()
+    saved = json.loads((run / "metrics_test.json").read_text())
+    assert saved["macro"]["roc_auc"] == pytest.approx(roc_auc_score(y, probs, average="macro"))
+    assert saved["micro"]["roc_auc"] == pytest.approx(roc_auc_score(y, probs, average="micro"))
+    called = probs >= np.array(saved["thresholds"])
+    assert (table[[f"pred_{n}" for n in NAMES]].to_numpy() == called).all()
+    assert table["predicted"].iloc[0] == ("|".join(n for n, c in zip(NAMES, called[0]) if c) or "No Finding")
+    assert (run / "roc_test.png").stat().st_size > 0 and (run / "pr_test.png").stat().st_size > 0
+
+
+def test_predict_returns_every_label_with_the_api_and_onnx(multilabel_run, tmp_path):
+    import medclf
+
+    cache, run, _ = multilabel_run
+    images = Cache.open(cache).images[:3]
+    paths = []
+    for i, image in enumerate(images):
+        Image.fromarray(np.asarray(image)).save(tmp_path / f"{i}.png")
+        paths.append(tmp_path / f"{i}.png")
+    table = medclf.predict(run, paths)
+    assert [f"prob_{n}" for n in NAMES] + [f"pred_{n}" for n in NAMES] + ["predicted"] == \
+        [c for c in table.columns if c not in ("path", "error")]
+    out = subprocess.run([sys.executable, "-m", "medclf", "predict", str(run), *map(str, paths), "--engine", "onnx"],
+                         capture_output=True, text=True, check=True)
+    onnx = pd.read_csv(__import__("io").StringIO(out.stdout))
+    probs = [f"prob_{n}" for n in NAMES]
+    assert np.allclose(onnx[probs].to_numpy(), table[probs].to_numpy(), atol=1e-4)
+    assert onnx["predicted"].tolist() == table["predicted"].tolist()
+
+
+def test_the_report_shows_the_per_label_table(multilabel_run):
+    from medclf.report.html import build_report
+
+    _, run, metrics = multilabel_run
+    page = build_report(run).read_text(encoding="utf-8")
+    auc = metrics["per_label"]["square"]["roc_auc"]
+    assert "<h4>Per label</h4>" in page and f"{auc:.3f} [" in page and "3 labels; macro averages" in page
+
+
+def test_an_ensemble_of_the_run_averages_sigmoids(multilabel_run):
+    import torch
+
+    from medclf.models.ensemble import Ensemble, ensemble_contract
+
+    cache, run, _ = multilabel_run
+    opened = open_run(run)
+    contract = ensemble_contract(opened.contract, 0.5, "ensemble", {"thresholds": opened.contract.thresholds})
+    twin = Ensemble([opened.model, opened.model], [opened.contract] * 2, contract)
+    x = torch.randn(2, 3, 48, 48)
+    member = torch.sigmoid(opened.model(x))
+    assert torch.allclose(torch.sigmoid(twin(x)), member, atol=1e-5)  # its logits are the combined log-odds
+    with pytest.raises(Exception, match="a multilabel ensemble combines with 'mean' or 'weighted'"):
+        Ensemble([opened.model], [opened.contract], contract, combine="vote")
+
+
+def test_single_label_options_refuse_a_multilabel_cache(multilabel_run, tmp_path):
+    cache, _, _ = multilabel_run
+    cfg = load_config(None, TINY + ["train.adversarial=fgsm"])
+    with pytest.raises(ConfigError, match="train.adversarial=fgsm: defined for single-label tasks; .* is multilabel"):
+        train(cfg, cache, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
