@@ -64,6 +64,8 @@ def folder_source(images_dir: str | Path, labels_csv: str | Path, label_names: S
     images_dir = given.resolve()
     if not images_dir.is_dir():
         raise DataError(f"{images_dir}: image folder not found")
+    if uncertain != "zero" and not label_columns:
+        raise DataError(f"--uncertain {uncertain}: applies only with --label-columns (0/1/-1 columns)")
     frame = _read_table(labels_csv, needs_label=not label_columns)
     if not allow_outside_images:
         _refuse_outside(frame, labels_csv, images_dir, given)
