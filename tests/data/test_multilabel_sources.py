@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
+import typer
 from PIL import Image
+from typer.testing import CliRunner
 
+from medclf.cli.prepare import register
 from medclf.data.cache import Cache
 from medclf.data.prepare import prepare_folder, prepare_medmnist
 from medclf.errors import DataError
+from medclf.data.splits import split_patients, split_strata
 from medclf.data.synthetic import SHAPES, write_synthetic_multilabel
 from medclf.tasks import label_counts, multi_hot
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_synthetic_multilabel_cache(tmp_path):
@@ -160,3 +171,116 @@ def test_folder_label_column_problems(column_folder, tmp_path):
         _prepare(root, bad, tmp_path / "c", label_columns=["A"], uncertain="maybe")
     with pytest.raises(DataError, match="--uncertain one: applies only with --label-columns"):
         _prepare(root, bad, tmp_path / "c", uncertain="one")
+
+
+# -------------------------------------------------------------------------------------------- stratification
+
+def test_a_rare_label_lands_in_every_split(tmp_path):
+    """10 of 200 images hold `Hernia`, each beside a different pair of common findings: stratified by the bit
+    mask each would be alone in its stratum and stay in train; by the rarest label val and test get one each."""
+    common = ["Atelectasis", "Effusion", "Mass", "Nodule", "Edema"]
+    pairs = [f"{a}|{b}" for i, a in enumerate(common) for b in common[i + 1:]]  # 10 distinct pairs
+    labels = [f"{pairs[i // 20]}|Hernia" if i % 20 == 7 else common[i % 5] for i in range(200)]
+    names = [f"{i:03d}.png" for i in range(200)]
+    csv = _csv(tmp_path / "labels.csv", "path,label", [f"{n},{lab}" for n, lab in zip(names, labels)])
+    cache = Cache.open(prepare_folder(_pngs(tmp_path / "imgs", names), csv, tmp_path / "cache", size=8, val=0.1,
+                                      test=0.1, workers=1, progress=False))
+    counts = cache.meta["split_counts"]
+    assert [counts[s]["Hernia"] for s in ("train", "val", "test")] == [8, 1, 1], counts
+    hernia = multi_hot(cache.labels(), 6)[:, cache.label_names.index("Hernia")] == 1
+    by_mask = split_patients(cache.labels(), cache.manifest["patient_id"], 0.1, 0.1, 0)
+    assert set(by_mask[hernia]) == {"train"}  # what stratifying on the raw masks would have done
+
+
+def test_split_strata_is_the_rarest_label():
+    masks = np.array([0b011, 0b001, 0b001, 0b101, 0b000])  # counts: label0 4, label1 1, label2 1
+    assert split_strata(masks, "multilabel", 3).tolist() == [1, 0, 0, 2, 3]
+    assert split_strata(masks, None, 3).tolist() == masks.tolist()  # binary/multiclass: the labels
+
+
+# --------------------------------------------------------------------------------------------------- MedMNIST
+
+def _npz(path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+def test_chestmnist_shaped_labels_make_a_multilabel_cache(tmp_path, capsys):
+    hot = np.zeros((6, 14), np.uint8)
+    hot[0, [0, 13]] = 1  # atelectasis, hernia
+    hot[1, 2] = 1  # effusion
+    hot[4, [2, 4, 5]] = 1  # effusion, mass, nodule
+    npz = _npz(tmp_path / "chestmnist_64.npz", train_images=np.zeros((4, 6, 6), np.uint8), train_labels=hot[:4],
+               test_images=np.full((2, 6, 6), 9, np.uint8), test_labels=hot[4:])
+    cache = Cache.open(prepare_medmnist(npz, tmp_path / "c", progress=False))
+    assert cache.task == "multilabel" and cache.meta["label_mode"] == "multilabel" and cache.positive_index == 0
+    assert cache.label_names[:3] == ["atelectasis", "cardiomegaly", "effusion"] and len(cache.label_names) == 14
+    assert cache.label_names[-2:] == ["pleural", "hernia"]
+    assert cache.labels().tolist() == [1 + (1 << 13), 4, 0, 0, 4 + 16 + 32, 0]
+    assert cache.manifest["label_name"].tolist() == ["atelectasis|hernia", "effusion", "No Finding", "No Finding",
+                                                     "effusion|mass|nodule", "No Finding"]
+    assert cache.manifest["split"].tolist() == ["train"] * 4 + ["test"] * 2
+    assert cache.meta["split_counts"]["test"]["effusion"] == 1 and cache.meta["split_counts"]["train"]["hernia"] == 1
+    assert "6 images (train 4, test 2; images per label: atelectasis 1, cardiomegaly 0, effusion 2," in \
+        capsys.readouterr().err
+
+
+def test_medmnist_multilabel_names_and_problems(tmp_path):
+    images = np.zeros((2, 4, 4), np.uint8)
+    plain = _npz(tmp_path / "x.npz", val_images=images, val_labels=np.array([[1, 0, 1], [0, 0, 0]]))
+    cache = Cache.open(prepare_medmnist(plain, tmp_path / "c1", progress=False))
+    assert cache.label_names == ["0", "1", "2"] and cache.labels().tolist() == [5, 0]
+    cache = Cache.open(prepare_medmnist(plain, tmp_path / "c2", label_names=["a", "b", "c"], progress=False))
+    assert cache.manifest["label_name"].tolist() == ["a|c", "No Finding"]
+    with pytest.raises(DataError, match=r"x.npz: 3 labels per image but 2 label names \['a', 'b'\]"):
+        prepare_medmnist(plain, tmp_path / "c3", label_names=["a", "b"], progress=False)
+    with pytest.raises(DataError, match="x.npz: --positive applies to binary sets"):
+        prepare_medmnist(plain, tmp_path / "c3", positive="a", progress=False)
+    twos = _npz(tmp_path / "y.npz", train_images=images, train_labels=np.array([[2, 0], [0, 1]]))
+    with pytest.raises(DataError, match=r"y.npz: multi-label labels must be 0 or 1, found \[0, 1, 2\]"):
+        prepare_medmnist(twos, tmp_path / "c3", progress=False)
+    mixed = _npz(tmp_path / "z.npz", train_images=images, train_labels=np.array([[1, 0], [0, 1]]),
+                 test_images=images, test_labels=np.array([0, 1]))
+    with pytest.raises(DataError, match="z.npz: the splits' label arrays differ in shape"):
+        prepare_medmnist(mixed, tmp_path / "c3", progress=False)
+    assert not (tmp_path / "c3").exists()
+
+
+# ----------------------------------------------------------------------------------------------- command line
+
+@pytest.fixture()
+def app() -> typer.Typer:
+    app = typer.Typer()
+    app.command("noop")(lambda: None)  # keeps `prepare` a sub-command, as in medclf.cli.main
+    register(app)
+    return app
+
+
+def _cli(root, labels, out, *extra):
+    return ["prepare", "folder", "--images", str(root), "--labels", str(labels), "--out", str(out), "--size", "8",
+            "--val", "0.25", "--test", "0.25", "--workers", "1", "--quiet", *extra]
+
+
+def test_cli_label_columns_with_drop(app, column_folder, tmp_path):
+    root, labels = column_folder
+    out = tmp_path / "cache"
+    result = CliRunner().invoke(app, _cli(root, labels, out, "--label-columns", "A, B,C", "--uncertain", "drop"))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(out)
+    assert "--uncertain drop: left out 2 images with an uncertain (-1) label" in result.stderr
+    cache = Cache.open(out)
+    assert cache.task == "multilabel" and _masks(cache) == {"a.png": 1, "c.png": 4, "d.png": 0, "f.png": 2}
+
+
+def test_cli_bad_label_cell_is_one_line_exit_2(column_folder, tmp_path):
+    root, _ = column_folder
+    bad = _csv(tmp_path / "bad.csv", "path,A,B", ["a.png,1,yes", "c.png,0,1"])
+    out = tmp_path / "cache"
+    proc = subprocess.run([sys.executable, "-m", "medclf", *_cli(root, bad, out, "--label-columns", "A,B")],
+                          capture_output=True, text=True, cwd=REPO, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"error: {bad}: 1 malformed rows (e.g. bad.csv:2: B 'yes' is not 1, 0, -1 or blank)")
+    assert not out.exists()
