@@ -284,3 +284,11 @@ def test_cli_bad_label_cell_is_one_line_exit_2(column_folder, tmp_path):
     assert len(lines) == 1 and lines[0].startswith(
         f"error: {bad}: 1 malformed rows (e.g. bad.csv:2: B 'yes' is not 1, 0, -1 or blank)")
     assert not out.exists()
+
+
+def test_raw_bit_masks_as_strata_stay_cheap():
+    """K = 40 masks (values up to 2**40) must not cost a column per possible value."""
+    masks = np.array([1 << 39, 1 << 39, 3, 3, 0, 0, 1 << 20, 1 << 20] * 5, dtype=np.int64)
+    split = split_patients(masks, np.arange(40), val=0.25, test=0.25, seed=0)
+    for mask in np.unique(masks):  # each stratum of 10: round(2.5) = 3 to test and to val, 4 to train
+        assert sorted(split[masks == mask]) == ["test"] * 3 + ["train"] * 4 + ["val"] * 3
