@@ -44,6 +44,15 @@ def test_synthetic_multilabel_cache(tmp_path):
     assert cache.images[per_image == 0].mean() < cache.images[per_image >= 2].mean() - 5
 
 
+def test_data_summary_of_a_multilabel_cache(tmp_path):
+    from medclf.data.summary import data_summary
+
+    cache = Cache.open(write_synthetic_multilabel(tmp_path / "c", n=60))
+    summary = data_summary(cache)
+    assert summary["task"] == "multilabel" and summary["split_counts"] == cache.meta["split_counts"]
+    assert summary["synthetic"]["n"] == 60
+
+
 def test_synthetic_multilabel_is_deterministic(tmp_path):
     a = Cache.open(write_synthetic_multilabel(tmp_path / "a", n=40, seed=3))
     b = Cache.open(write_synthetic_multilabel(tmp_path / "b", n=40, seed=3))

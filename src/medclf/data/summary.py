@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from medclf.data.cache import Cache
+from medclf.data.cache import Cache, split_counts as label_split_counts
 
 
 def data_summary(cache: Cache) -> dict:
+    """Counts per split (multi-label: images holding each label), views, and where the cache came from."""
     manifest = cache.manifest
     names = list(cache.label_names)
-    split_counts = {
-        split: {names[int(k)]: int(v) for k, v in group["label"].value_counts().sort_index().items()}
-        for split, group in manifest.groupby("split")
-    }
+    if cache.task == "multilabel":  # labels are bit masks, not class indices
+        split_counts = label_split_counts(manifest, names, cache.task)
+    else:
+        split_counts = {
+            split: {names[int(k)]: int(v) for k, v in group["label"].value_counts().sort_index().items()}
+            for split, group in manifest.groupby("split")
+        }
     view_counts = {}
     if "view" in manifest and manifest["view"].notna().any():
         view_counts = {
@@ -24,6 +28,7 @@ def data_summary(cache: Cache) -> dict:
         "content_hash": cache.meta.get("content_hash"),
         "size": cache.size,
         "label_names": names,
+        "task": cache.task,
         "positive_index": cache.positive_index,
         "split_counts": split_counts,
         "view_counts": view_counts,
