@@ -51,6 +51,8 @@ def test_data_summary_of_a_multilabel_cache(tmp_path):
     summary = data_summary(cache)
     assert summary["task"] == "multilabel" and summary["split_counts"] == cache.meta["split_counts"]
     assert summary["synthetic"]["n"] == 60
+    assert summary["split_sizes"] == cache.manifest["split"].value_counts().to_dict()
+    assert sum(summary["split_sizes"].values()) == 60
 
 
 def test_synthetic_multilabel_is_deterministic(tmp_path):

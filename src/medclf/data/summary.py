@@ -31,6 +31,8 @@ def data_summary(cache: Cache) -> dict:
         "task": cache.task,
         "positive_index": cache.positive_index,
         "split_counts": split_counts,
+        # images per split (a multi-label image counts once here, under each of its labels in split_counts)
+        "split_sizes": {str(k): int(v) for k, v in manifest["split"].value_counts().sort_index().items()},
         "view_counts": view_counts,
         # made-up data (the demo's) says so in every run and report made from it
         **({"synthetic": cache.meta["synthetic"]} if cache.meta.get("synthetic") else {}),
