@@ -43,7 +43,8 @@ _SKIP_BAD = typer.Option(False, "--skip-bad",
 _FORCE = typer.Option(False, "--force", help="Replace an existing cache made from other inputs (only a cache "
                       "medclf made: any other non-empty folder is refused).")
 _QUIET = typer.Option(False, "--quiet", help="No progress bar.")
-_NAMES = typer.Option(None, "--label-names", help="Comma-separated class names in label-index order.")
+_NAMES = typer.Option(None, "--label-names", help="Comma-separated class (or, multi-label, finding) names in "
+                      "label-index order.")
 _POSITIVE = typer.Option(None, "--positive", help="Positive class (name or index) for binary metrics.")
 _SHARD = typer.Option(None, "--shard", help="i/n: prepare only part i (0..n-1) of the labelled images, e.g. one "
                       "part per machine; join the parts with `medclf prepare merge`.")
@@ -106,7 +107,8 @@ def medmnist_cmd(
 ) -> None:
     """A MedMNIST .npz file to a cache.
 
-    Keeps the file's own splits (no patient ids: patient_id = id).
+    Keeps the file's own splits (no patient ids: patient_id = id). (N, K) labels (ChestMNIST) make a
+    multilabel cache.
     """
     from medclf.data.prepare import prepare_medmnist
 
@@ -118,6 +120,9 @@ def medmnist_cmd(
 
 @prepare_app.command("folder", epilog=examples(
     "medclf prepare folder --images scans/ --labels scans/labels.csv --out cache/scans",
+    "medclf prepare folder --images cxr14/images --labels cxr14/labels.csv --out cache/cxr14   # label: Effusion|Mass",
+    "medclf prepare folder --images chexpert/ --labels chexpert/train.csv --out cache/chexpert "
+    "--label-columns Atelectasis,Cardiomegaly,Consolidation,Edema,'Pleural Effusion' --uncertain one",
 ))
 def folder_cmd(
     images: Path = typer.Option(..., "--images", help="Folder of PNG/JPEG/DICOM files."),
@@ -131,10 +136,19 @@ def folder_cmd(
     allow_outside_images: bool = typer.Option(
         False, "--allow-outside-images",
         help="Read CSV paths that leave --images (../x.png, absolute paths elsewhere); refused by default."),
+    task: Optional[str] = typer.Option(
+        None, "--task", help="binary, multiclass or multilabel  [default: multilabel when a label holds '|' or "
+        "--label-columns is given, else by the class count]"),
+    label_columns: Optional[str] = typer.Option(
+        None, "--label-columns", help="Comma-separated 0/1 columns, one per finding (CheXpert style): a multilabel "
+        "set; no label column needed. 1 present, 0/blank absent, -1 uncertain."),
+    uncertain: str = typer.Option("zero", "--uncertain", help="With --label-columns, what -1 means: zero (absent, "
+                                  "U-Zeros), one (present, U-Ones) or drop (leave the image out)."),
 ) -> None:
     """A folder of images and a labels CSV to a cache.
 
-    Split by patient like RSNA.
+    Split by patient like RSNA. Multi-label: labels like 'Effusion|Mass' ('No Finding' or empty for none), or
+    --label-columns.
     """
     from medclf.data.prepare import prepare_folder
 
@@ -142,7 +156,8 @@ def folder_cmd(
         path = prepare_folder(images, labels, out, size=size, val=val, test=test, seed=seed, workers=workers,
                               norm=norm, label_names=_names(label_names), positive=positive,
                               skip_missing=skip_missing, skip_bad=skip_bad, force=force, progress=not quiet,
-                              shard=_shard(shard), allow_outside_images=allow_outside_images)
+                              shard=_shard(shard), allow_outside_images=allow_outside_images, task=task,
+                              label_columns=_names(label_columns), uncertain=uncertain)
     typer.echo(str(path))
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from medclf.data.imageio import INPUT_SUFFIXES
-from medclf.data.multilabel import SEPARATOR, MultiLabels, parse_label_columns, parse_label_sets
+from medclf.data.multilabel import SEPARATOR, MultiLabels, no_positive, parse_label_columns, parse_label_sets
 from medclf.data.rsna import LabelReport
 from medclf.errors import DataError
 from medclf.tasks import TASKS, label_set_name
@@ -64,6 +64,8 @@ def folder_source(images_dir: str | Path, labels_csv: str | Path, label_names: S
     images_dir = given.resolve()
     if not images_dir.is_dir():
         raise DataError(f"{images_dir}: image folder not found")
+    if uncertain != "zero" and not label_columns:
+        raise DataError(f"--uncertain {uncertain}: applies only with --label-columns (0/1/-1 columns)")
     frame = _read_table(labels_csv, needs_label=not label_columns)
     if not allow_outside_images:
         _refuse_outside(frame, labels_csv, images_dir, given)
@@ -72,7 +74,7 @@ def folder_source(images_dir: str | Path, labels_csv: str | Path, label_names: S
     if task == "multilabel":
         multi = _parse_multilabel(frame, labels_csv, label_names, label_columns, uncertain, report)
         labels, names, dropped = multi.masks, multi.names, multi.dropped
-        positive_index = _no_positive(positive, labels_csv)
+        positive_index = no_positive(positive, labels_csv)
     else:
         labels, names = _parse_labels(frame, labels_csv, label_names, report)
         positive_index, dropped = resolve_positive(names, positive, labels_csv), []
@@ -137,13 +139,6 @@ def _parse_multilabel(frame: pd.DataFrame, csv: Path, label_names: Sequence[str]
         multi = parse_label_sets(frame["label"], frame["line"], csv, label_names)
     report.malformed_rows += multi.malformed
     return multi
-
-
-def _no_positive(positive: str | int | None, csv: Path) -> int:
-    """A multi-label set has no positive class (each label is its own positive): positive_index is 0."""
-    if positive is not None:
-        raise DataError(f"{csv}: --positive applies to binary sets; a multilabel set has none")
-    return 0
 
 
 def _check_single_task(declared: str | None, names: list[str], csv: Path) -> str:

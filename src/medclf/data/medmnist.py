@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from medclf.data.folder import resolve_positive
-from medclf.data.multilabel import check_names
+from medclf.data.multilabel import check_names, no_positive
 from medclf.data.splits import SPLITS
 from medclf.errors import DataError
 from medclf.tasks import encode_multi_hot, label_set_name, task_of
@@ -85,15 +85,13 @@ def _multilabel(npz: Path, labels: np.ndarray, given: Sequence[str] | None,
     """N x K 0/1 labels -> (bit masks, label names, "multilabel", positive_index 0)."""
     if not np.isin(labels, (0, 1)).all():
         raise DataError(f"{npz}: multi-label labels must be 0 or 1, found {np.unique(labels)[:5].tolist()}")
-    if positive is not None:
-        raise DataError(f"{npz}: --positive applies to binary sets; a multilabel set has none")
     k = labels.shape[1]
     known = KNOWN_NAMES["chestmnist"] if "chestmnist" in npz.name.lower() else []
     names = list(given) if given else known if len(known) == k else [str(i) for i in range(k)]
     if len(names) != k:
         raise DataError(f"{npz}: {k} labels per image but {len(names)} label names {names}")
     names = check_names(names, str(npz))
-    return encode_multi_hot(labels), names, "multilabel", 0
+    return encode_multi_hot(labels), names, "multilabel", no_positive(positive, npz)
 
 
 def _split_block(npz: Path, data: np.lib.npyio.NpzFile, split: str) -> tuple[np.ndarray, np.ndarray]:

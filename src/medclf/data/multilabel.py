@@ -47,6 +47,13 @@ def check_names(names: Sequence[str], where: str) -> list[str]:
     return names
 
 
+def no_positive(positive: str | int | None, where: str | Path) -> int:
+    """positive_index of a multi-label set, 0 (unused: each label is its own positive); `positive` is refused."""
+    if positive is not None:
+        raise DataError(f"{where}: --positive applies to binary sets; a multilabel set has none")
+    return 0
+
+
 def parse_label_sets(raw: pd.Series, lines: pd.Series, csv: Path,
                      label_names: Sequence[str] | None = None) -> MultiLabels:
     """`A|B` cells -> masks; a name outside `label_names` (when given) is a malformed row."""

@@ -35,10 +35,11 @@ def split_strata(labels: Sequence[int], task: str | None = None, n_labels: int =
 def _patient_strata(labels: np.ndarray, groups: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(patient code per sample, unique patients, stratum per patient)."""
     codes, uniques = pd.factorize(pd.Series(groups, dtype=object), sort=True)
-    labels = np.asarray(labels, dtype=np.int64)
-    n_classes = int(labels.max()) + 1 if labels.size else 1
-    counts = np.zeros((len(uniques), n_classes), dtype=np.int64)
-    np.add.at(counts, (codes, labels), 1)
+    # labels as sorted codes: the same order and ties as the values, without a column per possible value (raw
+    # bit masks would need 2**K of them)
+    label_codes, values = pd.factorize(np.asarray(labels, dtype=np.int64), sort=True)
+    counts = np.zeros((len(uniques), max(len(values), 1)), dtype=np.int64)
+    np.add.at(counts, (codes, label_codes), 1)
     return codes, np.asarray(uniques), counts.argmax(axis=1)  # argmax takes the first maximum: lower index
 
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from medclf.data.cache import Cache
-from medclf.data.cache import split_counts as split_counts_of
+from medclf.data.cache import Cache, split_counts as label_split_counts
 
 
 def data_summary(cache: Cache) -> dict:
+    """Counts per split (multi-label: images holding each label), views, and where the cache came from."""
     manifest = cache.manifest
     names = list(cache.label_names)
-    if cache.task == "multilabel":  # images holding each label (an image may count under several)
-        split_counts = split_counts_of(manifest, names, cache.task)
+    if cache.task == "multilabel":  # labels are bit masks, not class indices
+        split_counts = label_split_counts(manifest, names, cache.task)
     else:
         split_counts = {
             split: {names[int(k)]: int(v) for k, v in group["label"].value_counts().sort_index().items()}
@@ -28,9 +28,11 @@ def data_summary(cache: Cache) -> dict:
         "content_hash": cache.meta.get("content_hash"),
         "size": cache.size,
         "label_names": names,
+        "task": cache.task,
         "positive_index": cache.positive_index,
-        **({"task": cache.task} if cache.task == "multilabel" else {}),
         "split_counts": split_counts,
+        # images per split (a multi-label image counts once here, under each of its labels in split_counts)
+        "split_sizes": {str(k): int(v) for k, v in manifest["split"].value_counts().sort_index().items()},
         "view_counts": view_counts,
         # made-up data (the demo's) says so in every run and report made from it
         **({"synthetic": cache.meta["synthetic"]} if cache.meta.get("synthetic") else {}),

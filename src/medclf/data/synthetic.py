@@ -11,7 +11,8 @@ lungs, large enough that a tiny CNN learns them at 64 px in a few epochs. Same a
 findings drawn as clearly different bright shapes (a filled "disc", a "square" outline, a horizontal "bar"),
 each in its own quadrant on a noisy dark background and present independently (probability 0.35 by default), so
 an image holds none, one, two or all three. A small CNN learns every label to ROC AUC ~1 in a few CPU epochs at
-48 px from the default 600 images (fewer images learn more slowly). Its cache.json carries the same `synthetic` entry as a cache prepared from `make_synthetic_rsna`'s files.
+48 px from the default 600 images (fewer images learn more slowly). Its cache.json carries the same
+`synthetic` entry as a cache prepared from `make_synthetic_rsna`'s files.
 """
 
 from __future__ import annotations
