@@ -22,7 +22,7 @@ from tqdm import tqdm
 from medclf.config import Config, merge, outcome_config, save_config
 from medclf.data.cache import Cache, write_cache_view
 from medclf.data.dataset import CacheDataset
-from medclf.data.splits import partition_indices
+from medclf.data.splits import partition_indices, split_strata
 from medclf.data.summary import data_summary
 from medclf.device import pick_device
 from medclf.engine.distributed import is_main
@@ -34,7 +34,7 @@ from medclf.models.ensemble import COMBINES, Ensemble, ensemble_contract
 from medclf.models.registry import list_models
 from medclf.outdirs import output_dir
 from medclf.runs import ENSEMBLE_FORMAT, Predictor, RunDir, open_checkpoint
-from medclf.tasks import multi_hot, rarest_label
+from medclf.tasks import multi_hot
 from medclf.tracking import Tracker, parent_run
 
 MODES = ("partition", "kfold", "bootstrap", "models")
@@ -56,8 +56,7 @@ def plan_members(cache: Cache, mode: str, k: int, model_names: list[str], seed: 
     """The members' training rows, drawn from the cache's train split, patient-grouped and seeded."""
     rows = cache.indices("train")
     labels = cache.manifest["label"].to_numpy(dtype=np.int64)[rows]
-    if cache.task == "multilabel":  # stratify by rarest label, as prepare splits (medclf.tasks.rarest_label)
-        labels = rarest_label(labels, len(cache.label_names))
+    labels = split_strata(labels, cache.task, len(cache.label_names))  # multilabel: rarest label, as prepare
     groups = cache.manifest["patient_id"].to_numpy()[rows]
     if mode == "models":
         return [MemberPlan(i, name, seed + i, rows) for i, name in enumerate(model_names)]

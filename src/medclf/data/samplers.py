@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset, Sampler, Subset
 
 from medclf.errors import ConfigError, DataError
-from medclf.tasks import rarest_label
+from medclf.data.splits import split_strata
 
 
 def dataset_labels(dataset: Dataset) -> np.ndarray:
@@ -107,10 +107,7 @@ def sampling_classes(dataset: Dataset) -> np.ndarray:
     """The class each item is balanced by: its label, or for a multilabel dataset (`task == "multilabel"`) its
     rarest present label, K for an image with none (medclf.tasks.rarest_label): a rare finding is then drawn
     as often as a common one, and its images bring their other findings along."""
-    labels = dataset_labels(dataset)
-    if getattr(dataset, "task", None) == "multilabel":
-        return rarest_label(labels, int(dataset.num_labels))
-    return labels
+    return split_strata(dataset_labels(dataset), getattr(dataset, "task", None), getattr(dataset, "num_labels", 0))
 
 
 class BalancedSampler(EpochSampler):

@@ -176,7 +176,8 @@ def training_summary(run_dir: Path) -> dict[str, Any] | None:
         return None
     out = {k: summary[k] for k in SUMMARY_KEYS if k in summary}
     counts = summary.get("split_counts") or {}
-    out["n"] = int(sum(sum(v.values()) for v in counts.values()))
+    sizes = summary.get("split_sizes")  # a multi-label image counts under each of its labels in split_counts
+    out["n"] = int(sum(sizes.values())) if sizes else int(sum(sum(v.values()) for v in counts.values()))
     return out
 
 
