@@ -44,6 +44,22 @@ def test_synthetic_multilabel_cache(tmp_path):
     assert cache.images[per_image == 0].mean() < cache.images[per_image >= 2].mean() - 5
 
 
+def test_the_synthetic_files_prepare_to_the_same_findings(tmp_path):
+    """write_synthetic_multilabel_files (the README's multi-label example) through `prepare folder`: the `A|B`
+    labels become the cache's masks, image for image (names sorted: bar, disc, square)."""
+    from medclf.data.synthetic import write_synthetic_multilabel_files
+
+    folder = write_synthetic_multilabel_files(tmp_path / "files", n=40, size=48, seed=3)
+    direct = Cache.open(write_synthetic_multilabel(tmp_path / "direct", n=40, size=48, seed=3))
+    cache = Cache.open(prepare_folder(folder / "images", folder / "labels.csv", tmp_path / "c", size=48,
+                                      progress=False))
+    assert cache.task == "multilabel" and cache.label_names == ["bar", "disc", "square"]
+    by_id = dict(zip(direct.manifest["id"] + ".png", direct.manifest["label_name"]))
+    names = cache.manifest["label_name"].tolist()
+    assert [by_id[i] for i in cache.manifest["id"]] == [
+        "|".join(sorted(n.split("|"), key=list(SHAPES).index)) if n != "No Finding" else n for n in names]
+
+
 def test_data_summary_of_a_multilabel_cache(tmp_path):
     from medclf.data.summary import data_summary
 

@@ -58,15 +58,34 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"warning: {m['split']}: {warning}", err=True)
 
 
+def _value_ci(value: float | None, ci: list | None) -> str:
+    shown = "n/a" if value is None else f"{value:.4f}"
+    return shown + (f"  [{ci[0]:.4f}, {ci[1]:.4f}]" if ci and ci[0] is not None else "")
+
+
+def format_multilabel(m: dict) -> str:
+    """One line per label (n with it, threshold, AUC with interval, sensitivity, specificity, F1), then the
+    macro and micro averages."""
+    lines = [f"n={m['n']} labels={len(m['label_names'])} exact match={m['exact_match']:.4f}"]
+    for name, c in m["per_label"].items():
+        lines.append(f"{name:16s} n={c['n_pos']:<5d} threshold={c['threshold']:.4f} AUC {_value_ci(c['roc_auc'], c['ci']['roc_auc'])}"
+                     f"  sens {_value_ci(c['recall'], None)} spec {_value_ci(c['specificity'], None)}"
+                     f" F1 {_value_ci(c['f1'], None)}")
+    for avg in ("macro", "micro"):
+        a = m[avg]
+        ci = m["ci"]["macro_roc_auc"] if avg == "macro" else None
+        lines.append(f"{avg + ' average':16s} AUC {_value_ci(a['roc_auc'], ci)}  sens {_value_ci(a['recall'], None)}"
+                     f" spec {_value_ci(a['specificity'], None)} F1 {_value_ci(a['f1'], None)}")
+    return "\n".join(lines)
+
+
 def format_metrics(m: dict) -> str:
+    if m.get("task") == "multilabel":
+        return format_multilabel(m)
     lines = [f"n={m['n']} positives={m['n_pos']} threshold={m['threshold']:.4f}",
              f"TP={m['tp']} FP={m['fp']} FN={m['fn']} TN={m['tn']}"]
     for key in ("roc_auc", "pr_auc", "recall", "precision", "specificity", "accuracy", "f1"):
-        value, ci = m.get(key), (m.get("ci") or {}).get(key)
-        shown = "n/a" if value is None else f"{value:.4f}"
-        if ci and ci[0] is not None:
-            shown += f"  [{ci[0]:.4f}, {ci[1]:.4f}]"
-        lines.append(f"{key:12s} {shown}")
+        lines.append(f"{key:12s} {_value_ci(m.get(key), (m.get('ci') or {}).get(key))}")
     return "\n".join(lines)
 
 

@@ -25,8 +25,8 @@ import pandas as pd
 
 from medclf.data.cache import write_cache
 from medclf.data.splits import split_patients
-from medclf.io import read_json, write_json
-from medclf.tasks import encode_multi_hot, rarest_label
+from medclf.io import read_json, write_json, write_text
+from medclf.tasks import encode_multi_hot, label_set_name, rarest_label
 
 DETAILED = ("Normal", "No Lung Opacity / Not Normal", "Lung Opacity")
 MARKER = "SYNTHETIC.json"  # beside the label CSVs: the dataset was made here, not taken from patients
@@ -84,9 +84,7 @@ def write_synthetic_multilabel(out: str | Path, n: int = 600, size: int = 48, se
     The split is patient-grouped and stratified by each image's rarest label (medclf.tasks.rarest_label), so
     every finding lands in each split. Same arguments, same cache (content_hash).
     """
-    rng = np.random.default_rng(seed)
-    present = rng.random((n, len(SHAPES))) < p
-    images = np.stack([_shapes_picture(size, row, rng) for row in present])
+    images, present = _shapes_set(n, size, seed, p)
     masks = encode_multi_hot(present)
     ids = [f"synthetic-{i:04d}" for i in range(n)]
     split = split_patients(rarest_label(masks, len(SHAPES)), ids, val, test, seed)
@@ -97,6 +95,32 @@ def write_synthetic_multilabel(out: str | Path, n: int = 600, size: int = 48, se
     meta = {"source": "synthetic", "label_names": list(SHAPES), "positive_index": 0, "task": "multilabel",
             "label_mode": "multilabel", "params": params, "synthetic": marker}
     return write_cache(out, images, manifest, meta, overwrite=overwrite)
+
+
+def write_synthetic_multilabel_files(out: str | Path, n: int = 600, size: int = 48, seed: int = 0,
+                                     p: float = 0.35) -> Path:
+    """The same pictures as `write_synthetic_multilabel`, as files for `medclf prepare folder`: `out/images/*.png`
+    and `out/labels.csv` (`path,label,patient_id`, the label ChestX-ray14 style: `disc|bar`, `No Finding`)."""
+    from PIL import Image
+
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    images, present = _shapes_set(n, size, seed, p)
+    rows = []
+    for i, (image, row) in enumerate(zip(images, present)):
+        name = f"synthetic-{i:04d}.png"
+        Image.fromarray(image).save(out / "images" / name)
+        rows.append({"path": name, "label": label_set_name(int(encode_multi_hot(row[None])[0]), SHAPES),
+                     "patient_id": f"synthetic-{i:04d}"})
+    write_text(out / "labels.csv", pd.DataFrame(rows).to_csv(index=False, lineterminator="\n"))
+    return out
+
+
+def _shapes_set(n: int, size: int, seed: int, p: float) -> tuple[np.ndarray, np.ndarray]:
+    """`n` pictures (uint8 n x size x size) and which shapes each holds (bool n x 3), reproducibly."""
+    rng = np.random.default_rng(seed)
+    present = rng.random((n, len(SHAPES))) < p
+    return np.stack([_shapes_picture(size, row, rng) for row in present]), present
 
 
 def _shapes_picture(size: int, present: np.ndarray, rng: np.random.Generator) -> np.ndarray:
