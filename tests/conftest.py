@@ -129,12 +129,12 @@ def tiny_multiclass_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_multiclass_run(tiny_multiclass_cache, tmp_path_factory) -> Path:
-    """A 3-class resnet18 trained for 3 short epochs on `tiny_multiclass_cache`, not evaluated; read-only: a test
-    that writes into a run copies it first."""
+    """A 3-class resnet18 trained for 3 short epochs on `tiny_multiclass_cache` (64 px input: layer4 is 2 x 2, so
+    CAMs are not flat), not evaluated; read-only: a test that writes into a run copies it first."""
     from medclf.config import load_config
     from medclf.engine.train import train
 
-    cfg = load_config(None, ["model.name=resnet18", "model.input_size=32", "train.epochs=3", "data.batch_size=8",
+    cfg = load_config(None, ["model.name=resnet18", "model.input_size=64", "train.epochs=3", "data.batch_size=8",
                              "train.device=cpu", "train.lr=0.003", "train.warmup_epochs=0",
                              "eval.ood_detector=false", "eval.n_boot=0"])
     return train(cfg, tiny_multiclass_cache, tmp_path_factory.mktemp("tiny3run") / "run", progress=False)
