@@ -138,3 +138,18 @@ def tiny_multiclass_run(tiny_multiclass_cache, tmp_path_factory) -> Path:
                              "train.device=cpu", "train.lr=0.003", "train.warmup_epochs=0",
                              "eval.ood_detector=false", "eval.n_boot=0"])
     return train(cfg, tiny_multiclass_cache, tmp_path_factory.mktemp("tiny3run") / "run", progress=False)
+
+
+@pytest.fixture(scope="session")
+def train_tiny():
+    """`train_tiny(cache, out)`: a resnet18 run of 2 steps at 32 px on CPU, no OOD detector (for tests that need a
+    run's files, not a good model)."""
+    def make(cache: Path, out: Path) -> Path:
+        from medclf.config import load_config
+        from medclf.engine.train import train
+
+        cfg = load_config(None, ["model.name=resnet18", "model.input_size=32", "data.batch_size=8", "train.epochs=1",
+                                 "train.max_steps_per_epoch=2", "eval.ood_detector=false", "train.device=cpu"])
+        return train(cfg, cache, out, progress=False)
+
+    return make

@@ -8,18 +8,14 @@ import pytest
 from typer.testing import CliRunner
 
 from medclf.cli.main import app
-from medclf.config import load_config
-from medclf.engine.train import train
 from medclf.runs import RunDir
 from medclf.tracking import metric_name
 
 
 @pytest.fixture(scope="module")
-def run(tiny_cache, scratch, request):
+def run(tiny_cache, scratch, request, train_tiny):
     out = scratch(request, "subgroups_tb") / "run"
-    cfg = load_config(None, ["model.name=resnet18", "model.input_size=32", "data.batch_size=8", "train.epochs=1",
-                             "train.max_steps_per_epoch=2", "eval.ood_detector=false", "train.device=cpu"])
-    return train(cfg, tiny_cache, out, progress=False)
+    return train_tiny(tiny_cache, out)
 
 
 def event_data(log_dir):

@@ -8,19 +8,15 @@ import shutil
 
 import pytest
 
-from medclf.config import load_config
 from medclf.engine.evaluate import evaluate_run
-from medclf.engine.train import train
 from medclf.report.html import build_report
 from medclf.runs import RunDir
 
 
 @pytest.fixture(scope="module")
-def run(tiny_cache, scratch, request):
+def run(tiny_cache, scratch, request, train_tiny):
     out = scratch(request, "hint") / "run"
-    cfg = load_config(None, ["model.name=resnet18", "model.input_size=32", "data.batch_size=8", "train.epochs=1",
-                             "train.max_steps_per_epoch=2", "eval.ood_detector=false", "train.device=cpu"])
-    train(cfg, tiny_cache, out, progress=False)
+    train_tiny(tiny_cache, out)
     evaluate_run(out, split="test", n_boot=20, device="cpu", progress=False)
     return out
 
