@@ -59,3 +59,27 @@ def test_group_auc_and_counts_reach_tensorboard(run):
 def test_metric_names_are_mlflow_safe():
     assert [metric_name(g) for g in ("[40, 60)", "[80, 200)", "unknown", "AP", "≥80", "a|b")] == [
         "40-60", "80-200", "unknown", "AP", "_80", "a_b"]
+
+
+def test_group_auc_and_files_reach_mlflow(tiny_cache, tmp_path):
+    mlflow = pytest.importorskip("mlflow")
+    from medclf.config import load_config
+    from medclf.engine.evaluate import evaluate_run
+    from medclf.engine.train import train
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = load_config(None, ["model.name=resnet18", "model.input_size=32", "data.batch_size=8", "train.epochs=1",
+                             "train.max_steps_per_epoch=2", "eval.ood_detector=false", "train.device=cpu",
+                             "track.tensorboard=false", "track.mlflow=true", f"track.mlflow_uri={uri}",
+                             "track.experiment=subgroups"])
+    run = train(cfg, tiny_cache, tmp_path / "run", progress=False)
+    metrics = evaluate_run(run, split="train", n_boot=20, device="cpu", progress=False, by=["view"],
+                           min_group_class=3)
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    logged = client.search_runs([client.get_experiment_by_name("subgroups").experiment_id])[0]
+    for row in metrics["subgroups"]["columns"]["view"]:
+        key = f"train/subgroups/view/{row['group']}"
+        assert logged.data.metrics[f"{key}/roc_auc"] == pytest.approx(row["metrics"]["roc_auc"])
+        assert logged.data.metrics[f"{key}/n"] == row["n"] == 18
+    files = {a.path for a in client.list_artifacts(logged.info.run_id, "evaluation")}
+    assert {f"evaluation/subgroups_train{s}" for s in (".json", ".csv", ".png")} <= files

@@ -118,3 +118,18 @@ def test_binary_comparisons_have_no_macro_columns(tmp_path):
         runs.append(run)
     frame = compare_runs(runs, n_boot=50)
     assert not [c for c in frame.columns if "macro" in c] and "macro" not in comparison_markdown(frame)
+
+
+def test_the_command_prints_the_macro_auc_columns(tmp_path):
+    from typer.testing import CliRunner
+
+    from medclf.cli.main import app
+
+    y, weak = softmax(45, 5, signal=0.5)
+    _, strong = softmax(45, 6, signal=3.0)
+    a, b = fake_multiclass_run(tmp_path, "weak", y, weak), fake_multiclass_run(tmp_path, "strong", y, strong)
+    r = CliRunner().invoke(app, ["compare", str(a), str(b), "--n-boot", "100", "--out", str(tmp_path / "c.md")])
+    assert r.exit_code == 0, r.output
+    diff = paired_macro_auc(y, weak, strong, n_boot=100)["diff"]
+    assert "| macro AUC | Δmacro AUC vs weak | p (macro AUC) |" in r.output and f"{diff:+.3f} [" in r.output
+    assert pd.read_csv(tmp_path / "c.csv")["d_macro_auc"].iloc[1] == pytest.approx(diff)
