@@ -93,7 +93,8 @@ def check_same_set(runs: list[EvaluatedRun], split: str) -> None:
 
 def compare_runs(run_dirs: Sequence[str | Path], split: str = "test", out: str | Path | None = None,
                  n_boot: int = 1000, seed: int = 0, data: str | Path | None = None) -> pd.DataFrame:
-    """One row per run: metrics with intervals, and paired differences in AUC and F1 against the first run.
+    """One row per run: metrics with intervals, and paired differences in AUC and F1 against the first run (and
+    in macro AUC for K-class or multilabel runs, `macro_auc_columns`).
 
     `data`: compare the runs' evaluations of that prepared cache (`medclf evaluate RUN --data CACHE`) instead of
     their own caches'. With `out` (e.g. comparison.md) writes the Markdown there and the same table as `.csv`
@@ -105,35 +106,37 @@ def compare_runs(run_dirs: Sequence[str | Path], split: str = "test", out: str |
     runs = [load_evaluated(p, split, n, data, content_hash)
             for p, n in zip(run_dirs, run_names([Path(p) for p in run_dirs]))]
     check_same_set(runs, split)
-    ref = runs[0]
-    pos = int(ref.metrics.get("positive_index", 1))
-    ids = ref.table["id"].to_numpy()
-    y = (ref.table["label"].to_numpy() == pos).astype(int)
-    binary = "prob" in ref.table.columns  # a multilabel table may have no single positive probability
-    ref_prob = ref.table["prob"].to_numpy(dtype=float) if binary else None
+    ids = runs[0].table["id"].to_numpy()
     macro = macro_auc_columns(runs, ids, n_boot, seed)
-    rows = []
-    for run, macro_row in zip(runs, macro):
-        # aligned to the first run's order
-        prob = run.table.set_index("id").loc[ids, "prob"].to_numpy(dtype=float) if binary else None
-        row = {"run": run.name, "path": str(run.path), "split": split, "n": run.metrics.get("n"),
-               "n_pos": run.metrics.get("n_pos"), "threshold": run.metrics.get("threshold")}
-        for key, _ in SHOWN:
-            ci = (run.metrics.get("ci") or {}).get(key) or [None, None]
-            row.update({key: run.metrics.get(key), f"{key}_lo": ci[0], f"{key}_hi": ci[1]})
-        for metric, short in PAIRED:
-            test = None if run is ref or not binary else paired_bootstrap(
-                y, ref_prob, prob, metric, ref.metrics["threshold"], run.metrics["threshold"], n_boot, seed)
-            ci = (test or {}).get("ci") or [None, None]
-            row.update({f"d_{short}": (test or {}).get("diff"), f"d_{short}_lo": ci[0], f"d_{short}_hi": ci[1],
-                        f"p_{short}": (test or {}).get("p_value")})
-        rows.append(row | macro_row)
+    rows = [binary_columns(run, runs[0], ids, split, n_boot, seed) | macro_row for run, macro_row in zip(runs, macro)]
     frame = pd.DataFrame(rows)
-    frame.attrs.update(split=split, n_boot=n_boot, seed=seed, reference=ref.name,
+    frame.attrs.update(split=split, n_boot=n_boot, seed=seed, reference=runs[0].name,
                        data=None if data is None else str(data))
     if out is not None:
         write_comparison(frame, Path(out))
     return frame
+
+
+def binary_columns(run: EvaluatedRun, ref: EvaluatedRun, ids: np.ndarray, split: str, n_boot: int,
+                   seed: int) -> dict:
+    """One run's metrics with intervals, and its paired AUC and F1 differences from `ref` on the positive class."""
+    row = {"run": run.name, "path": str(run.path), "split": split, "n": run.metrics.get("n"),
+           "n_pos": run.metrics.get("n_pos"), "threshold": run.metrics.get("threshold")}
+    for key, _ in SHOWN:
+        ci = (run.metrics.get("ci") or {}).get(key) or [None, None]
+        row.update({key: run.metrics.get(key), f"{key}_lo": ci[0], f"{key}_hi": ci[1]})
+    binary = "prob" in ref.table.columns  # a multilabel table may have no single positive probability
+    y = (ref.table.set_index("id").loc[ids, "label"].to_numpy() == int(ref.metrics.get("positive_index", 1)))
+    for metric, short in PAIRED:
+        test = None
+        if run is not ref and binary:  # both aligned to the reference's image order
+            ref_prob, prob = (r.table.set_index("id").loc[ids, "prob"].to_numpy(dtype=float) for r in (ref, run))
+            test = paired_bootstrap(y.astype(int), ref_prob, prob, metric, ref.metrics["threshold"],
+                                    run.metrics["threshold"], n_boot, seed)
+        ci = (test or {}).get("ci") or [None, None]
+        row.update({f"d_{short}": (test or {}).get("diff"), f"d_{short}_lo": ci[0], f"d_{short}_hi": ci[1],
+                    f"p_{short}": (test or {}).get("p_value")})
+    return row
 
 
 def run_task(run: EvaluatedRun) -> str:
