@@ -133,3 +133,17 @@ def test_the_command_prints_the_macro_auc_columns(tmp_path):
     diff = paired_macro_auc(y, weak, strong, n_boot=100)["diff"]
     assert "| macro AUC | Δmacro AUC vs weak | p (macro AUC) |" in r.output and f"{diff:+.3f} [" in r.output
     assert pd.read_csv(tmp_path / "c.csv")["d_macro_auc"].iloc[1] == pytest.approx(diff)
+
+
+def test_two_evaluated_three_class_runs(tiny_multiclass_run, tmp_path):
+    """A trained 3-class run and its copy, both evaluated on test: the macro AUC is evaluate's, the difference 0."""
+    import shutil
+
+    from medclf.engine.evaluate import evaluate_run
+
+    runs = [shutil.copytree(tiny_multiclass_run, tmp_path / name) for name in ("first", "again")]
+    saved = [evaluate_run(r, split="test", n_boot=20, device="cpu", progress=False)["multiclass"] for r in runs]
+    frame = compare_runs(runs, n_boot=50)
+    assert frame["macro_auc"].tolist() == pytest.approx([s["macro"]["roc_auc"] for s in saved])
+    assert frame.loc[1, "d_macro_auc"] == 0 and frame.loc[1, "p_macro_auc"] == 1.0
+    assert frame.loc[0, "macro_auc_lo"] == pytest.approx(saved[0]["ci"]["macro_roc_auc"][0])
