@@ -96,3 +96,60 @@ def tiny_cache(tmp_path_factory) -> Path:
 def make_tiny_cache():
     """`make_tiny_cache(out, n=60, size=32, seed=0)`: another tiny cache (e.g. an external test set)."""
     return build_tiny_cache
+
+
+MULTICLASS_NAMES = ["Normal", "No Lung Opacity / Not Normal", "Lung Opacity"]
+
+
+def build_tiny_multiclass_cache(out: Path, n: int = 90, size: int = 32, seed: int = 0) -> Path:
+    """3 classes in turn (as tests/evaluation/test_eval_multiclass.py makes them): class 1 has a bright square top
+    left, class 2 bottom right; 54 train / 18 val / 18 test; view PA/AP alternating, sex and age empty."""
+    from medclf.data.cache import write_cache
+
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 3
+    images = rng.integers(40, 90, size=(n, size, size)).astype(np.uint8)
+    images[labels == 1, 4:12, 4:12] = 220
+    images[labels == 2, 20:28, 20:28] = 220
+    splits = np.where(np.arange(n) % 5 < 3, "train", np.where(np.arange(n) % 5 == 3, "val", "test"))
+    manifest = pd.DataFrame({"index": np.arange(n), "id": [f"im{i:03d}" for i in range(n)],
+                             "patient_id": [f"p{i:03d}" for i in range(n)], "label": labels,
+                             "label_name": np.array(MULTICLASS_NAMES)[labels], "boxes": "[]",
+                             "view": np.where(np.arange(n) % 2 == 0, "PA", "AP"), "sex": "", "age": "",
+                             "source": "synthetic", "split": splits})
+    write_cache(out, images, manifest, {"source": "synthetic", "size": size, "label_names": MULTICLASS_NAMES,
+                                        "positive_index": 2, "label_mode": "detailed"})
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_multiclass_cache(tmp_path_factory) -> Path:
+    return build_tiny_multiclass_cache(tmp_path_factory.mktemp("tiny3") / "cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_multiclass_run(tiny_multiclass_cache, tmp_path_factory) -> Path:
+    """A 3-class resnet18 trained for 3 short epochs on `tiny_multiclass_cache` (64 px input: layer4 is 2 x 2, so
+    CAMs are not flat), not evaluated; read-only: a test that writes into a run copies it first."""
+    from medclf.config import load_config
+    from medclf.engine.train import train
+
+    cfg = load_config(None, ["model.name=resnet18", "model.input_size=64", "train.epochs=3", "data.batch_size=8",
+                             "train.device=cpu", "train.lr=0.003", "train.warmup_epochs=0",
+                             "eval.ood_detector=false", "eval.n_boot=0"])
+    return train(cfg, tiny_multiclass_cache, tmp_path_factory.mktemp("tiny3run") / "run", progress=False)
+
+
+@pytest.fixture(scope="session")
+def train_tiny():
+    """`train_tiny(cache, out)`: a resnet18 run of 2 steps at 32 px on CPU, no OOD detector (for tests that need a
+    run's files, not a good model)."""
+    def make(cache: Path, out: Path) -> Path:
+        from medclf.config import load_config
+        from medclf.engine.train import train
+
+        cfg = load_config(None, ["model.name=resnet18", "model.input_size=32", "data.batch_size=8", "train.epochs=1",
+                                 "train.max_steps_per_epoch=2", "eval.ood_detector=false", "train.device=cpu"])
+        return train(cfg, cache, out, progress=False)
+
+    return make

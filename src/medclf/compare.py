@@ -4,7 +4,9 @@ Reads only what `medclf evaluate` wrote (`predictions_<split>.csv`, `metrics_<sp
 Each metric is shown with its 95% bootstrap interval from the run's metrics file. The differences in ROC AUC
 and F1 against the first run come from `paired_bootstrap`: both runs are scored on the same resampled images
 in every resample, so the interval and p-value account for the correlation between them (comparing two
-unpaired intervals would not).
+unpaired intervals would not). Runs with K > 2 classes (softmax) or K labels (sigmoid) also get macro ROC AUC
+(one-vs-rest, mean over classes) and its paired difference (`paired_macro_auc`), read from their `prob_<class>`
+columns; a binary comparison has none of these columns.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import pandas as pd
 from medclf.data.cache import Cache
 from medclf.errors import MedclfError
 from medclf.evaluation.bootstrap import paired_bootstrap
+from medclf.evaluation.macro_auc import macro_roc_auc, paired_macro_auc
 from medclf.io import read_json, write_text
 from medclf.runs.layout import RunDir
+from medclf.tasks import multi_hot
 
 SHOWN = (("roc_auc", "AUC"), ("pr_auc", "PR AUC"), ("recall", "sensitivity"), ("specificity", "specificity"),
          ("precision", "precision"), ("f1", "F1"), ("accuracy", "accuracy"))
@@ -89,7 +93,8 @@ def check_same_set(runs: list[EvaluatedRun], split: str) -> None:
 
 def compare_runs(run_dirs: Sequence[str | Path], split: str = "test", out: str | Path | None = None,
                  n_boot: int = 1000, seed: int = 0, data: str | Path | None = None) -> pd.DataFrame:
-    """One row per run: metrics with intervals, and paired differences in AUC and F1 against the first run.
+    """One row per run: metrics with intervals, and paired differences in AUC and F1 against the first run (and
+    in macro AUC for K-class or multilabel runs, `macro_auc_columns`).
 
     `data`: compare the runs' evaluations of that prepared cache (`medclf evaluate RUN --data CACHE`) instead of
     their own caches'. With `out` (e.g. comparison.md) writes the Markdown there and the same table as `.csv`
@@ -101,32 +106,80 @@ def compare_runs(run_dirs: Sequence[str | Path], split: str = "test", out: str |
     runs = [load_evaluated(p, split, n, data, content_hash)
             for p, n in zip(run_dirs, run_names([Path(p) for p in run_dirs]))]
     check_same_set(runs, split)
-    ref = runs[0]
-    pos = int(ref.metrics.get("positive_index", 1))
-    ids = ref.table["id"].to_numpy()
-    y = (ref.table["label"].to_numpy() == pos).astype(int)
-    ref_prob = ref.table["prob"].to_numpy(dtype=float)
-    rows = []
-    for run in runs:
-        prob = run.table.set_index("id").loc[ids, "prob"].to_numpy(dtype=float)  # aligned to the first run's order
-        row = {"run": run.name, "path": str(run.path), "split": split, "n": run.metrics.get("n"),
-               "n_pos": run.metrics.get("n_pos"), "threshold": run.metrics.get("threshold")}
-        for key, _ in SHOWN:
-            ci = (run.metrics.get("ci") or {}).get(key) or [None, None]
-            row.update({key: run.metrics.get(key), f"{key}_lo": ci[0], f"{key}_hi": ci[1]})
-        for metric, short in PAIRED:
-            test = None if run is ref else paired_bootstrap(
-                y, ref_prob, prob, metric, ref.metrics["threshold"], run.metrics["threshold"], n_boot, seed)
-            ci = (test or {}).get("ci") or [None, None]
-            row.update({f"d_{short}": (test or {}).get("diff"), f"d_{short}_lo": ci[0], f"d_{short}_hi": ci[1],
-                        f"p_{short}": (test or {}).get("p_value")})
-        rows.append(row)
+    ids = runs[0].table["id"].to_numpy()
+    macro = macro_auc_columns(runs, ids, n_boot, seed)
+    rows = [binary_columns(run, runs[0], ids, split, n_boot, seed) | macro_row for run, macro_row in zip(runs, macro)]
     frame = pd.DataFrame(rows)
-    frame.attrs.update(split=split, n_boot=n_boot, seed=seed, reference=ref.name,
+    frame.attrs.update(split=split, n_boot=n_boot, seed=seed, reference=runs[0].name,
                        data=None if data is None else str(data))
     if out is not None:
         write_comparison(frame, Path(out))
     return frame
+
+
+def binary_columns(run: EvaluatedRun, ref: EvaluatedRun, ids: np.ndarray, split: str, n_boot: int,
+                   seed: int) -> dict:
+    """One run's metrics with intervals, and its paired AUC and F1 differences from `ref` on the positive class."""
+    row = {"run": run.name, "path": str(run.path), "split": split, "n": run.metrics.get("n"),
+           "n_pos": run.metrics.get("n_pos"), "threshold": run.metrics.get("threshold")}
+    for key, _ in SHOWN:
+        ci = (run.metrics.get("ci") or {}).get(key) or [None, None]
+        row.update({key: run.metrics.get(key), f"{key}_lo": ci[0], f"{key}_hi": ci[1]})
+    binary = "prob" in ref.table.columns  # a multilabel table may have no single positive probability
+    y = (ref.table.set_index("id").loc[ids, "label"].to_numpy() == int(ref.metrics.get("positive_index", 1)))
+    for metric, short in PAIRED:
+        test = None
+        if run is not ref and binary:  # both aligned to the reference's image order
+            ref_prob, prob = (r.table.set_index("id").loc[ids, "prob"].to_numpy(dtype=float) for r in (ref, run))
+            test = paired_bootstrap(y.astype(int), ref_prob, prob, metric, ref.metrics["threshold"],
+                                    run.metrics["threshold"], n_boot, seed)
+        ci = (test or {}).get("ci") or [None, None]
+        row.update({f"d_{short}": (test or {}).get("diff"), f"d_{short}_lo": ci[0], f"d_{short}_hi": ci[1],
+                    f"p_{short}": (test or {}).get("p_value")})
+    return row
+
+
+def run_task(run: EvaluatedRun) -> str:
+    """binary, multiclass or multilabel, as the run's metrics file says (its `task`, else the keys it holds)."""
+    m = run.metrics
+    return m.get("task") or ("multilabel" if "multilabel" in m else "multiclass" if "multiclass" in m else "binary")
+
+
+def class_names(run: EvaluatedRun) -> list[str]:
+    """The class or label names of a run's `prob_<name>` columns (table order); [] for a binary run."""
+    names = [c[len("prob_"):] for c in run.table.columns if c.startswith("prob_")]
+    return names if run_task(run) == "multilabel" or len(names) > 2 else []
+
+
+def class_arrays(run: EvaluatedRun, names: list[str], ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(truth: class indices, or N x K 0/1 decoded from multilabel bit masks; N x K probabilities), rows in
+    the order of `ids`."""
+    rows = run.table.set_index("id").loc[ids]
+    probs = rows[[f"prob_{n}" for n in names]].to_numpy(dtype=float)
+    labels = rows["label"].to_numpy(dtype=np.int64)
+    return (multi_hot(labels, len(names)) if run_task(run) == "multilabel" else labels), probs
+
+
+def macro_auc_columns(runs: list[EvaluatedRun], ids: np.ndarray, n_boot: int, seed: int) -> list[dict]:
+    """Per run: macro AUC (with the interval evaluate wrote, when it did) and the paired difference from the first
+    run; empty dicts when the runs are binary, so a binary comparison keeps exactly its columns."""
+    names = class_names(runs[0])
+    if not names:
+        return [{} for _ in runs]
+    truth, ref_probs = class_arrays(runs[0], names, ids)
+    out = []
+    for run in runs:
+        if class_names(run) != names or run_task(run) != run_task(runs[0]):
+            raise MedclfError(f"runs {runs[0].name} and {run.name} score different classes or tasks "
+                              f"({', '.join(names)} vs {', '.join(class_names(run)) or 'binary'})")
+        probs = class_arrays(run, names, ids)[1]
+        ci = ((run.metrics.get(run_task(run)) or {}).get("ci") or {}).get("macro_roc_auc") or [None, None]
+        test = None if run is runs[0] else paired_macro_auc(truth, ref_probs, probs, n_boot, seed)
+        d_ci = (test or {}).get("ci") or [None, None]
+        out.append({"macro_auc": macro_roc_auc(truth, probs), "macro_auc_lo": ci[0], "macro_auc_hi": ci[1],
+                    "d_macro_auc": (test or {}).get("diff"), "d_macro_auc_lo": d_ci[0], "d_macro_auc_hi": d_ci[1],
+                    "p_macro_auc": (test or {}).get("p_value")})
+    return out
 
 
 def _num(v, digits: int = 3) -> str:
@@ -152,6 +205,10 @@ def table_cells(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
         rows.append([row["run"], f"{row['n']} ({row['n_pos']})", *(_with_ci(row, k) for k, _ in SHOWN),
                      _num(row["threshold"]), _with_ci(row, "d_auc", True), _num(row["p_auc"]),
                      _with_ci(row, "d_f1", True), _num(row["p_f1"])])
+    if "d_macro_auc" in frame.columns:  # K-class runs only: binary tables keep their columns
+        header += ["macro AUC", f"Δmacro AUC vs {ref}", "p (macro AUC)"]
+        for r, (_, row) in zip(rows, frame.iterrows()):
+            r += [_with_ci(row, "macro_auc"), _with_ci(row, "d_macro_auc", True), _num(row["p_macro_auc"])]
     return header, rows
 
 
@@ -161,7 +218,9 @@ def note(frame: pd.DataFrame) -> str:
     return (f"Split `{a.get('split')}`{cache}. Values with 95% percentile-bootstrap intervals over images; each run "
             f"at its own operating threshold, chosen on validation. Δ = run − {a.get('reference')} on the same "
             f"images: "
-            f"paired bootstrap ({a.get('n_boot')} resamples, seed {a.get('seed')}), two-sided p-value.")
+            f"paired bootstrap ({a.get('n_boot')} resamples, seed {a.get('seed')}), two-sided p-value."
+            + (" Macro AUC: mean over classes of the one-vs-rest ROC AUC, from the prob_<class> columns; its Δ is "
+               "tested the same way." if "d_macro_auc" in frame.columns else ""))
 
 
 def comparison_markdown(frame: pd.DataFrame) -> str:

@@ -29,7 +29,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Compare runs evaluated on the same images.
 
-        Metrics with 95% intervals, and AUC/F1 differences against the first run (paired bootstrap).
+        Metrics with 95% intervals, and AUC/F1 differences against the first run (paired bootstrap); K-class and
+        multilabel runs add macro ROC AUC (one-vs-rest) and its paired difference.
         """
         from medclf.compare import compare_runs, comparison_markdown
 

@@ -33,6 +33,9 @@ def register(app: typer.Typer) -> None:
                                           help="Also compute ROAD faithfulness (with --score)."),
         gallery: int = typer.Option(3, "--gallery", help="Gallery images per outcome (TP/FP/FN/TN); 0: none."),
         max_images: Optional[int] = typer.Option(None, "--max-images", help="Score at most this many images."),
+        target: Optional[str] = typer.Option(None, "--target", help="Class (or label) whose map is drawn. Default: "
+                                             "the positive class of a binary run; the predicted class of a "
+                                             "K-class run; the most probable label of a multilabel run."),
         batch_size: int = typer.Option(8, "--batch-size", help="Images per forward pass."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, mps."),
     ) -> None:
@@ -46,6 +49,8 @@ def register(app: typer.Typer) -> None:
 
         _check_positive(batch_size, "--batch-size", allow_zero=False)
         if score:
+            if target is not None:
+                raise MedclfError("--target draws overlays of INPUT files; --score scores the positive class's maps")
             if data is None:
                 raise MedclfError("--score needs --data CACHE (a prepared cache whose manifest has boxes)")
             if inputs:
@@ -68,7 +73,8 @@ def register(app: typer.Typer) -> None:
             raise MedclfError("give INPUT files or folders to explain, or --data CACHE --score")
         from medclf.explain.run import explain_files
 
-        table = explain_files(run, inputs, method=method, out=out, batch_size=batch_size, device=device)
+        table = explain_files(run, inputs, method=method, out=out, batch_size=batch_size, device=device,
+                              target=target)
         for _, row in table.iterrows():
             if row["error"]:
                 echo_skipped(row["path"], row["error"])

@@ -85,6 +85,7 @@ def evaluate_run(
         metrics["subgroups"] = write_subgroups(table, rows, by, c.threshold, metrics, run.dir, tag, n_boot=n_boot,
                                                positive_index=c.positive_index, age_bins=age_bins,
                                                min_class=min_class)
+        log_subgroups(run.dir, run.config, tag, metrics["subgroups"], mlflow_uri)
     return metrics
 
 
@@ -97,6 +98,15 @@ def log_evaluation(rd: RunDir, cfg: Config, tag: str, metrics: dict[str, Any], m
             tracker.log_image(f"{tag}/{kind}", rd.plot(kind, tag))
         tracker.log_artifact(rd.metrics(tag), "evaluation")
         tracker.log_artifact(rd.predictions(tag), "evaluation")
+
+
+def log_subgroups(rd: RunDir, cfg: Config, tag: str, result: dict[str, Any], mlflow_uri: str | None = None) -> None:
+    """Per-group AUC and counts, the forest plot and the subgroup files, to the same trackers as `log_evaluation`."""
+    with open_run_tracker(rd.path, cfg, mlflow_uri) as tracker:
+        tracker.log_subgroups(result, tag)
+        tracker.log_image(f"{tag}/subgroups", rd.subgroups(tag, ".png"))
+        for suffix in (".json", ".csv", ".png"):
+            tracker.log_artifact(rd.subgroups(tag, suffix), "evaluation")
 
 
 def predictions_table(dataset: CacheDataset, prediction: Prediction, predictor: Predictor, split: str) -> pd.DataFrame:

@@ -22,6 +22,7 @@ from medclf.explain.overlay import render, save_png
 from medclf.explain.registry import (check_applies, compute_maps, create_explainer, member_input, members_of,
                                      resize_maps)
 from medclf.explain.scores import is_flat
+from medclf.explain.targets import resolve_targets, target_index
 from medclf.io import atomic_path
 from medclf.runs import Predictor, Run, RunDir, open_run, read_images
 
@@ -36,35 +37,53 @@ def slug(method: str) -> str:
     return method.replace("+", "p")
 
 
-def caption(run: Run, prob: float, flat: bool = False) -> str:
-    """'pneumonia p=0.873' (the explained class and its probability; marked + at or above the threshold),
-    and FLAT_NOTE on a second line when the map is flat."""
+def caption(run: Run, prob: float, flat: bool = False, target: int | None = None) -> str:
+    """'pneumonia p=0.873' (the explained class, default the positive one, and its probability; the positive class
+    is marked + at or above the threshold), and FLAT_NOTE on a second line when the map is flat."""
     c = run.contract
-    flag = " +" if prob >= c.threshold else ""
-    return f"{c.label_names[c.positive_index]} p={prob:.3f}{flag}" + (f"\n{FLAT_NOTE}" if flat else "")
+    target = c.positive_index if target is None else target
+    flag = " +" if target == c.positive_index and c.task == "binary" and prob >= c.threshold else ""
+    return f"{c.label_names[target]} p={prob:.3f}{flag}" + (f"\n{FLAT_NOTE}" if flat else "")
 
 
 def explain_batch(run: Run, images: np.ndarray, method: str = "gradcam", device: torch.device | str | None = None,
-                  predictor: Predictor | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 `B x S x S` -> (maps `B x S x S` in [0, 1] at the images' size, positive probabilities `B`, as the
-    run's Predictor gives them). `device` defaults to the one the run was opened on."""
+                  predictor: Predictor | None = None, target: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 `B x S x S` -> (maps `B x S x S` in [0, 1] at the images' size, probabilities `B` of the drawn class,
+    as the run's Predictor gives them). The class: `target` (a label name), else the task's default
+    (`resolve_targets`: the positive class of a binary run). `device` defaults to the one the run was opened on."""
+    maps, probs, _ = explain_targets(run, images, method, device, predictor, target)
+    return maps, probs
+
+
+def explain_targets(run: Run, images: np.ndarray, method: str = "gradcam", device: torch.device | str | None = None,
+                    predictor: Predictor | None = None,
+                    target: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`explain_batch` plus the index of the class drawn for each image."""
     device = torch.device(device) if device is not None else next(run.model.parameters()).device
     images = np.array(images, dtype=np.uint8)  # a copy: torch warns on a read-only memmap slice
-    predictor = predictor or run.predictor()
-    probs = predictor.predict_arrays(images).probs[:, run.contract.positive_index]
-    x = make_transform(run.contract, train=False)(torch.from_numpy(images).to(device))
-    maps = compute_maps(run.model, x, method, run.contract.positive_index)
-    return resize_maps(maps, images.shape[-1]).clamp_(0.0, 1.0).numpy(), probs
+    c = run.contract
+    all_probs = (predictor or run.predictor()).predict_arrays(images).probs
+    targets = resolve_targets(all_probs, c.label_names, c.task, c.positive_index, target)
+    x = make_transform(c, train=False)(torch.from_numpy(images).to(device))
+    maps = np.empty((len(images), *x.shape[-2:]), dtype=np.float32)
+    for k in np.unique(targets):  # CAM methods explain one class per call: one call per distinct target
+        rows = np.flatnonzero(targets == k)
+        maps[rows] = compute_maps(run.model, x[torch.from_numpy(rows).to(device)], method, int(k))
+    probs = all_probs[np.arange(len(images)), targets]
+    return resize_maps(maps, images.shape[-1]).clamp_(0.0, 1.0).numpy(), probs, targets
 
 
 def explain_files(run_dir: str | Path, inputs: Iterable[str | Path], method: str = "gradcam",
                   out: str | Path | None = None, batch_size: int = 8, device: str = "auto",
-                  progress: bool = True) -> pd.DataFrame:
+                  progress: bool = True, target: str | None = None) -> pd.DataFrame:
     """Write `<out>/<stem>_<method>.png` per readable image (+ `<stem>_featuremaps_grid.png` for featuremaps)
     and `<out>/explanations.csv` (`path,method,prob,flat,png,error`; `flat`: the map has no peak, said on the
-    picture too); returns that table. `out` defaults to RUN/explain."""
+    picture too; a K-class or multilabel run adds `target`, the class drawn, whose probability `prob` is);
+    returns that table. `out` defaults to RUN/explain. `target`: the class to draw (`resolve_targets`)."""
     dev = pick_device(device)
     run = open_run(run_dir, dev)
+    if target is not None:
+        target_index(target, run.contract.label_names)  # an unknown name fails before any work
     explainer = create_explainer(method)
     check_applies(explainer, run.model)
     files = expand_inputs(inputs)
@@ -72,28 +91,30 @@ def explain_files(run_dir: str | Path, inputs: Iterable[str | Path], method: str
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     for start in tqdm(range(0, len(files), batch_size), desc=f"explain {method}", disable=not progress, leave=False):
-        rows.extend(_explain_chunk(run, files[start:start + batch_size], method, out_dir, dev))
-    table = pd.DataFrame(rows, columns=COLUMNS)
+        rows.extend(_explain_chunk(run, files[start:start + batch_size], method, out_dir, dev, target))
+    table = pd.DataFrame(rows, columns=COLUMNS if run.contract.task == "binary" else [*COLUMNS, "target"])
     with atomic_path(out_dir / RunDir.EXPLANATIONS) as tmp:
         table.to_csv(tmp, index=False)
     return table
 
 
-def _explain_chunk(run: Run, files: list[Path], method: str, out_dir: Path, dev: torch.device) -> list[dict]:
+def _explain_chunk(run: Run, files: list[Path], method: str, out_dir: Path, dev: torch.device,
+                   target: str | None) -> list[dict]:
     batch, good, failed = read_images(files, run.load_image)
-    rows = [{"path": str(path), "method": method, "prob": None, "flat": None, "png": "", "error": err}
+    rows = [{"path": str(path), "method": method, "prob": None, "flat": None, "png": "", "error": err, "target": ""}
             for path, err in failed]
     if batch is None:
         return rows
-    maps, probs = explain_batch(run, batch, method, dev)
+    maps, probs, targets = explain_targets(run, batch, method, dev, target=target)
     names = _unique_stems(good)
-    for path, name, image, heat, prob in zip(good, names, batch, maps, probs):
+    for path, name, image, heat, prob, k in zip(good, names, batch, maps, probs, targets):
         flat = is_flat(heat)
-        png = save_png(out_dir / f"{name}_{slug(method)}.png", render(image, heat, caption(run, float(prob), flat)))
+        picture = render(image, heat, caption(run, float(prob), flat, int(k)))
+        png = save_png(out_dir / f"{name}_{slug(method)}.png", picture)
         if method == "featuremaps":
             _write_grids(run, image, out_dir / f"{name}_featuremaps_grid.png", dev)
         rows.append({"path": str(path), "method": method, "prob": float(prob), "flat": flat, "png": str(png),
-                     "error": ""})
+                     "error": "", "target": run.contract.label_names[int(k)]})
     return rows
 
 

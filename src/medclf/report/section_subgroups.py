@@ -47,9 +47,44 @@ def split_block(rd: RunDir, tag: str) -> str:
             + (f'<div class="figs">{plot}</div>' if plot else ""))
 
 
+DEFAULT_BY = ("view", "sex", "age")
+
+
+def hint_columns(rd: RunDir, tag: str) -> list[str]:
+    """The `--by` columns to suggest for `tag`: those of the run's own cache that hold a value for some image
+    (when `tag` is of that cache and it can be read), else view, sex, age."""
+    from medclf.data.cache import Cache
+    from medclf.engine.evaluate import subgroup_columns
+
+    cache_path = rd.cache_path()
+    if "@" in tag or cache_path is None:
+        return list(DEFAULT_BY)
+    try:
+        cache = Cache.open(cache_path)
+    except Exception:  # a moved or deleted cache: the report still builds, with the generic hint
+        return list(DEFAULT_BY)
+    manifest = cache.manifest
+    return [c for c in subgroup_columns(cache)
+            if manifest[c].dropna().astype(str).str.strip().ne("").any()]
+
+
+def subgroup_hint(rd: RunDir, tag: str) -> str:
+    """One line for a test split evaluated without --by (empty when the cache has nothing to group by)."""
+    columns = hint_columns(rd, tag)
+    if not columns:
+        return ""
+    data = " --data CACHE" if "@" in tag else ""
+    command = f"medclf evaluate {rd.path}{data} --by {','.join(columns)}"  # --split test is the default
+    return f'<p class="note">Split {esc(tag)}: run <code>{esc(command)}</code> for results per subgroup.</p>'
+
+
 def section_subgroups(run_dir: Path) -> str | None:
     rd = RunDir(run_dir)
-    return "\n".join(split_block(rd, tag) for tag in rd.subgroup_tags()) or None
+    tags = rd.subgroup_tags()
+    blocks = [split_block(rd, tag) for tag in tags]
+    untested = [t for t in rd.prediction_tables() if t.split("@")[0] == "test" and t not in tags]
+    blocks += [subgroup_hint(rd, tag) for tag in untested]
+    return "\n".join(b for b in blocks if b) or None
 
 
 register_section("Subgroups", 45, section_subgroups, HOW_TO_READ)

@@ -2,7 +2,9 @@
 
 For each eps (eps = 0, the clean images, is always included) the split is attacked batch by batch and scored
 with `binary_metrics` at the run's stored operating threshold (the clean operating point: the threshold is not
-re-chosen under attack). Outputs in the run directory:
+re-chosen under attack). A K-class run (K > 2) is scored the same way on its positive class against the rest, and
+each row also gets `class_accuracy` (the most probable class is the true one) and `macro_roc_auc` (one-vs-rest,
+`medclf.evaluation.macro_auc`), the figures of all K classes. Outputs in the run directory:
 - `robustness.json`: one entry per (method, steps, split, cache), merged with earlier runs of the command;
 - `robustness.csv`: the same as a flat table; `robustness.png`: accuracy, F1 and AUC against eps;
 - `attack_examples_<method>.png`: a few images at the largest eps (clean, perturbation amplified, adversarial).
@@ -20,12 +22,14 @@ from tqdm import tqdm
 from medclf.data.dataset import CacheDataset, make_loader
 from medclf.device import pick_device
 from medclf.errors import DataError, MedclfError
+from medclf.evaluation.macro_auc import macro_roc_auc
 from medclf.evaluation.metrics import binary_metrics
 from medclf.io import atomic_path, read_json, write_json
 from medclf.robust.attacks import get_attack
 from medclf.runs import LogProbs, Predictor, RunDir, open_run_and_cache
 
 ROW_KEYS = ("accuracy", "f1", "roc_auc", "recall", "specificity", "precision", "pr_auc")
+CLASS_KEYS = ("class_accuracy", "macro_roc_auc")
 
 
 def attack_run(run_dir: str | Path, method: str = "pgd", eps: list[float] | tuple[float, ...] = (0.5 / 255, 1 / 255, 2 / 255),
@@ -59,7 +63,8 @@ def attack_run(run_dir: str | Path, method: str = "pgd", eps: list[float] | tupl
         nll = -np.log(np.clip(probs[e][np.arange(len(y)), dataset.labels], 1e-12, None)).mean()
         rows.append({"eps": e, "eps_255": round(e * 255, 6), **{k: m[k] for k in ROW_KEYS},
                      "loss": float(nll), "flip_rate": float(np.mean((probs[e][:, pos] >= threshold) != clean_call)),
-                     "ci": {k: m["ci"].get(k) for k in ROW_KEYS if k in (m.get("ci") or {})}})
+                     "ci": {k: m["ci"].get(k) for k in ROW_KEYS if k in (m.get("ci") or {})},
+                     **class_figures(dataset.labels, probs[e])})
     entry = {"method": method, "steps": steps if method == "pgd" else 1, "split": split, "data": str(cache.path),
              "n": len(dataset), "n_pos": int(y.sum()), "threshold": float(threshold),
              "tta_flip": predictor.tta_flip, "rows": rows}
@@ -71,6 +76,15 @@ def attack_run(run_dir: str | Path, method: str = "pgd", eps: list[float] | tupl
         examples = _examples(predictor, dataset, idx, attack, max(eps_list), steps, seed)
         plot_attack_examples(examples, run.contract, method, max(eps_list), run.dir.attack_examples(method))
     return entry
+
+
+def class_figures(labels: np.ndarray, probs: np.ndarray) -> dict:
+    """`class_accuracy` and `macro_roc_auc` of K > 2 class probabilities; nothing for a binary run (its rows keep
+    their keys)."""
+    if probs.shape[1] <= 2:
+        return {}
+    return {"class_accuracy": float(np.mean(probs.argmax(axis=1) == labels)),
+            "macro_roc_auc": macro_roc_auc(labels, np.clip(probs, 0.0, 1.0))}
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -136,6 +150,7 @@ def _write(rd: RunDir, entry: dict) -> None:
 
 def robustness_table(entries: list[dict]) -> pd.DataFrame:
     rows = [{"method": e["method"], "steps": e["steps"], "split": e["split"], "n": e["n"],
-             **{k: r[k] for k in ("eps", "eps_255", *ROW_KEYS, "loss", "flip_rate")}}
+             **{k: r[k] for k in ("eps", "eps_255", *ROW_KEYS, "loss", "flip_rate")},
+             **{k: r[k] for k in CLASS_KEYS if k in r}}  # K-class runs only
             for e in entries for r in e["rows"]]
     return pd.DataFrame(rows)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
@@ -67,6 +68,22 @@ class Tracker:
         for key, interval in (metrics.get("ci") or {}).items():
             if interval:
                 values[f"{prefix}/{key}_ci_low"], values[f"{prefix}/{key}_ci_high"] = interval
+        self.log_scalars(values, step)
+
+    def log_subgroups(self, result: dict[str, Any], tag: str, step: int = 0) -> None:
+        """A subgroups.json dict (`medclf evaluate --by`) as `<tag>/subgroups/<column>/<group>/<key>`: `n`, `n_pos`
+        for every group, `roc_auc` with `_ci_low`/`_ci_high` for groups large enough to measure."""
+        prefix = tag.replace("@", ".")
+        values: dict[str, Any] = {}
+        for column, rows in result.get("columns", {}).items():
+            for row in rows:
+                key = f"{prefix}/subgroups/{metric_name(column)}/{metric_name(row['group'])}"
+                values.update({f"{key}/n": row["n"], f"{key}/n_pos": row["n_pos"]})
+                measured = row.get("metrics") or {}
+                interval = (measured.get("ci") or {}).get("roc_auc")
+                values[f"{key}/roc_auc"] = measured.get("roc_auc")
+                if interval:
+                    values[f"{key}/roc_auc_ci_low"], values[f"{key}/roc_auc_ci_high"] = interval
         self.log_scalars(values, step)
 
     def log_image(self, name: str, path: Path, step: int = 0) -> None:
@@ -167,6 +184,13 @@ def parent_kind() -> str | None:
     """'study' or 'ensemble' while inside their parent run, else None."""
     parent = _PARENT.get()
     return parent[2] if parent else None
+
+
+def metric_name(text: str) -> str:
+    """A group or column name as MLflow accepts it in a metric name (ASCII letters, digits, `_-. /`): an age band
+    `[40, 60)` reads `40-60`, anything else outside the set becomes `_`."""
+    text = re.sub(r"^[\[(](.*)[\])]$", r"\1", str(text).strip()).replace(", ", "-")
+    return re.sub(r"[^A-Za-z0-9_\-. ]+", "_", text, flags=re.ASCII) or "_"
 
 
 def _is_number(value: Any) -> bool:
