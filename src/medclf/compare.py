@@ -173,7 +173,8 @@ def macro_auc_columns(runs: list[EvaluatedRun], ids: np.ndarray, n_boot: int, se
             raise MedclfError(f"runs {runs[0].name} and {run.name} score different classes or tasks "
                               f"({', '.join(names)} vs {', '.join(class_names(run)) or 'binary'})")
         probs = class_arrays(run, names, ids)[1]
-        ci = ((run.metrics.get(run_task(run)) or {}).get("ci") or {}).get("macro_roc_auc") or [None, None]
+        scope = run.metrics if run_task(run) == "multilabel" else run.metrics.get(run_task(run)) or {}
+        ci = (scope.get("ci") or {}).get("macro_roc_auc") or [None, None]
         test = None if run is runs[0] else paired_macro_auc(truth, ref_probs, probs, n_boot, seed)
         d_ci = (test or {}).get("ci") or [None, None]
         out.append({"macro_auc": macro_roc_auc(truth, probs), "macro_auc_lo": ci[0], "macro_auc_hi": ci[1],

@@ -27,7 +27,7 @@ from medclf.data.summary import data_summary
 from medclf.device import pick_device
 from medclf.engine.distributed import is_main
 from medclf.errors import MedclfError
-from medclf.evaluation.multilabel import macro_roc_auc
+from medclf.evaluation.macro_auc import macro_roc_auc
 from medclf.evaluation.thresholds import OperatingThreshold
 from medclf.io import atomic_path, read_json, write_json
 from medclf.models.ensemble import COMBINES, Ensemble, ensemble_contract
@@ -256,5 +256,5 @@ def finalize_ensemble(out_dir: Path, cache: Cache, cfg: Config, mode: str, combi
 def _member_auc(y: np.ndarray, probs: np.ndarray, contract) -> float | None:
     """A member's validation ROC AUC: of the positive class, or the macro AUC over labels (multilabel)."""
     if contract.multilabel:
-        return macro_roc_auc(y, probs)
+        return macro_roc_auc(y, probs, skip_undefined=True)
     return float(roc_auc_score(y, probs[:, contract.positive_index])) if 0 < y.sum() < len(y) else None

@@ -123,3 +123,17 @@ def test_single_label_options_refuse_a_multilabel_cache(multilabel_run, tmp_path
     with pytest.raises(ConfigError, match="train.adversarial=fgsm: defined for single-label tasks; .* is multilabel"):
         train(cfg, cache, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_an_attack_pushes_every_finding(multilabel_run):
+    from medclf.robust.attack_run import attack_run
+
+    _, run, _ = multilabel_run
+    entry = attack_run(run, method="pgd", eps=[2 / 255], steps=2, max_images=24, n_boot=0, progress=False,
+                       device="cpu")
+    clean, attacked = entry["rows"]
+    assert entry["thresholds"] == open_run(run).contract.thresholds and entry["n"] == 24
+    assert clean["flip_rate"] == 0.0 and 0.0 <= attacked["flip_rate"] <= 1.0
+    assert attacked["loss"] >= clean["loss"]  # PGD keeps, per image, the iterate of highest loss, the clean one included
+    table = pd.read_csv(run / "predictions_test.csv")
+    assert 0.0 <= clean["accuracy"] <= 1.0 and clean["roc_auc"] is not None and len(table) >= 24

@@ -44,6 +44,8 @@ def register(app: typer.Typer) -> None:
         entry = attack_run(run, method=method, eps=parse_eps(eps), steps=steps, split=split, data=data,
                            batch_size=batch_size, max_images=max_images, n_boot=n_boot, device=device)
         table = robustness_table([entry])[["eps_255", "accuracy", "f1", "roc_auc", "flip_rate"]]
-        typer.echo(f"{entry['method']} on {entry['split']} (n={entry['n']}, threshold {entry['threshold']:.4f}):")
+        point = ("each finding at its own threshold, macro averages" if entry.get("thresholds")
+                 else f"threshold {entry['threshold']:.4f}")
+        typer.echo(f"{entry['method']} on {entry['split']} (n={entry['n']}, {point}):")
         typer.echo(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         typer.echo(f"written: {Path(run) / RunDir.ROBUSTNESS}")

@@ -30,7 +30,8 @@ from medclf.data.cache import Cache
 from medclf.data.summary import data_summary
 from medclf.evaluation.caveats import metric_warnings, threshold_warning
 from medclf.evaluation.metrics import binary_metrics
-from medclf.evaluation.multilabel import average_rates, macro_roc_auc
+from medclf.evaluation.macro_auc import macro_roc_auc
+from medclf.evaluation.multilabel import average_rates
 from medclf.evaluation.thresholds import SOURCE_DATA, SOURCE_DEFAULT, OperatingThreshold, operating_threshold
 from medclf.contract import DataContract
 from medclf.models.checkpoint import read_checkpoint
@@ -207,7 +208,7 @@ def validate_multilabel(s: TrainingSetup, probs: np.ndarray) -> dict:
     val_loss = float(s.loss_fn(logits.to(s.device), torch.from_numpy(labels).to(s.device)))
     y = multi_hot(labels, probs.shape[1])
     called = probs >= 0.5
-    auc = macro_roc_auc(y, probs)
+    auc = macro_roc_auc(y, probs, skip_undefined=True)
     return {"val_loss": val_loss, "val_auc": math.nan if auc is None else auc,
             "val_f1": average_rates(y, called, "macro")["f1"], "val_accuracy": float((called == y).mean())}
 

@@ -47,13 +47,15 @@ def _checked(truth: Any, probs: Any) -> tuple[np.ndarray, np.ndarray]:
     return t, p
 
 
-def macro_roc_auc(truth: Any, probs: Any) -> float | None:
-    """Mean over the K columns of the one-vs-rest ROC AUC; None when a column lacks positives or negatives."""
+def macro_roc_auc(truth: Any, probs: Any, skip_undefined: bool = False) -> float | None:
+    """Mean over the K columns of the one-vs-rest ROC AUC; None when a column lacks positives or negatives (with
+    `skip_undefined`, the mean over the columns that have both: training's validation AUC of a multilabel run)."""
     t, p = _checked(truth, probs)
     counts = t.sum(axis=0)
-    if ((counts == 0) | (counts == len(t))).any():
+    defined = (counts > 0) & (counts < len(t))
+    if not defined.all() and not (skip_undefined and defined.any()):
         return None
-    return float(np.mean([roc_auc_score(t[:, k], p[:, k]) for k in range(p.shape[1])]))
+    return float(np.mean([roc_auc_score(t[:, k], p[:, k]) for k in np.flatnonzero(defined)]))
 
 
 def paired_macro_auc(truth: Any, probs_a: Any, probs_b: Any, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:

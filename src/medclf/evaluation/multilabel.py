@@ -58,12 +58,6 @@ def truth_matrix(masks: Any, probs: Any, label_names: Sequence[str]) -> tuple[np
     return multi_hot(masks, k).astype(np.int8), p
 
 
-def macro_roc_auc(y: np.ndarray, p: np.ndarray) -> float | None:
-    """Mean ROC AUC over the labels that have both outcomes (None when none has)."""
-    defined = [k for k in range(y.shape[1]) if 0 < y[:, k].sum() < len(y)]
-    return _auc_averages(y, p, defined, "macro")["roc_auc"]
-
-
 def _auc_averages(y: np.ndarray, p: np.ndarray, defined: list[int], average: str) -> dict[str, float | None]:
     if not defined:
         return {"roc_auc": None, "pr_auc": None}

@@ -24,9 +24,12 @@ from medclf.device import pick_device
 from medclf.errors import DataError, MedclfError
 from medclf.evaluation.macro_auc import macro_roc_auc
 from medclf.evaluation.metrics import binary_metrics
+from medclf.evaluation.multilabel import multilabel_metrics
 from medclf.io import atomic_path, read_json, write_json
+from medclf.losses import multi_hot_target
 from medclf.robust.attacks import get_attack
 from medclf.runs import LogProbs, Predictor, RunDir, open_run_and_cache
+from medclf.tasks import multi_hot
 
 ROW_KEYS = ("accuracy", "f1", "roc_auc", "recall", "specificity", "precision", "pr_auc")
 CLASS_KEYS = ("class_accuracy", "macro_roc_auc")
@@ -49,6 +52,9 @@ def attack_run(run_dir: str | Path, method: str = "pgd", eps: list[float] | tupl
         dataset = CacheDataset(cache, indices=dataset.indices[pick])
 
     predictor = run.predictor()  # attack the predictor as `evaluate` runs it (test-time flip included)
+    if run.contract.multilabel:
+        return _attack_multilabel(run, predictor, dataset, split, method, attack, eps, steps, batch_size, n_boot,
+                                  seed, progress, cache)
     pos, threshold = run.contract.positive_index, run.contract.threshold
     y = (dataset.labels == pos).astype(int)
     eps_list = sorted({0.0, *map(float, eps)})
@@ -78,6 +84,36 @@ def attack_run(run_dir: str | Path, method: str = "pgd", eps: list[float] | tupl
     return entry
 
 
+def _attack_multilabel(run, predictor: Predictor, dataset: CacheDataset, split: str, method: str, attack, eps,
+                       steps: int, batch_size: int, n_boot: int, seed: int, progress: bool, cache) -> dict:
+    """A multilabel run's rows: the macro averages over findings (each at its own threshold), `accuracy` the share
+    of right image-finding calls, `flip_rate` the share of images whose called findings changed, `loss` the mean
+    binary cross-entropy summed over findings. No example figure (it shows one class's probability)."""
+    c = run.contract
+    names, thresholds = c.label_names, np.asarray(c.label_thresholds())
+    y = multi_hot(dataset.labels, c.num_classes)
+    eps_list = sorted({0.0, *map(float, eps)})
+    probs = {e: _attack_split(predictor, dataset, attack, e, steps, batch_size, seed,
+                              desc=f"{method} eps={e * 255:g}/255", progress=progress) for e in eps_list}
+    clean_calls = probs[0.0] >= thresholds
+    rows = []
+    for e in eps_list:
+        m = multilabel_metrics(dataset.labels, probs[e], names, thresholds, n_boot=n_boot, seed=seed)
+        p = np.clip(probs[e], 1e-12, 1 - 1e-7)
+        bce = -(y * np.log(p) + (1 - y) * np.log(1 - p)).sum(axis=1).mean()
+        calls = probs[e] >= thresholds
+        rows.append({"eps": e, "eps_255": round(e * 255, 6), **{k: m["macro"][k] for k in ROW_KEYS if k in m["macro"]},
+                     "accuracy": float((calls == y.astype(bool)).mean()), "loss": float(bce),
+                     "flip_rate": float(np.mean((calls != clean_calls).any(axis=1))),
+                     "ci": {"roc_auc": m["ci"]["macro_roc_auc"]}})
+    entry = {"method": method, "steps": steps if method == "pgd" else 1, "split": split,
+             "data": str(cache.path), "n": len(dataset), "n_pos": int(y.any(axis=1).sum()),
+             "threshold": float(c.threshold), "thresholds": thresholds.tolist(), "tta_flip": predictor.tta_flip,
+             "rows": rows}
+    _write(run.dir, entry)
+    return entry
+
+
 def class_figures(labels: np.ndarray, probs: np.ndarray) -> dict:
     """`class_accuracy` and `macro_roc_auc` of K > 2 class probabilities; nothing for a binary run (its rows keep
     their keys)."""
@@ -101,7 +137,10 @@ def _attack_split(predictor: Predictor, dataset: CacheDataset, attack, eps: floa
                                           disable=not progress, leave=False):
         x = predictor.unit(images)
         # the attacked module normalises inside, so the attack's own normalisation is the identity
-        x_adv = attack(model, x, labels.to(predictor.device), eps, _identity, steps=steps, generator=generator)
+        y = labels.to(predictor.device)
+        if predictor.contract.multilabel:  # the attacks' loss reads a 0/1 matrix as a multi-label truth
+            y = multi_hot_target(y, predictor.contract.num_classes)
+        x_adv = attack(model, x, y, eps, _identity, steps=steps, generator=generator)
         out[positions.numpy()] = predictor.predict_unit(x_adv)
     return out
 

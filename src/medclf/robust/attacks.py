@@ -65,7 +65,12 @@ def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
 
 
 def _loss_per_sample(model: nn.Module, normalise: Normalise, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(model(normalise(x)).float(), y, reduction="none")
+    """Cross-entropy for class indices `y` (B); for a multilabel truth (`y` B x K 0/1 floats) binary cross-entropy
+    summed over the labels, so the attack pushes every finding's call."""
+    logits = model(normalise(x)).float()
+    if y.dim() == 2:
+        return F.binary_cross_entropy_with_logits(logits, y.float(), reduction="none").sum(dim=1)
+    return F.cross_entropy(logits, y, reduction="none")
 
 
 def _input_grad(model: nn.Module, normalise: Normalise, x: torch.Tensor,
