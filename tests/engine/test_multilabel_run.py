@@ -137,3 +137,17 @@ def test_an_attack_pushes_every_finding(multilabel_run):
     assert attacked["loss"] >= clean["loss"]  # PGD keeps, per image, the iterate of highest loss, the clean one included
     table = pd.read_csv(run / "predictions_test.csv")
     assert 0.0 <= clean["accuracy"] <= 1.0 and clean["roc_auc"] is not None and len(table) >= 24
+
+
+def test_explain_draws_the_likeliest_finding_by_default(multilabel_run):
+    from medclf.explain.run import explain_targets
+
+    cache, run, _ = multilabel_run
+    opened = open_run(run)
+    images = np.asarray(Cache.open(cache).images[:4])
+    probs = opened.predictor().predict_arrays(images).probs
+    maps, _, targets = explain_targets(opened, images, device="cpu")
+    assert list(targets) == list(probs.argmax(axis=1))
+    assert np.asarray(maps).shape == (4, 48, 48) and 0.0 <= np.asarray(maps).min() <= np.asarray(maps).max() <= 1.0
+    chosen = explain_targets(opened, images, device="cpu", target="bar")[2]
+    assert list(chosen) == [NAMES.index("bar")] * 4

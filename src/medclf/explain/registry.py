@@ -107,6 +107,18 @@ def compute_maps(model: nn.Module, x: torch.Tensor, method: str | Explainer, cla
     return normalise_maps(mean).numpy()
 
 
+def compute_class_maps(model: nn.Module, x: torch.Tensor, method: str | Explainer,
+                       targets: np.ndarray) -> np.ndarray:
+    """`compute_maps` with a class per image (`targets`, B ints): CAM methods explain one class per call, so one
+    call per distinct class."""
+    targets = np.asarray(targets, dtype=np.int64)
+    maps = np.empty((len(targets), *x.shape[-2:]), dtype=np.float32)
+    for k in np.unique(targets):
+        rows = np.flatnonzero(targets == k)
+        maps[rows] = compute_maps(model, x[torch.from_numpy(rows).to(x.device)], method, int(k))
+    return maps
+
+
 def member_input(model: nn.Module, i: int, x: torch.Tensor) -> torch.Tensor:
     """The input member `i` of an ensemble sees for the ensemble's input `x` (itself for a single model)."""
     if getattr(model, "members", None) is None:

@@ -19,7 +19,7 @@ from medclf.device import pick_device
 from medclf.engine.predict import expand_inputs
 from medclf.explain.featuremaps import feature_grid
 from medclf.explain.overlay import render, save_png
-from medclf.explain.registry import (check_applies, compute_maps, create_explainer, member_input, members_of,
+from medclf.explain.registry import (check_applies, compute_class_maps, create_explainer, member_input, members_of,
                                      resize_maps)
 from medclf.explain.scores import is_flat
 from medclf.explain.targets import resolve_targets, target_index
@@ -65,10 +65,7 @@ def explain_targets(run: Run, images: np.ndarray, method: str = "gradcam", devic
     all_probs = (predictor or run.predictor()).predict_arrays(images).probs
     targets = resolve_targets(all_probs, c.label_names, c.task, c.positive_index, target)
     x = make_transform(c, train=False)(torch.from_numpy(images).to(device))
-    maps = np.empty((len(images), *x.shape[-2:]), dtype=np.float32)
-    for k in np.unique(targets):  # CAM methods explain one class per call: one call per distinct target
-        rows = np.flatnonzero(targets == k)
-        maps[rows] = compute_maps(run.model, x[torch.from_numpy(rows).to(device)], method, int(k))
+    maps = compute_class_maps(run.model, x, method, targets)
     probs = all_probs[np.arange(len(images)), targets]
     return resize_maps(maps, images.shape[-1]).clamp_(0.0, 1.0).numpy(), probs, targets
 

@@ -26,17 +26,14 @@ def heatmap_maps(run: Run, images: np.ndarray, device: torch.device,
     model thread: Grad-CAM registers hooks on the shared model and needs gradients.
     """
     try:
-        from medclf.explain.registry import compute_maps
+        from medclf.explain.registry import compute_class_maps
     except ImportError as err:
         return None, f"explanations unavailable: medclf.explain cannot be imported ({err})"
     try:
         x = make_transform(run.contract, train=False)(torch.from_numpy(images).to(device))
         if targets is None:
             targets = np.full(len(images), run.contract.positive_index)
-        maps = np.zeros((len(images), *x.shape[-2:]), dtype=np.float32)
-        for target in np.unique(targets):  # one pass per class explained
-            chosen = np.flatnonzero(targets == target)
-            maps[chosen] = compute_maps(run.model, x[chosen], HEATMAP_METHOD, int(target))
+        maps = compute_class_maps(run.model, x, HEATMAP_METHOD, targets)
     except Exception as err:  # an explanation failure must not cost the prediction itself
         log.warning("heatmap failed: %s", type(err).__name__)
         return None, f"{HEATMAP_METHOD} failed: {type(err).__name__}: {_first_line(err)}"
