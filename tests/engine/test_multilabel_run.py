@@ -151,3 +151,22 @@ def test_explain_draws_the_likeliest_finding_by_default(multilabel_run):
     assert np.asarray(maps).shape == (4, 48, 48) and 0.0 <= np.asarray(maps).min() <= np.asarray(maps).max() <= 1.0
     chosen = explain_targets(opened, images, device="cpu", target="bar")[2]
     assert list(chosen) == [NAMES.index("bar")] * 4
+
+
+def test_the_web_viewer_answers_every_finding(multilabel_run, tmp_path):
+    import torch
+
+    from medclf.serve.predictor import ServeModel
+    from medclf.serve.uploads import Upload
+
+    cache, run, _ = multilabel_run
+    image = np.asarray(Cache.open(cache).images[0])
+    Image.fromarray(image).save(tmp_path / "a.png")
+    model = ServeModel(open_run(run, device="cpu"), torch.device("cpu"))
+    upload = Upload(filename="a.png", path=tmp_path / "a.png", kind="png", size=(tmp_path / "a.png").stat().st_size)
+    result = model.predict([upload], heatmap=True)[0]
+    probs = result["probabilities"]
+    thresholds = open_run(run).contract.thresholds
+    assert list(probs) == NAMES and result["positive_label"] == max(probs, key=probs.get)
+    assert result["called"] == [n for n, t in zip(NAMES, thresholds) if probs[n] >= t]
+    assert result["label"] == ("|".join(result["called"]) or "No Finding") and result["heatmap"] is not None
