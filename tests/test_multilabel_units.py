@@ -105,3 +105,13 @@ def test_the_balanced_sampler_draws_each_rarest_label_alike():
     draws = np.array(list(BalancedSampler(dataset, num_samples=30_000, seed=0)))
     strata = sampling_classes(dataset)[draws]
     assert np.bincount(strata, minlength=3) / len(draws) == pytest.approx([1 / 3] * 3, abs=0.02)
+
+
+def test_ood_scores_of_a_multilabel_model_read_sigmoids():
+    from medclf.evaluation.ood import Outputs, score_energy, score_msp
+
+    logits = np.array([[2.0, -1.0], [0.0, 0.0]])
+    out = Outputs(logits, None, multilabel=True)
+    assert score_msp(out) == pytest.approx([-1 / (1 + np.exp(-2.0)), -0.5])
+    # joint energy: minus the sum of log(1 + e^logit) over the findings
+    assert score_energy(out) == pytest.approx([-(np.log1p(np.exp(2.0)) + np.log1p(np.exp(-1.0))), -2 * np.log(2.0)])

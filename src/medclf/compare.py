@@ -119,12 +119,14 @@ def compare_runs(run_dirs: Sequence[str | Path], split: str = "test", out: str |
 
 def binary_columns(run: EvaluatedRun, ref: EvaluatedRun, ids: np.ndarray, split: str, n_boot: int,
                    seed: int) -> dict:
-    """One run's metrics with intervals, and its paired AUC and F1 differences from `ref` on the positive class."""
-    row = {"run": run.name, "path": str(run.path), "split": split, "n": run.metrics.get("n"),
-           "n_pos": run.metrics.get("n_pos"), "threshold": run.metrics.get("threshold")}
+    """One run's metrics with intervals, and its paired AUC and F1 differences from `ref` on the positive class
+    (a multilabel run: its macro averages over findings, `headline_metrics`, and no paired binary test)."""
+    m = headline_metrics(run)
+    row = {"run": run.name, "path": str(run.path), "split": split, "n": m.get("n"), "n_pos": m.get("n_pos"),
+           "threshold": m.get("threshold")}
     for key, _ in SHOWN:
-        ci = (run.metrics.get("ci") or {}).get(key) or [None, None]
-        row.update({key: run.metrics.get(key), f"{key}_lo": ci[0], f"{key}_hi": ci[1]})
+        ci = (m.get("ci") or {}).get(key) or [None, None]
+        row.update({key: m.get(key), f"{key}_lo": ci[0], f"{key}_hi": ci[1]})
     binary = "prob" in ref.table.columns  # a multilabel table may have no single positive probability
     y = (ref.table.set_index("id").loc[ids, "label"].to_numpy() == int(ref.metrics.get("positive_index", 1)))
     for metric, short in PAIRED:
@@ -137,6 +139,16 @@ def binary_columns(run: EvaluatedRun, ref: EvaluatedRun, ids: np.ndarray, split:
         row.update({f"d_{short}": (test or {}).get("diff"), f"d_{short}_lo": ci[0], f"d_{short}_hi": ci[1],
                     f"p_{short}": (test or {}).get("p_value")})
     return row
+
+
+def headline_metrics(run: EvaluatedRun) -> dict:
+    """The figures a run's row shows: its metrics file, or for a multilabel run the macro averages over findings
+    (each at its own threshold, so no single threshold and no single positive count)."""
+    m = run.metrics
+    if run_task(run) != "multilabel":
+        return m
+    return {**m, **(m.get("macro") or {}), "n_pos": None, "threshold": None,
+            "ci": {"roc_auc": (m.get("ci") or {}).get("macro_roc_auc")}}
 
 
 def run_task(run: EvaluatedRun) -> str:
@@ -203,7 +215,8 @@ def table_cells(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
               f"ΔAUC vs {ref}", "p (AUC)", f"ΔF1 vs {ref}", "p (F1)"]
     rows = []
     for _, row in frame.iterrows():
-        rows.append([row["run"], f"{row['n']} ({row['n_pos']})", *(_with_ci(row, k) for k, _ in SHOWN),
+        counts = f"{row['n']}" if row["n_pos"] is None or pd.isna(row["n_pos"]) else f"{row['n']} ({row['n_pos']})"
+        rows.append([row["run"], counts, *(_with_ci(row, k) for k, _ in SHOWN),
                      _num(row["threshold"]), _with_ci(row, "d_auc", True), _num(row["p_auc"]),
                      _with_ci(row, "d_f1", True), _num(row["p_f1"])])
     if "d_macro_auc" in frame.columns:  # K-class runs only: binary tables keep their columns
@@ -221,7 +234,9 @@ def note(frame: pd.DataFrame) -> str:
             f"images: "
             f"paired bootstrap ({a.get('n_boot')} resamples, seed {a.get('seed')}), two-sided p-value."
             + (" Macro AUC: mean over classes of the one-vs-rest ROC AUC, from the prob_<class> columns; its Δ is "
-               "tested the same way." if "d_macro_auc" in frame.columns else ""))
+               "tested the same way." if "d_macro_auc" in frame.columns else "")
+            + (" Multilabel runs: macro averages over findings, each called at its own threshold."
+               if frame["threshold"].isna().all() else ""))
 
 
 def comparison_markdown(frame: pd.DataFrame) -> str:

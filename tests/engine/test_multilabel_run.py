@@ -170,3 +170,17 @@ def test_the_web_viewer_answers_every_finding(multilabel_run, tmp_path):
     assert list(probs) == NAMES and result["positive_label"] == max(probs, key=probs.get)
     assert result["called"] == [n for n, t in zip(NAMES, thresholds) if probs[n] >= t]
     assert result["label"] == ("|".join(result["called"]) or "No Finding") and result["heatmap"] is not None
+
+
+def test_compare_reads_two_multilabel_runs_by_their_macro_auc(multilabel_run, tmp_path):
+    import shutil
+
+    from medclf.compare import compare_runs
+
+    _, run, metrics = multilabel_run
+    twin = tmp_path / "twin"
+    shutil.copytree(run, twin)
+    frame = compare_runs([run, twin], n_boot=50)
+    assert frame["macro_auc"].tolist() == pytest.approx([metrics["macro"]["roc_auc"]] * 2)
+    assert frame["d_macro_auc"].iloc[1] == pytest.approx(0.0) and frame["threshold"].isna().all()
+    assert frame["recall"].iloc[0] == pytest.approx(metrics["macro"]["recall"])

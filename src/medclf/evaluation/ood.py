@@ -2,8 +2,10 @@
 model outputs (the run layer's Predictor computes those outputs and applies a stored detector).
 
 Convention: every score is "higher = less like the training images".
-- `msp`: minus the maximum softmax probability (Hendrycks & Gimpel 2017);
-- `energy`: minus logsumexp of the logits, i.e. the free energy at T = 1 (Liu et al. 2020);
+- `msp`: minus the maximum softmax probability (Hendrycks & Gimpel 2017); multilabel: minus the largest
+  finding probability (sigmoid);
+- `energy`: minus logsumexp of the logits, i.e. the free energy at T = 1 (Liu et al. 2020); multilabel: minus the
+  joint energy, the sum over findings of log(1 + e^logit) (Wang et al., NeurIPS 2021);
 - `mahalanobis`: the smallest squared Mahalanobis distance of the penultimate features (`model.embed`) to a
   class mean, with one covariance shared by the classes (Lee et al. 2018), fitted on the training split.
 
@@ -32,16 +34,21 @@ class Outputs:
 
     logits: np.ndarray
     features: np.ndarray | None
+    multilabel: bool = False  # the logits are read by a sigmoid each (medclf.tasks)
 
 
 # ----------------------------------------------------------------------------------------------- scores
 
 
 def score_msp(out: Outputs, detector: dict | None = None) -> np.ndarray:
-    return -torch.softmax(torch.from_numpy(out.logits).double(), dim=1).max(dim=1).values.numpy()
+    logits = torch.from_numpy(out.logits).double()
+    probs = torch.sigmoid(logits) if out.multilabel else torch.softmax(logits, dim=1)
+    return -probs.max(dim=1).values.numpy()
 
 
 def score_energy(out: Outputs, detector: dict | None = None) -> np.ndarray:
+    if out.multilabel:
+        return -torch.nn.functional.softplus(torch.from_numpy(out.logits).double()).sum(dim=1).numpy()
     energy = -torch.logsumexp(torch.from_numpy(out.logits).double(), dim=1).numpy()
     if np.allclose(energy, 0.0, atol=1e-6):  # log-probabilities (an ensemble): logsumexp is 0 for every input
         raise MedclfError("energy score needs logits; this model outputs log-probabilities (ensemble)")

@@ -68,7 +68,8 @@ def model_outputs(predictor: Predictor, batches: Iterable[torch.Tensor]) -> Outp
         logits.append(module.model(x).float().cpu().numpy())  # an Ensemble's forward: log combined probabilities
         if predictor.n_members == 1:
             feats.append(module.members[0].embed(x).float().cpu().numpy())
-    return Outputs(np.concatenate(logits), np.concatenate(feats) if feats else None)
+    return Outputs(np.concatenate(logits), np.concatenate(feats) if feats else None,
+                   multilabel=predictor.contract.multilabel)
 
 
 def subset(dataset, limit: int | None, seed: int):
