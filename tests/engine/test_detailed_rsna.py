@@ -42,3 +42,4 @@ def test_detailed_rsna_from_dicom_to_report(shared, tmp_path):
         assert saved["per_class"][name]["roc_auc"] == pytest.approx(roc_auc_score(table["label"] == k, probs[:, k]))
     page = build_report(tmp_path / "run").read_text(encoding="utf-8")
     assert "<h4>Per class</h4>" in page and "Confusion matrix (true class in rows)" in page
+    assert (tmp_path / "run" / "roc_classes_test.png").stat().st_size > 0 and "ROC curve per class" in page

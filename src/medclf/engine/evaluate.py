@@ -167,6 +167,10 @@ def write_evaluation(pred_df: Any, threshold: float, run_dir: str | Path | RunDi
     plots.plot_roc(y, prob, rd.plot("roc", tag), threshold=threshold, title=tag)
     plots.plot_pr(y, prob, rd.plot("pr", tag), threshold=threshold, title=tag)
     plots.plot_calibration(y, prob, rd.plot("calibration", tag), title=tag)
+    if probs is not None:  # each class against the rest, marked where it is the most probable class
+        onehot = np.eye(probs.shape[1], dtype=np.int8)[pred_df["label"].to_numpy()]
+        plots.plot_label_curves(onehot, probs, label_names, [None] * probs.shape[1], rd.plot("roc_classes", tag),
+                                title=f"{tag}: each class against the rest")
     return metrics
 
 

@@ -217,10 +217,11 @@ def _finish_curve_axes(ax: Any, ylabel: str, title: str) -> None:
     ax.xaxis.get_major_locator().set_params(integer=True)
 
 
-def plot_label_curves(y: Any, prob: Any, label_names: Sequence[str], thresholds: Sequence[float], path: str | Path,
-                      kind: str = "roc", title: str | None = None) -> Path:
+def plot_label_curves(y: Any, prob: Any, label_names: Sequence[str], thresholds: Sequence[float | None],
+                      path: str | Path, kind: str = "roc", title: str | None = None) -> Path:
     """A multilabel run's ROC (`kind="roc"`) or precision-recall (`"pr"`) curves, one per label, each with its
-    AUC and its operating point; labels without both outcomes are named as undefined in the legend."""
+    AUC and its operating point (none where the label's threshold is None: a multi-class run's classes);
+    labels without both outcomes are named as undefined in the legend."""
     y, p = np.asarray(y), np.asarray(prob, dtype=np.float64)
     fig = _figure(kind)
     ax = fig.add_subplot()
@@ -232,11 +233,13 @@ def plot_label_curves(y: Any, prob: Any, label_names: Sequence[str], thresholds:
         if not 0 < yk.sum() < len(yk):
             ax.plot([], [], color=colour, label=f"{name}: undefined (one outcome only)")
             continue
-        sens, fp_rate, prec = _operating_point(yk, pk, float(thresholds[k]))
+        marked = thresholds[k] is not None
+        sens, fp_rate, prec = _operating_point(yk, pk, float(thresholds[k])) if marked else (np.nan,) * 3
         if kind == "roc":
             fpr, tpr, _ = roc_curve(yk, pk)
             ax.plot(fpr, tpr, color=colour, linewidth=1.8, label=f"{name} (AUC {roc_auc_score(yk, pk):.3f})")
-            ax.plot([fp_rate], [sens], "o", color=colour, markeredgecolor="black")
+            if marked:
+                ax.plot([fp_rate], [sens], "o", color=colour, markeredgecolor="black")
         else:
             precision, recall, _ = precision_recall_curve(yk, pk)
             ax.step(recall, precision, where="post", color=colour, linewidth=1.8,

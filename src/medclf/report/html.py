@@ -292,7 +292,8 @@ _METRIC_ROWS = (
     ("ece", "Expected calibration error (15 bins)"),
 )
 _PLOTS = (("confusion", "Confusion matrix at the operating threshold"), ("roc", "ROC curve"),
-          ("pr", "Precision-recall curve"), ("calibration", "Reliability diagram"))
+          ("pr", "Precision-recall curve"), ("calibration", "Reliability diagram"),
+          ("roc_classes", "ROC curve per class, each against the rest"))
 _CAVEATS = "These figures may mean nothing"
 HOW_TO_READ = {
     "summary": "each figure is measured on the images of one split; its 95% interval is the range it moves over "

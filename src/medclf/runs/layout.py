@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 ENSEMBLE_FORMAT = "medclf-ensemble"
-PLOT_KINDS = ("confusion", "roc", "pr", "calibration")
+PLOT_KINDS = ("confusion", "roc", "pr", "calibration", "roc_classes")  # roc_classes: K > 2 classes only
 # config keys that older medclf versions stored and this one no longer has (ignored when a run is opened)
 _RETIRED_KEYS = {"data": ("train_subset",)}
 
