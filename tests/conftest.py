@@ -153,3 +153,20 @@ def train_tiny():
         return train(cfg, cache, out, progress=False)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tensorboard_scalars():
+    """A reader: TensorBoard log folder -> {tag: [(step, value), ...]} over every run in it (TensorBoard's own reader)."""
+    def read(log_dir) -> dict[str, list[tuple[int, float]]]:
+        from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+        mux = EventMultiplexer().AddRunsFromDirectory(str(log_dir))
+        mux.Reload()
+        out: dict[str, list[tuple[int, float]]] = {}
+        for run in mux.Runs():
+            for tag in mux.GetAccumulator(run).Tags()["scalars"]:
+                out.setdefault(tag, []).extend((e.step, e.value) for e in mux.Scalars(run, tag))
+        return out
+
+    return read

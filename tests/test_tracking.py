@@ -40,19 +40,7 @@ def tracked_run(tiny_cache, store):
     return RunDir(run_dir), metrics, f"sqlite:///{store / 'mlflow.db'}"
 
 
-def tensorboard_scalars(log_dir) -> dict[str, list[tuple[int, float]]]:
-    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
-
-    mux = EventMultiplexer().AddRunsFromDirectory(str(log_dir))
-    mux.Reload()
-    out: dict[str, list[tuple[int, float]]] = {}
-    for run in mux.Runs():
-        for tag in mux.GetAccumulator(run).Tags()["scalars"]:
-            out.setdefault(tag, []).extend((e.step, e.value) for e in mux.Scalars(run, tag))
-    return out
-
-
-def test_tensorboard_events_equal_history_and_metrics(tracked_run):
+def test_tensorboard_events_equal_history_and_metrics(tracked_run, tensorboard_scalars):
     rd, metrics, _ = tracked_run
     history = pd.read_csv(rd.history_path)
     scalars = tensorboard_scalars(rd.tensorboard_dir)

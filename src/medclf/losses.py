@@ -24,13 +24,15 @@ from medclf.errors import ConfigError
 
 LossFactory = Callable[..., nn.Module]
 LOSSES: dict[str, LossFactory] = {}
+MULTILABEL_LOSSES: dict[str, LossFactory] = {}  # see "multilabel" below
 
 
-def register_loss(name: str) -> Callable[[LossFactory], LossFactory]:
-    """Add a factory `f(num_classes, class_counts, **params) -> nn.Module` to `LOSSES` under `name`."""
+def register_loss(name: str, registry: dict[str, LossFactory] = LOSSES) -> Callable[[LossFactory], LossFactory]:
+    """Add a factory `f(num_classes, class_counts, **params) -> nn.Module` to `LOSSES` under `name` (or
+    `f(num_labels, pos_weights, **params)` to `MULTILABEL_LOSSES`)."""
 
     def add(factory: LossFactory) -> LossFactory:
-        LOSSES[name] = factory
+        registry[name] = factory
         return factory
 
     return add
@@ -213,15 +215,6 @@ def _make_soft_f1(
 # A multilabel target is one int64 bit mask per image (medclf.tasks); these losses unpack it into the K x 0/1
 # matrix and score each logit with its own sigmoid. Their registry is separate: the same names (`ce`, `focal`)
 # mean the one-vs-rest form there, so a config moves between task types unchanged.
-MULTILABEL_LOSSES: dict[str, LossFactory] = {}
-
-
-def _register_multilabel(name: str) -> Callable[[LossFactory], LossFactory]:
-    def add(factory: LossFactory) -> LossFactory:
-        MULTILABEL_LOSSES[name] = factory
-        return factory
-
-    return add
 
 
 def multi_hot_target(mask: torch.Tensor, k: int) -> torch.Tensor:
@@ -319,21 +312,21 @@ class AsymmetricLoss(nn.Module):
         return -(pos + neg).sum(dim=1).mean()
 
 
-@_register_multilabel("ce")
+@register_loss("ce", MULTILABEL_LOSSES)
 def _make_multilabel_bce(num_labels: int, pos_weights: torch.Tensor | None = None) -> nn.Module:
     return MultiLabelBCE(num_labels, pos_weights)
 
 
-_register_multilabel("bce")(_make_multilabel_bce)
+register_loss("bce", MULTILABEL_LOSSES)(_make_multilabel_bce)
 
 
-@_register_multilabel("focal")
+@register_loss("focal", MULTILABEL_LOSSES)
 def _make_multilabel_focal(num_labels: int, pos_weights: torch.Tensor | None = None, gamma: float = 2.0,
                            alpha: float | None = None) -> nn.Module:
     return MultiLabelFocal(num_labels, gamma=gamma, alpha=alpha, pos_weights=pos_weights)
 
 
-@_register_multilabel("asl")
+@register_loss("asl", MULTILABEL_LOSSES)
 def _make_asl(num_labels: int, pos_weights: torch.Tensor | None = None, gamma_neg: float = 4.0,
               gamma_pos: float = 0.0, clip: float = 0.05) -> nn.Module:
     return AsymmetricLoss(num_labels, gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip, pos_weights=pos_weights)

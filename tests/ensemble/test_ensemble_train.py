@@ -171,3 +171,21 @@ def test_cli_reports_a_bad_mode_on_one_line(tiny_cache, tmp_path):
                         str(tmp_path / "e"), "--mode", "nope"], capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr == "error: unknown ensemble mode 'nope'; choose one of partition, kfold, bootstrap, models\n"
+
+
+def test_the_ensemble_and_each_member_log_to_tensorboard(partition_run, tensorboard_scalars):
+    """The ensemble's own log holds its threshold and each member's validation AUC, as ensemble.json says; each
+    member's log holds its epochs, as its history.csv says."""
+    import json
+
+    import pandas as pd
+
+    spec = json.loads((partition_run / "ensemble.json").read_text())
+    scalars = tensorboard_scalars(partition_run / "tensorboard")
+    assert scalars["threshold"][0][1] == pytest.approx(spec["threshold"], rel=1e-6)
+    for member in spec["member_info"]:
+        assert scalars[f"member_{member['index']}/val_auc"][0][1] == pytest.approx(member["val_auc"], rel=1e-6)
+        history = pd.read_csv(partition_run / member["dir"] / "history.csv")
+        logged = sorted(tensorboard_scalars(partition_run / member["dir"] / "tensorboard")["val_loss"])
+        assert [s for s, _ in logged] == history["epoch"].tolist()
+        np.testing.assert_allclose([v for _, v in logged], history["val_loss"], rtol=1e-6)

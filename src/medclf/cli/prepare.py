@@ -119,7 +119,6 @@ def medmnist_cmd(
 
 
 @prepare_app.command("folder", epilog=examples(
-    "medclf prepare folder --images scans/ --labels scans/labels.csv --out cache/scans",
     "medclf prepare folder --images cxr14/images --labels cxr14/labels.csv --out cache/cxr14   # label: Effusion|Mass",
     "medclf prepare folder --images chexpert/ --labels chexpert/train.csv --out cache/chexpert "
     "--label-columns Atelectasis,Cardiomegaly,Consolidation,Edema,'Pleural Effusion' --uncertain one",
