@@ -184,3 +184,18 @@ def test_compare_reads_two_multilabel_runs_by_their_macro_auc(multilabel_run, tm
     assert frame["macro_auc"].tolist() == pytest.approx([metrics["macro"]["roc_auc"]] * 2)
     assert frame["d_macro_auc"].iloc[1] == pytest.approx(0.0) and frame["threshold"].isna().all()
     assert frame["recall"].iloc[0] == pytest.approx(metrics["macro"]["recall"])
+
+
+def test_a_trained_multilabel_ensemble_chooses_a_threshold_per_finding(multilabel_run, tmp_path):
+    from medclf.ensemble import train_ensemble
+
+    cache, _, _ = multilabel_run
+    cfg = load_config(None, TINY + ["train.epochs=1", "train.max_steps_per_epoch=2"])
+    out = train_ensemble(cfg, cache, tmp_path / "ens", members=2, mode="partition", combine="weighted", progress=False)
+    spec = json.loads((out / "ensemble.json").read_text())
+    assert len(spec["thresholds"]) == 3 and len(spec["member_info"]) == 2
+    assert [part.split(": ")[0] for part in spec["threshold_reason"].split("; ")] == NAMES
+    assert open_run(out).contract.thresholds == spec["thresholds"]
+    metrics = evaluate_run(out, split="test", n_boot=0, device="cpu", progress=False)
+    table = pd.read_csv(out / "predictions_test.csv")
+    assert "std" in table and (table["std"] >= 0).all() and metrics["thresholds"] == spec["thresholds"]

@@ -194,9 +194,9 @@ class Predictor:
         """
         c = self.contract
         if c.multilabel:
+            called = self.label_calls(p.probs)
             out = {f"prob_{n}": p.probs[:, k] for k, n in enumerate(c.label_names)}
-            out.update({f"pred_{n}": called[:, k].astype(np.int8)
-                        for called in [self.label_calls(p.probs)] for k, n in enumerate(c.label_names)})
+            out.update({f"pred_{n}": called[:, k].astype(np.int8) for k, n in enumerate(c.label_names)})
             out["predicted"] = self.decisions(p.probs)
         else:
             out = {"prob": p.probs[:, c.positive_index], "predicted": self.decisions(p.probs),
