@@ -56,3 +56,19 @@ def test_group_sizes_match_the_dicom_headers(rsna_run, split):
     found = {c: {r["group"]: (r["n"], r["n_pos"]) for r in rows} for c, rows in columns.items()}
     assert found == expected
     assert sum(n for n, _ in found["view"].values()) == len(ids)
+
+
+def test_the_report_shows_the_forest_plot_of_the_rsna_groups(rsna_run):
+    import base64
+
+    from medclf.report.html import build_report
+
+    _, _, run = rsna_run
+    if not (run / "subgroups_test.json").is_file():
+        result = CliRunner().invoke(app, ["evaluate", str(run), "--split", "test", "--by", "view,sex", "--n-boot", "20"])
+        assert result.exit_code == 0, result.output
+    page = build_report(run).read_text(encoding="utf-8")
+    section = page[page.index('<section id="subgroups">'):]
+    section = section[:section.index("</section>")]
+    assert "<h4>view</h4>" in section and "<h4>sex</h4>" in section and "too small" in section
+    assert base64.b64encode((run / "subgroups_test.png").read_bytes()).decode("ascii") in section
