@@ -53,6 +53,14 @@ def label_set_name(mask: int, label_names: Sequence[str]) -> str:
     return "|".join(present) if present else NO_FINDING
 
 
+def label_texts(labels: Iterable[int], label_names: Sequence[str], task: str | None) -> list[str]:
+    """The manifest's `label_name` of each label: the class's name, or for a multilabel task the findings of
+    each bit mask (`label_set_name`)."""
+    if task == "multilabel":
+        return [label_set_name(m, label_names) for m in labels]
+    return [label_names[int(i)] for i in labels]
+
+
 def check_masks(masks: np.ndarray, k: int) -> None:
     """Every mask uses only the bits of K labels."""
     masks = np.asarray(masks, dtype=np.int64)

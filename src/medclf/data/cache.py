@@ -24,7 +24,7 @@ import pandas as pd
 
 from medclf.data.splits import SPLITS, leakage_audit
 from medclf.errors import DataError
-from medclf.tasks import check_masks, label_counts, label_set_name, task_of
+from medclf.tasks import check_masks, label_counts, label_texts, task_of
 from medclf.io import make_temp_dir, read_json, write_json, write_text
 from medclf.outdirs import MARKER, claim_output_dir, folder_kind, folder_lock, register_own_files, write_marker
 
@@ -151,16 +151,14 @@ def normalise_manifest(manifest: pd.DataFrame, label_names: list[str], task: str
             raise ValueError(f"manifest lacks required column {col!r}")
     frame["index"] = np.arange(len(frame))
     frame["label"] = frame["label"].astype(np.int64)
-    multilabel = task == "multilabel"
-    if multilabel:
+    if task == "multilabel":
         check_masks(frame["label"].to_numpy(), len(label_names))
     elif len(frame) and (frame["label"].min() < 0 or frame["label"].max() >= len(label_names)):
         raise ValueError(f"labels must be in [0, {len(label_names)}), got {sorted(set(frame['label']))}")
     bad = sorted(set(frame["split"]) - set(SPLITS))
     if bad:
         raise ValueError(f"unknown split values {bad}; valid: {list(SPLITS)}")
-    names = [label_set_name(m, label_names) if multilabel else label_names[m] for m in frame["label"]]
-    defaults = {"patient_id": frame["id"], "label_name": names,
+    defaults = {"patient_id": frame["id"], "label_name": label_texts(frame["label"], label_names, task),
                 "boxes": "[]", "view": "", "sex": "", "age": np.nan, "source": ""}
     for col, value in defaults.items():
         if col not in frame:

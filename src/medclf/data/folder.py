@@ -34,7 +34,7 @@ from medclf.data.imageio import INPUT_SUFFIXES
 from medclf.data.multilabel import SEPARATOR, MultiLabels, no_positive, parse_label_columns, parse_label_sets
 from medclf.data.rsna import LabelReport
 from medclf.errors import DataError
-from medclf.tasks import TASKS, label_set_name
+from medclf.tasks import TASKS, label_texts
 
 BASE_COLUMNS = ("path", "label", "patient_id")
 # manifest columns the cache fills itself: a CSV column of that name would clash with them, so it is not kept
@@ -92,7 +92,7 @@ def folder_source(images_dir: str | Path, labels_csv: str | Path, label_names: S
     keep = exists & (labels >= 0) & ~dup.to_numpy() & (frame["path"] != "").to_numpy()
     items = pd.DataFrame({
         "id": frame["path"][keep].to_numpy(), "patient_id": patient[keep].to_numpy(), "label": labels[keep],
-        "label_name": [label_set_name(m, names) if task == "multilabel" else names[m] for m in labels[keep]],
+        "label_name": label_texts(labels[keep], names, task),
         "boxes": [[] for _ in range(int(keep.sum()))],
         "path": [str(p) for p, k in zip(paths, keep) if k],
     })

@@ -24,7 +24,7 @@ from medclf.data.folder import resolve_positive
 from medclf.data.multilabel import check_names, no_positive
 from medclf.data.splits import SPLITS
 from medclf.errors import DataError
-from medclf.tasks import encode_multi_hot, label_set_name, task_of
+from medclf.tasks import encode_multi_hot, label_texts, task_of
 
 # Class names MedMNIST's INFO gives for binary sets we know (indices follow the .npz labels).
 KNOWN_NAMES = {"pneumoniamnist": ["normal", "pneumonia"], "breastmnist": ["malignant", "normal, benign"],
@@ -65,12 +65,12 @@ def medmnist_source(npz: str | Path, label_names: Sequence[str] | None = None,
     local = np.concatenate([np.arange(len(b[0])) for b in blocks])
     if labels.ndim == 2:
         labels, names, task, positive_index = _multilabel(npz, labels, label_names, positive)
-        label_name = [label_set_name(m, names) for m in labels]
     else:
         names, task = _names(npz, labels, label_names), None
         if labels.max() >= len(names):
             raise DataError(f"{npz}: label {int(labels.max())} but only {len(names)} class names {names}")
-        label_name, positive_index = [names[i] for i in labels], resolve_positive(names, positive, npz)
+        positive_index = resolve_positive(names, positive, npz)
+    label_name = label_texts(labels, names, task)
     ids = [f"{s}-{i:06d}" for s, i in zip(split, local)]
     items = pd.DataFrame({
         "id": ids, "patient_id": ids, "label": labels, "label_name": label_name, "split": split,

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from medclf.errors import DataError
-from medclf.tasks import MAX_LABELS, NO_FINDING
+from medclf.tasks import MAX_LABELS, NO_FINDING, encode_multi_hot
 
 SEPARATOR = "|"
 UNCERTAIN = ("zero", "one", "drop")
@@ -99,7 +99,7 @@ def parse_label_columns(frame: pd.DataFrame, columns: Sequence[str], csv: Path,
                  for r, c in zip(*np.nonzero(bad))]
     unsure = (values == -1.0).to_numpy()
     present = (values == 1.0).to_numpy() | (unsure & (uncertain == "one"))
-    masks = (present.astype(np.int64) << np.arange(len(names), dtype=np.int64)).sum(axis=1)
+    masks = encode_multi_hot(present)
     drop = unsure.any(axis=1) & (uncertain == "drop") & ~bad.any(axis=1)
     masks[bad.any(axis=1) | drop] = -1
     dropped = [f"{csv.name}:{ln}: {p}" for ln, p in zip(lines[drop], frame["path"].to_numpy()[drop])]

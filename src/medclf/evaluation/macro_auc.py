@@ -68,10 +68,8 @@ def paired_macro_auc(truth: Any, probs_a: Any, probs_b: Any, n_boot: int = 1000,
     _, pb = _checked(truth, probs_b)
     if pa.shape != pb.shape:
         raise MedclfError(f"the two models' probabilities differ in shape: {pa.shape} vs {pb.shape}")
-    scored_a = [_Scored(pa[:, k], 0.5) for k in range(pa.shape[1])]  # the threshold plays no part in the AUC
-    scored_b = [_Scored(pb[:, k], 0.5) for k in range(pb.shape[1])]
-    diffs = [_macro(scored_b, t, idx) - _macro(scored_a, t, idx) for idx in resample_indices(len(t), n_boot, seed)]
-    diff_star = np.concatenate(diffs)
+    # the same seed draws the same resamples for both models: the difference is paired
+    diff_star = macro_auc_resamples(t, pb, n_boot, seed) - macro_auc_resamples(t, pa, n_boot, seed)
     diff_star = diff_star[~np.isnan(diff_star)]
     a, b = macro_roc_auc(t, pa), macro_roc_auc(t, pb)
     return {"metric": "macro_roc_auc", "a": a, "b": b, "diff": None if a is None or b is None else none_if_nan(b - a),
@@ -79,7 +77,10 @@ def paired_macro_auc(truth: Any, probs_a: Any, probs_b: Any, n_boot: int = 1000,
             "n_valid": int(diff_star.size)}
 
 
-def _macro(scored: list[_Scored], t: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """Macro AUC per resample (row of `idx`); NaN where a class lacks one outcome in that resample."""
-    aucs = [s.resampled(t[:, k], idx, ("roc_auc",))["roc_auc"] for k, s in enumerate(scored)]
-    return np.mean(aucs, axis=0)
+def macro_auc_resamples(t: np.ndarray, p: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """The macro AUC of each of `n_boot` bootstrap resamples of the images (`resample_indices(len(t), n_boot,
+    seed)`), N x K 0/1 truth `t` and probabilities `p`; NaN where a column lacks one outcome in a resample."""
+    scored = [_Scored(p[:, k], 0.5) for k in range(p.shape[1])]  # the threshold plays no part in the AUC
+    parts = [np.mean([s.resampled(t[:, k], idx, ("roc_auc",))["roc_auc"] for k, s in enumerate(scored)], axis=0)
+             for idx in resample_indices(len(t), n_boot, seed)]
+    return np.concatenate(parts) if parts else np.empty(0)

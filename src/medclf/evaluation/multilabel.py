@@ -5,7 +5,8 @@ per label, `binary_metrics` gives the counts, rates, ROC/PR AUC and their bootst
 scikit-learn defines them for multi-label indicator targets: `macro` (each label alike), `weighted` (by the
 label's prevalence in this split) and `micro` (every image-label pair pooled); the AUC averages are
 `roc_auc_score(Y, P, average=...)` and the count-based ones come from the pooled (micro) or per-label (macro,
-weighted) counts. The macro ROC AUC gets a bootstrap interval over images. Labels absent from the split (or
+weighted) counts. The macro ROC AUC gets a bootstrap interval over images (`macro_auc_resamples`, as `compare`
+resamples it). Labels absent from the split (or
 present in every image) have no AUC: the AUC averages are then over the labels that have one, and say so in
 `labels_without_auc`.
 """
@@ -18,9 +19,10 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from medclf.errors import MedclfError
-from medclf.evaluation.bootstrap import percentile_interval, resample_indices
+from medclf.evaluation.bootstrap import percentile_interval
+from medclf.evaluation.macro_auc import macro_auc_resamples
 from medclf.evaluation.metrics import binary_metrics, rates_from_counts
-from medclf.tasks import multi_hot
+from medclf.tasks import check_masks, multi_hot
 
 AVERAGES = ("macro", "weighted", "micro")
 RATE_KEYS = ("recall", "specificity", "precision", "f1")  # recall = sensitivity, as in binary_metrics
@@ -29,7 +31,7 @@ RATE_KEYS = ("recall", "specificity", "precision", "f1")  # recall = sensitivity
 def multilabel_metrics(masks: Any, probs: Any, label_names: Sequence[str], thresholds: Sequence[float],
                        n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """`masks` (N bit masks, medclf.tasks) and `probs` N x K -> per-label metrics and their averages."""
-    y, p = truth_matrix(masks, probs, label_names)
+    y, p = _masks_and_probs(masks, probs, label_names)
     t = np.asarray(thresholds, dtype=np.float64)
     per_label = {name: binary_metrics(y[:, k], p[:, k], float(t[k]), n_boot=n_boot, seed=seed)
                  for k, name in enumerate(label_names)}
@@ -41,20 +43,25 @@ def multilabel_metrics(masks: Any, probs: Any, label_names: Sequence[str], thres
     called = p >= t
     for average in AVERAGES:
         out[average] = {**_auc_averages(y, p, defined, average), **average_rates(y, called, average)}
-    out["ci"] = {"macro_roc_auc": percentile_interval(_macro_auc_samples(y, p, defined, n_boot, seed))}
+    resampled = macro_auc_resamples(y[:, defined], p[:, defined], n_boot, seed) if defined and n_boot > 0 else []
+    out["ci"] = {"macro_roc_auc": percentile_interval(resampled)}
     return out
 
 
-def truth_matrix(masks: Any, probs: Any, label_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(N x K 0/1 truth, N x K probabilities), checked against the K labels."""
+def _masks_and_probs(masks: Any, probs: Any, label_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(N x K 0/1 truth decoded from the bit masks, N x K probabilities), checked against the K labels."""
     p = np.asarray(probs, dtype=np.float64)
     k = len(label_names)
     masks = np.asarray(masks, dtype=np.int64).ravel()
     if p.ndim != 2 or p.shape != (len(masks), k):
         raise MedclfError(f"multilabel metrics need probabilities of shape (N, {k}), got {p.shape} for "
                           f"{len(masks)} labels")
-    if len(masks) == 0 or masks.min() < 0 or masks.max() >= (1 << k):
-        raise MedclfError(f"multilabel labels must be bit masks of {k} labels")
+    if len(masks) == 0:
+        raise MedclfError(f"multilabel labels must be bit masks of {k} labels, got none")
+    try:
+        check_masks(masks, k)
+    except ValueError as err:
+        raise MedclfError(str(err)) from None
     return multi_hot(masks, k).astype(np.int8), p
 
 
@@ -82,15 +89,3 @@ def average_rates(y: np.ndarray, called: np.ndarray, average: str) -> dict[str, 
         ok = np.isfinite(values) & (weights > 0)
         out[key] = float(np.average(values[ok], weights=weights[ok])) if ok.any() else None
     return out
-
-
-def _macro_auc_samples(y: np.ndarray, p: np.ndarray, defined: list[int], n_boot: int, seed: int) -> np.ndarray:
-    """Resampled macro AUCs over the labels defined on the full split (NaN where a resample loses one)."""
-    samples = []
-    for chunk in resample_indices(len(y), n_boot, seed) if n_boot > 0 and defined else ():
-        for idx in chunk:
-            yb, pb = y[idx][:, defined], p[idx][:, defined]
-            counts = yb.sum(axis=0)
-            ok = (counts > 0).all() and (counts < len(idx)).all()
-            samples.append(float(roc_auc_score(yb, pb, average="macro")) if ok else np.nan)
-    return np.asarray(samples, dtype=np.float64)
