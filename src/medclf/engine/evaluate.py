@@ -68,45 +68,41 @@ def evaluate_run(
         table.to_csv(tmp, index=False)
     c = run.contract
     fallback = threshold_warning(c.threshold_source, c.threshold_reason)
+    common = dict(n_boot=n_boot, min_class=run.config.eval.threshold_min_class, threshold_reason=c.threshold_reason,
+                  notes=[fallback] if fallback else [])
     if c.multilabel:
-        metrics = write_multilabel_evaluation(table, c.label_names, c.label_thresholds(), run.dir, tag, n_boot=n_boot,
-                                              min_class=run.config.eval.threshold_min_class,
-                                              threshold_reason=c.threshold_reason,
-                                              notes=[fallback] if fallback else [])
-        log_evaluation(run.dir, run.config, tag, metrics, mlflow_uri)
-        return metrics
-    metrics = write_evaluation(table, c.threshold, run.dir, tag, n_boot=n_boot, positive_index=c.positive_index,
-                               label_names=c.label_names, min_class=run.config.eval.threshold_min_class,
-                               threshold_reason=c.threshold_reason, notes=[fallback] if fallback else [])
-    log_evaluation(run.dir, run.config, tag, metrics, mlflow_uri)
-    if by:  # after logging: the trackers get metrics.json's keys only
+        metrics = write_multilabel_evaluation(table, c.label_names, c.label_thresholds(), run.dir, tag, **common)
+    else:
+        metrics = write_evaluation(table, c.threshold, run.dir, tag, positive_index=c.positive_index,
+                                   label_names=c.label_names, **common)
+    subgroups = None
+    if by:
         rows = cache.manifest.iloc[dataset.indices]
         min_class = run.config.eval.threshold_min_class if min_group_class is None else min_group_class
-        metrics["subgroups"] = write_subgroups(table, rows, by, c.threshold, metrics, run.dir, tag, n_boot=n_boot,
-                                               positive_index=c.positive_index, age_bins=age_bins,
-                                               min_class=min_class)
-        log_subgroups(run.dir, run.config, tag, metrics["subgroups"], mlflow_uri)
+        subgroups = write_subgroups(table, rows, by, c.threshold, metrics, run.dir, tag, n_boot=n_boot,
+                                    positive_index=c.positive_index, age_bins=age_bins, min_class=min_class)
+    log_evaluation(run.dir, run.config, tag, metrics, mlflow_uri, subgroups)
+    if subgroups is not None:  # after logging: the trackers get metrics.json's keys only
+        metrics["subgroups"] = subgroups
     return metrics
 
 
-def log_evaluation(rd: RunDir, cfg: Config, tag: str, metrics: dict[str, Any], mlflow_uri: str | None = None) -> None:
-    """Metrics with intervals, the plots and the tables, to the trackers the run was trained with (MLflow: in the
-    store `mlflow_uri`, when given)."""
+def log_evaluation(rd: RunDir, cfg: Config, tag: str, metrics: dict[str, Any], mlflow_uri: str | None = None,
+                   subgroups: dict[str, Any] | None = None) -> None:
+    """Metrics with intervals, the plots and the tables (and, with `subgroups`, per-group AUC and counts, the
+    forest plot and the subgroup files), to the trackers the run was trained with (MLflow: in the store
+    `mlflow_uri`, when given), in one session."""
     with open_run_tracker(rd.path, cfg, mlflow_uri) as tracker:
         tracker.log_metrics(metrics, tag)
         for kind in PLOT_KINDS:
             tracker.log_image(f"{tag}/{kind}", rd.plot(kind, tag))
         tracker.log_artifact(rd.metrics(tag), "evaluation")
         tracker.log_artifact(rd.predictions(tag), "evaluation")
-
-
-def log_subgroups(rd: RunDir, cfg: Config, tag: str, result: dict[str, Any], mlflow_uri: str | None = None) -> None:
-    """Per-group AUC and counts, the forest plot and the subgroup files, to the same trackers as `log_evaluation`."""
-    with open_run_tracker(rd.path, cfg, mlflow_uri) as tracker:
-        tracker.log_subgroups(result, tag)
-        tracker.log_image(f"{tag}/subgroups", rd.subgroups(tag, ".png"))
-        for suffix in (".json", ".csv", ".png"):
-            tracker.log_artifact(rd.subgroups(tag, suffix), "evaluation")
+        if subgroups is not None:
+            tracker.log_subgroups(subgroups, tag)
+            tracker.log_image(f"{tag}/subgroups", rd.subgroups(tag, ".png"))
+            for suffix in (".json", ".csv", ".png"):
+                tracker.log_artifact(rd.subgroups(tag, suffix), "evaluation")
 
 
 def predictions_table(dataset: CacheDataset, prediction: Prediction, predictor: Predictor, split: str) -> pd.DataFrame:
@@ -158,9 +154,7 @@ def write_evaluation(pred_df: Any, threshold: float, run_dir: str | Path | RunDi
     if probs is not None:  # a K-class run; the binary keys stay: its positive class against the rest
         metrics["multiclass"] = multiclass_metrics(pred_df["label"].to_numpy(), probs, label_names, n_boot=n_boot,
                                                    seed=seed)
-    write_json(rd.metrics(tag), metrics)
-    if tag.split("@")[0] == "test":
-        write_json(rd / RunDir.METRICS, metrics)
+    save_metrics(rd, tag, metrics)
     names = positive_negative_names(label_names, positive_index)
     plots.plot_confusion(metrics["tp"], metrics["fp"], metrics["fn"], metrics["tn"], rd.plot("confusion", tag), names,
                          title=f"{tag} (threshold {threshold:.3g})")
@@ -192,13 +186,19 @@ def write_multilabel_evaluation(pred_df: pd.DataFrame, label_names: Sequence[str
     metrics["roc_auc"] = metrics["macro"]["roc_auc"]
     metrics["warnings"] = [f"{name}: {w}" for name, m in metrics["per_label"].items()
                            for w in metric_warnings(m, min_class)] + list(notes)
-    write_json(rd.metrics(tag), metrics)
-    if tag.split("@")[0] == "test":
-        write_json(rd / RunDir.METRICS, metrics)
+    save_metrics(rd, tag, metrics)
     y = multi_hot(pred_df["label"].to_numpy(), len(label_names))
     for kind in ("roc", "pr"):
         plots.plot_label_curves(y, probs, label_names, thresholds, rd.plot(kind, tag), kind=kind, title=tag)
     return metrics
+
+
+def save_metrics(rd: RunDir, tag: str, metrics: dict[str, Any]) -> None:
+    """`metrics_<tag>.json`; a test split (``test`` or ``test@<cachehash8>``) also writes ``metrics.json``, so it
+    holds the last evaluated test split."""
+    write_json(rd.metrics(tag), metrics)
+    if tag.split("@")[0] == "test":
+        write_json(rd / RunDir.METRICS, metrics)
 
 
 def class_probs(pred_df: Any, label_names: Sequence[str] | None) -> np.ndarray | None:
