@@ -52,66 +52,66 @@ def attack_run(run_dir: str | Path, method: str = "pgd", eps: list[float] | tupl
         dataset = CacheDataset(cache, indices=dataset.indices[pick])
 
     predictor = run.predictor()  # attack the predictor as `evaluate` runs it (test-time flip included)
-    if run.contract.multilabel:
-        return _attack_multilabel(run, predictor, dataset, split, method, attack, eps, steps, batch_size, n_boot,
-                                  seed, progress, cache)
-    pos, threshold = run.contract.positive_index, run.contract.threshold
-    y = (dataset.labels == pos).astype(int)
-    eps_list = sorted({0.0, *map(float, eps)})
-    probs = {}
-    for e in eps_list:
-        probs[e] = _attack_split(predictor, dataset, attack, e, steps, batch_size, seed,
-                                 desc=f"{method} eps={e * 255:g}/255", progress=progress)
-    clean_call = probs[0.0][:, pos] >= threshold
-    rows = []
-    for e in eps_list:
-        m = binary_metrics(y, probs[e][:, pos], threshold=threshold, n_boot=n_boot, seed=seed)
-        nll = -np.log(np.clip(probs[e][np.arange(len(y)), dataset.labels], 1e-12, None)).mean()
-        rows.append({"eps": e, "eps_255": round(e * 255, 6), **{k: m[k] for k in ROW_KEYS},
-                     "loss": float(nll), "flip_rate": float(np.mean((probs[e][:, pos] >= threshold) != clean_call)),
-                     "ci": {k: m["ci"].get(k) for k in ROW_KEYS if k in (m.get("ci") or {})},
-                     **class_figures(dataset.labels, probs[e])})
-    entry = {"method": method, "steps": steps if method == "pgd" else 1, "split": split, "data": str(cache.path),
-             "n": len(dataset), "n_pos": int(y.sum()), "threshold": float(threshold),
-             "tta_flip": predictor.tta_flip, "rows": rows}
-    _write(run.dir, entry)
-    if n_examples > 0 and max(eps_list) > 0:
-        from medclf.robust.plots import plot_attack_examples
-
-        idx = _example_indices(probs[0.0][:, pos], probs[max(eps_list)][:, pos], threshold, n_examples)
-        examples = _examples(predictor, dataset, idx, attack, max(eps_list), steps, seed)
-        plot_attack_examples(examples, run.contract, method, max(eps_list), run.dir.attack_examples(method))
-    return entry
-
-
-def _attack_multilabel(run, predictor: Predictor, dataset: CacheDataset, split: str, method: str, attack, eps,
-                       steps: int, batch_size: int, n_boot: int, seed: int, progress: bool, cache) -> dict:
-    """A multilabel run's rows: the macro averages over findings (each at its own threshold), `accuracy` the share
-    of right image-finding calls, `flip_rate` the share of images whose called findings changed, `loss` the mean
-    binary cross-entropy summed over findings. No example figure (it shows one class's probability)."""
-    c = run.contract
-    names, thresholds = c.label_names, np.asarray(c.label_thresholds())
-    y = multi_hot(dataset.labels, c.num_classes)
     eps_list = sorted({0.0, *map(float, eps)})
     probs = {e: _attack_split(predictor, dataset, attack, e, steps, batch_size, seed,
                               desc=f"{method} eps={e * 255:g}/255", progress=progress) for e in eps_list}
+    c = run.contract
+    if c.multilabel:
+        rows, n_pos = _multilabel_rows(c, dataset.labels, probs, n_boot, seed)
+        point = {"threshold": float(c.threshold), "thresholds": c.label_thresholds()}
+    else:
+        rows, n_pos = _binary_rows(c, dataset.labels, probs, n_boot, seed)
+        point = {"threshold": float(c.threshold)}
+    entry = {"method": method, "steps": steps if method == "pgd" else 1, "split": split, "data": str(cache.path),
+             "n": len(dataset), "n_pos": n_pos, **point, "tta_flip": predictor.tta_flip, "rows": rows}
+    _write(run.dir, entry)
+    if n_examples > 0 and max(eps_list) > 0 and not c.multilabel:  # the figure shows the positive class
+        from medclf.robust.plots import plot_attack_examples
+
+        pos, threshold = c.positive_index, c.threshold
+        idx = _example_indices(probs[0.0][:, pos], probs[max(eps_list)][:, pos], threshold, n_examples)
+        examples = _examples(predictor, dataset, idx, attack, max(eps_list), steps, seed)
+        plot_attack_examples(examples, c, method, max(eps_list), run.dir.attack_examples(method))
+    return entry
+
+
+def _binary_rows(c, labels: np.ndarray, probs: dict[float, np.ndarray], n_boot: int,
+                 seed: int) -> tuple[list[dict], int]:
+    """One row per eps on the positive class at the run's threshold (and the K-class figures); the positives."""
+    pos, threshold = c.positive_index, c.threshold
+    y = (labels == pos).astype(int)
+    clean_call = probs[0.0][:, pos] >= threshold
+    rows = []
+    for e, p in probs.items():
+        m = binary_metrics(y, p[:, pos], threshold=threshold, n_boot=n_boot, seed=seed)
+        nll = -np.log(np.clip(p[np.arange(len(y)), labels], 1e-12, None)).mean()
+        rows.append({"eps": e, "eps_255": round(e * 255, 6), **{k: m[k] for k in ROW_KEYS},
+                     "loss": float(nll), "flip_rate": float(np.mean((p[:, pos] >= threshold) != clean_call)),
+                     "ci": {k: m["ci"].get(k) for k in ROW_KEYS if k in (m.get("ci") or {})},
+                     **class_figures(labels, p)})
+    return rows, int(y.sum())
+
+
+def _multilabel_rows(c, labels: np.ndarray, probs: dict[float, np.ndarray], n_boot: int,
+                     seed: int) -> tuple[list[dict], int]:
+    """A multilabel run's rows: the macro averages over findings (each at its own threshold), `accuracy` the share
+    of right image-finding calls, `flip_rate` the share of images whose called findings changed, `loss` the mean
+    binary cross-entropy summed over findings; and the images with a finding. No example figure (it shows one
+    class's probability)."""
+    thresholds = np.asarray(c.label_thresholds())
+    y = multi_hot(labels, c.num_classes)
     clean_calls = probs[0.0] >= thresholds
     rows = []
-    for e in eps_list:
-        m = multilabel_metrics(dataset.labels, probs[e], names, thresholds, n_boot=n_boot, seed=seed)
-        p = np.clip(probs[e], 1e-12, 1 - 1e-7)
-        bce = -(y * np.log(p) + (1 - y) * np.log(1 - p)).sum(axis=1).mean()
-        calls = probs[e] >= thresholds
+    for e, p in probs.items():
+        m = multilabel_metrics(labels, p, c.label_names, thresholds, n_boot=n_boot, seed=seed)
+        clipped = np.clip(p, 1e-12, 1 - 1e-7)
+        bce = -(y * np.log(clipped) + (1 - y) * np.log(1 - clipped)).sum(axis=1).mean()
+        calls = p >= thresholds
         rows.append({"eps": e, "eps_255": round(e * 255, 6), **{k: m["macro"][k] for k in ROW_KEYS if k in m["macro"]},
                      "accuracy": float((calls == y.astype(bool)).mean()), "loss": float(bce),
                      "flip_rate": float(np.mean((calls != clean_calls).any(axis=1))),
                      "ci": {"roc_auc": m["ci"]["macro_roc_auc"]}})
-    entry = {"method": method, "steps": steps if method == "pgd" else 1, "split": split,
-             "data": str(cache.path), "n": len(dataset), "n_pos": int(y.any(axis=1).sum()),
-             "threshold": float(c.threshold), "thresholds": thresholds.tolist(), "tta_flip": predictor.tta_flip,
-             "rows": rows}
-    _write(run.dir, entry)
-    return entry
+    return rows, int(y.any(axis=1).sum())
 
 
 def class_figures(labels: np.ndarray, probs: np.ndarray) -> dict:
