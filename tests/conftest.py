@@ -157,7 +157,8 @@ def train_tiny():
 
 @pytest.fixture(scope="session")
 def tensorboard_scalars():
-    """A reader: TensorBoard log folder -> {tag: [(step, value), ...]} over every run in it (TensorBoard's own reader)."""
+    """A reader: TensorBoard log folder -> {tag: [(step, value), ...]} over every run in it (TensorBoard's
+    own reader)."""
     def read(log_dir) -> dict[str, list[tuple[int, float]]]:
         from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 

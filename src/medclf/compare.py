@@ -127,14 +127,16 @@ def binary_columns(run: EvaluatedRun, ref: EvaluatedRun, ids: np.ndarray, split:
     for key, _ in SHOWN:
         ci = (m.get("ci") or {}).get(key) or [None, None]
         row.update({key: m.get(key), f"{key}_lo": ci[0], f"{key}_hi": ci[1]})
-    binary = "prob" in ref.table.columns  # a multilabel table may have no single positive probability
-    y = (ref.table.set_index("id").loc[ids, "label"].to_numpy() == int(ref.metrics.get("positive_index", 1)))
+    paired = run is not ref and "prob" in ref.table.columns  # a multilabel table has no single positive probability
+    if paired:  # both aligned to the reference's image order
+        ref_rows, rows = (r.table.set_index("id").loc[ids] for r in (ref, run))
+        y = (ref_rows["label"].to_numpy() == int(ref.metrics.get("positive_index", 1))).astype(int)
+        ref_prob, prob = (r["prob"].to_numpy(dtype=float) for r in (ref_rows, rows))
     for metric, short in PAIRED:
         test = None
-        if run is not ref and binary:  # both aligned to the reference's image order
-            ref_prob, prob = (r.table.set_index("id").loc[ids, "prob"].to_numpy(dtype=float) for r in (ref, run))
-            test = paired_bootstrap(y.astype(int), ref_prob, prob, metric, ref.metrics["threshold"],
-                                    run.metrics["threshold"], n_boot, seed)
+        if paired:
+            test = paired_bootstrap(y, ref_prob, prob, metric, ref.metrics["threshold"], run.metrics["threshold"],
+                                    n_boot, seed)
         ci = (test or {}).get("ci") or [None, None]
         row.update({f"d_{short}": (test or {}).get("diff"), f"d_{short}_lo": ci[0], f"d_{short}_hi": ci[1],
                     f"p_{short}": (test or {}).get("p_value")})

@@ -65,7 +65,8 @@ def test_the_report_shows_the_forest_plot_of_the_rsna_groups(rsna_run):
 
     _, _, run = rsna_run
     if not (run / "subgroups_test.json").is_file():
-        result = CliRunner().invoke(app, ["evaluate", str(run), "--split", "test", "--by", "view,sex", "--n-boot", "20"])
+        args = ["evaluate", str(run), "--split", "test", "--by", "view,sex", "--n-boot", "20"]
+        result = CliRunner().invoke(app, args)
         assert result.exit_code == 0, result.output
     page = build_report(run).read_text(encoding="utf-8")
     section = page[page.index('<section id="subgroups">'):]

@@ -68,7 +68,8 @@ def format_multilabel(m: dict) -> str:
     macro and micro averages."""
     lines = [f"n={m['n']} labels={len(m['label_names'])} exact match={m['exact_match']:.4f}"]
     for name, c in m["per_label"].items():
-        lines.append(f"{name:16s} n={c['n_pos']:<5d} threshold={c['threshold']:.4f} AUC {_value_ci(c['roc_auc'], c['ci']['roc_auc'])}"
+        auc = _value_ci(c["roc_auc"], c["ci"]["roc_auc"])
+        lines.append(f"{name:16s} n={c['n_pos']:<5d} threshold={c['threshold']:.4f} AUC {auc}"
                      f"  sens {_value_ci(c['recall'], None)} spec {_value_ci(c['specificity'], None)}"
                      f" F1 {_value_ci(c['f1'], None)}")
     for avg in ("macro", "micro"):

@@ -175,12 +175,12 @@ class Predictor:
         c = self.contract
         if c.multilabel:  # no single positive class: a probability and a call per label
             names = [f"prob_{n}" for n in c.label_names] + [f"pred_{n}" for n in c.label_names] + ["predicted"]
-            return names + (["std"] if self.n_members > 1 else []) + (["ood", "ood_score"] if self.has_ood else [])
-        names = ["prob", "predicted", "threshold"]
+        else:
+            names = ["prob", "predicted", "threshold"]
         if self.n_members > 1:
             names.append("std")
-        if self.contract.num_classes > 2:
-            names += [f"prob_{n}" for n in self.contract.label_names]
+        if c.num_classes > 2 and not c.multilabel:
+            names += [f"prob_{n}" for n in c.label_names]
         if self.has_ood:
             names += ["ood", "ood_score"]
         return names
@@ -189,8 +189,8 @@ class Predictor:
         """The per-image columns shared by `predict`'s CSV and `evaluate`'s predictions table.
 
         Multilabel: `prob_<label>` and `pred_<label>` (0/1 at the label's threshold) per label, `predicted` the
-        labels called. Otherwise `prob`: the positive class's probability; `predicted`: the class called at `threshold`; `std`: the
-        members' disagreement (population std of their positive probabilities); `ood`, `ood_score`: see above.
+        labels called. Otherwise `prob`: the positive class's probability; `predicted`: the class called at
+        `threshold`. `std`: the members' disagreement (`spread`); `ood`, `ood_score`: see above.
         """
         c = self.contract
         if c.multilabel:
