@@ -111,7 +111,8 @@ def test_ood_scores_of_a_multilabel_model_read_sigmoids():
     from medclf.evaluation.ood import Outputs, score_energy, score_msp
 
     logits = np.array([[2.0, -1.0], [0.0, 0.0]])
-    out = Outputs(logits, None, multilabel=True)
+    probs = 1 / (1 + np.exp(-logits))  # the Predictor's sigmoids (rows need not sum to 1)
+    out = Outputs(probs, logits, None, multilabel=True)
     assert score_msp(out) == pytest.approx([-1 / (1 + np.exp(-2.0)), -0.5])
     # joint energy: minus the sum of log(1 + e^logit) over the findings
     assert score_energy(out) == pytest.approx([-(np.log1p(np.exp(2.0)) + np.log1p(np.exp(-1.0))), -2 * np.log(2.0)])

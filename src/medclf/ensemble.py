@@ -219,18 +219,24 @@ def finalize_ensemble(out_dir: Path, cache: Cache, cfg: Config, mode: str, combi
     runs = [open_checkpoint(rd.member(d).best, device) for d in dirs]
     contract = ensemble_contract(runs[0].contract, 0.5, "ensemble")
     pos = contract.positive_index
-    model = Ensemble([r.model for r in runs], [r.contract for r in runs], contract,
-                     "mean" if combine == "weighted" else combine).to(device)
     val = CacheDataset(cache, split="val")
-    prediction = Predictor(model, contract, tta_flip=cfg.eval.tta_flip, device=device,
-                           detectors=[]).predict_dataset(val, batch_size=cfg.eval.batch_size)
+
+    def validation(combine_as: str, weights: list[float] | None):
+        """The Predictor's outputs on val for the ensemble as `open_run` will build it from ensemble.json."""
+        model = Ensemble([r.model for r in runs], [r.contract for r in runs], contract, combine_as, weights)
+        return Predictor(model.to(device), contract, tta_flip=cfg.eval.tta_flip, device=device,
+                         detectors=[]).predict_dataset(val, batch_size=cfg.eval.batch_size)
+
+    prediction = validation("mean" if combine == "weighted" else combine, None)
     member_p, combined = prediction.member_probs, prediction.probs
     y = multi_hot(val.labels, contract.num_classes) if contract.multilabel else (val.labels == pos).astype(int)
     aucs = [_member_auc(y, m, contract) for m in member_p]
     weights = [1.0 / len(runs)] * len(runs)
     if combine == "weighted" and None not in aucs:
         weights = [a / sum(aucs) for a in aucs]
-        combined = np.tensordot(np.asarray(weights, dtype=np.float32), member_p, axes=1)
+        # predicted again with the weights in the model: the threshold is chosen on the very numbers (same graph,
+        # same test-time flip, same float operations) that every later prediction applies it to
+        combined = validation(combine, weights).probs
     if contract.multilabel:  # one threshold per label, by the members' rule
         set_label_thresholds(contract, y, combined, cfg)
         chosen = OperatingThreshold(0.5, contract.threshold_source, contract.threshold_reason)

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from medclf.errors import MedclfError
 from medclf.evaluation.ood import (Outputs, detection_metrics, fit_mahalanobis, get_score, mahalanobis_scores,
@@ -43,10 +42,11 @@ def test_mahalanobis_separates_two_gaussian_blobs():
 
 def test_msp_and_energy_by_hand():
     logits = np.array([[2.0, 0.0], [0.0, 0.0]])
-    out = Outputs(logits, None)
-    assert score_msp(out) == pytest.approx([-1 / (1 + np.exp(-2.0)), -0.5])
+    probs = np.array([[0.7, 0.3], [0.45, 0.55]])  # the Predictor's: msp reads them as they are
+    out = Outputs(probs, logits, None)
+    assert score_msp(out) == pytest.approx([-0.7, -0.55])
     assert score_energy(out) == pytest.approx([-np.log(np.exp(2.0) + 1.0), -np.log(2.0)])
-    with pytest.raises(MedclfError, match="log-probabilities"):  # an ensemble's output carries no energy
-        score_energy(Outputs(torch.log_softmax(torch.tensor(logits), 1).numpy(), None))
+    with pytest.raises(MedclfError, match="energy score needs logits"):  # an ensemble has no logits of its own
+        score_energy(Outputs(probs, None, None))
     with pytest.raises(MedclfError, match="valid: msp, energy, mahalanobis"):
         get_score("odin")

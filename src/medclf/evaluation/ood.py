@@ -1,11 +1,14 @@
 """Out-of-distribution scores (a registry), the Mahalanobis detector and detection metrics: pure functions on
-model outputs (the run layer's Predictor computes those outputs and applies a stored detector).
+model outputs. The run layer produces those outputs (`medclf.runs.ood.model_outputs`: the Predictor's
+probabilities, with its test-time flip and the task's activation) and applies a stored detector; nothing here
+turns logits into probabilities.
 
 Convention: every score is "higher = less like the training images".
-- `msp`: minus the maximum softmax probability (Hendrycks & Gimpel 2017); multilabel: minus the largest
-  finding probability (sigmoid);
+- `msp`: minus the maximum class probability (Hendrycks & Gimpel 2017): the Predictor's probabilities, so a
+  softmax for one label per image and a sigmoid per finding for multilabel;
 - `energy`: minus logsumexp of the logits, i.e. the free energy at T = 1 (Liu et al. 2020); multilabel: minus the
-  joint energy, the sum over findings of log(1 + e^logit) (Wang et al., NeurIPS 2021);
+  joint energy, the sum over findings of log(1 + e^logit) (Wang et al., NeurIPS 2021); a single model's raw
+  logits averaged over the test-time views (an ensemble has none of its own);
 - `mahalanobis`: the smallest squared Mahalanobis distance of the penultimate features (`model.embed`) to a
   class mean, with one covariance shared by the classes (Lee et al. 2018), fitted on the training split.
 
@@ -30,29 +33,29 @@ DETECTOR_VERSION = 2  # 2: arrays as float32 tensors (1: nested lists)
 
 @dataclass
 class Outputs:
-    """What the scores read: logits `N x K` (log-probabilities for ensembles) and features `N x D` (or None)."""
+    """What the scores read: the Predictor's probabilities `N x K`, a single model's logits `N x K` (None for an
+    ensemble) and penultimate features `N x D` (None for an ensemble)."""
 
-    logits: np.ndarray
+    probs: np.ndarray
+    logits: np.ndarray | None
     features: np.ndarray | None
-    multilabel: bool = False  # the logits are read by a sigmoid each (medclf.tasks)
+    multilabel: bool = False  # the logits are read by a sigmoid each (medclf.tasks): the energy sums findings
 
 
 # ----------------------------------------------------------------------------------------------- scores
 
 
 def score_msp(out: Outputs, detector: dict | None = None) -> np.ndarray:
-    logits = torch.from_numpy(out.logits).double()
-    probs = torch.sigmoid(logits) if out.multilabel else torch.softmax(logits, dim=1)
-    return -probs.max(dim=1).values.numpy()
+    return -np.asarray(out.probs, dtype=np.float64).max(axis=1)
 
 
 def score_energy(out: Outputs, detector: dict | None = None) -> np.ndarray:
+    if out.logits is None:
+        raise MedclfError("energy score needs logits; an ensemble gives only combined probabilities")
+    logits = torch.from_numpy(np.asarray(out.logits)).double()
     if out.multilabel:
-        return -torch.nn.functional.softplus(torch.from_numpy(out.logits).double()).sum(dim=1).numpy()
-    energy = -torch.logsumexp(torch.from_numpy(out.logits).double(), dim=1).numpy()
-    if np.allclose(energy, 0.0, atol=1e-6):  # log-probabilities (an ensemble): logsumexp is 0 for every input
-        raise MedclfError("energy score needs logits; this model outputs log-probabilities (ensemble)")
-    return energy
+        return -torch.nn.functional.softplus(logits).sum(dim=1).numpy()
+    return -torch.logsumexp(logits, dim=1).numpy()
 
 
 def score_mahalanobis(out: Outputs, detector: dict | None) -> np.ndarray:

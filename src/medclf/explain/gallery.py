@@ -13,11 +13,10 @@ import numpy as np
 import torch
 
 from medclf.data.cache import Cache
-from medclf.data.transforms import make_transform
 from medclf.explain.overlay import render, save_png, tile
 from medclf.explain.registry import compute_maps, resize_maps
 from medclf.explain.scores import pointing_hit
-from medclf.runs import Run
+from medclf.runs import Run, model_input
 
 OUTCOMES = {"tp": "true positives", "fp": "false positives", "fn": "false negatives", "tn": "true negatives"}
 PANEL_SIDE = 192
@@ -61,7 +60,7 @@ def write_gallery(run: Run, cache: Cache, rows: np.ndarray, probs: np.ndarray, m
 def _panels(run: Run, cache: Cache, chosen: np.ndarray, probs: np.ndarray, methods: list[str],
             device: torch.device) -> list[list[np.ndarray]]:
     images = np.asarray(cache.images[chosen])
-    x = make_transform(run.contract, train=False)(torch.from_numpy(images).to(device))
+    x = model_input(run.contract, torch.from_numpy(images).to(device))
     maps = {m: resize_maps(compute_maps(run.model, x, m, run.contract.positive_index), cache.size).numpy()
             for m in methods}
     rows = []

@@ -123,14 +123,8 @@ def member_input(model: nn.Module, i: int, x: torch.Tensor) -> torch.Tensor:
     """The input member `i` of an ensemble sees for the ensemble's input `x` (itself for a single model)."""
     if getattr(model, "members", None) is None:
         return x
-    # medclf.ensemble.Ensemble re-expresses x in each member's own contract (size, channels, mean/std)
-    adapt = getattr(model, "member_input", None)
-    if adapt is not None:
-        return adapt(i, x)
-    size = getattr(getattr(model.members[i], "contract", None), "input_size", None)
-    if size is None or tuple(x.shape[-2:]) == (size, size):
-        return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    # the Ensemble re-expresses x in each member's own contract (size, channels, mean/std), as the graph runs it
+    return model.member_input(i, x)
 
 
 def resize_maps(maps: torch.Tensor | np.ndarray, size: tuple[int, int] | int) -> torch.Tensor:

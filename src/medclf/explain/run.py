@@ -14,7 +14,6 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from medclf.data.transforms import make_transform
 from medclf.device import pick_device
 from medclf.engine.predict import expand_inputs
 from medclf.explain.featuremaps import feature_grid
@@ -24,7 +23,7 @@ from medclf.explain.registry import (check_applies, compute_class_maps, create_e
 from medclf.explain.scores import is_flat
 from medclf.explain.targets import resolve_targets, target_index
 from medclf.io import atomic_path
-from medclf.runs import Predictor, Run, RunDir, open_run, read_images
+from medclf.runs import Predictor, Run, RunDir, model_input, open_run, read_images
 
 
 # Written under the caption of an overlay whose map is flat: without it a blank overlay looks like a quiet one.
@@ -64,8 +63,7 @@ def explain_targets(run: Run, images: np.ndarray, method: str = "gradcam", devic
     c = run.contract
     all_probs = (predictor or run.predictor()).predict_arrays(images).probs
     targets = resolve_targets(all_probs, c.label_names, c.task, c.positive_index, target)
-    x = make_transform(c, train=False)(torch.from_numpy(images).to(device))
-    maps = compute_class_maps(run.model, x, method, targets)
+    maps = compute_class_maps(run.model, model_input(c, torch.from_numpy(images).to(device)), method, targets)
     probs = all_probs[np.arange(len(images)), targets]
     return resize_maps(maps, images.shape[-1]).clamp_(0.0, 1.0).numpy(), probs, targets
 
@@ -123,7 +121,7 @@ def _unique_stems(paths: list[Path]) -> list[str]:
 
 def _write_grids(run: Run, image: np.ndarray, path: Path, dev: torch.device) -> None:
     """The strongest channels per stage for one image; one grid per ensemble member (`..._member<i>.png`)."""
-    x = make_transform(run.contract, train=False)(torch.from_numpy(image[None].copy()).to(dev))
+    x = model_input(run.contract, torch.from_numpy(image[None].copy()).to(dev))
     members = members_of(run.model)
     for i, member in enumerate(members):
         target = path if len(members) == 1 else path.with_name(f"{path.stem}_member{i}.png")

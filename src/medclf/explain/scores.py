@@ -8,6 +8,9 @@
   are removed by noisy linear imputation in order of the map, most relevant first (MoRF) and least relevant
   first (LeRF), at 10..90 %; the score is mean(LeRF change - MoRF change) / 2 of the class probability.
   Higher is more faithful: removing what the map points at should hurt more than removing what it ignores.
+  The probability is the run's own (`medclf.runs.Probabilities`: the Predictor's graph with its test-time
+  flip, ensemble combination and the task's activation); pixels are imputed in the unit-range image, before
+  normalisation, as attacks perturb it.
 
 Boxes are `[x, y, w, h]` in the map's pixels. A pixel belongs to a box when its centre lies inside it.
 """
@@ -87,9 +90,10 @@ def mean_ci(values: Sequence[float], n_boot: int = 1000, seed: int = 0) -> dict:
     return {"mean": float(v.mean()), "ci": [float(lo), float(hi)], "n": int(v.size)}
 
 
-def road_scores(model: torch.nn.Module, x: torch.Tensor, maps: np.ndarray, class_index: int,
+def road_scores(probabilities: torch.nn.Module, x_unit: torch.Tensor, maps: np.ndarray, class_index: int,
                 percentiles: Sequence[int] = (10, 20, 30, 40, 50, 60, 70, 80, 90)) -> np.ndarray:
-    """ROAD combined score per image (`x`: normalised input batch, `maps`: B x H x W at its size).
+    """ROAD combined score per image. `probabilities`: unit-range `B x 1 x H x W` -> class probabilities `B x K`
+    (read as they are: no activation is applied here); `x_unit`: the batch; `maps`: `B x H x W` at its size.
 
     Equal to grad-cam's `ROADCombined` (mean over percentiles of (LeRF change - MoRF change) / 2): the
     unperturbed probability cancels out of that difference, so it is not computed, which halves the forward
@@ -97,17 +101,18 @@ def road_scores(model: torch.nn.Module, x: torch.Tensor, maps: np.ndarray, class
     """
     try:
         from pytorch_grad_cam.metrics.road import ROADLeastRelevantFirst, ROADMostRelevantFirst
-        from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
     except ImportError as err:
         from medclf.errors import MedclfError
 
         raise MedclfError("ROAD needs the grad-cam package: pip install grad-cam") from err
-    targets = [ClassifierOutputSoftmaxTarget(class_index) for _ in range(x.shape[0])]
+    targets = [ClassifierOutputTarget(class_index) for _ in range(x_unit.shape[0])]
     cams = np.asarray(maps, dtype=np.float32)
     after = {}
     # grad-cam hands tensors to numpy functions, which NumPy 2 answers with a DeprecationWarning per call
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         for order, metric in (("lerf", ROADLeastRelevantFirst), ("morf", ROADMostRelevantFirst)):
-            after[order] = np.mean([metric(p)(x, cams, targets, model, return_diff=False) for p in percentiles], 0)
+            after[order] = np.mean([metric(p)(x_unit, cams, targets, probabilities, return_diff=False)
+                                    for p in percentiles], 0)
     return ((after["lerf"] - after["morf"]) / 2).astype(np.float64).reshape(-1)

@@ -21,14 +21,13 @@ from tqdm import tqdm
 from medclf.data.cache import Cache
 from medclf.data.dataset import CacheDataset
 from medclf.data.splits import SPLITS
-from medclf.data.transforms import make_transform
 from medclf.device import pick_device
 from medclf.errors import MedclfError
 from medclf.explain.gallery import write_gallery
 from medclf.explain.registry import compute_maps, parse_methods, resize_maps
 from medclf.explain.scores import box_area_fraction, energy_in_box, is_flat, mean_ci, pointing_hit, road_scores
 from medclf.io import atomic_path, write_json, write_text
-from medclf.runs import Run, RunDir, open_run
+from medclf.runs import Predictor, Probabilities, Run, RunDir, model_input, open_run
 
 ALL_SPLITS = "all"
 
@@ -59,13 +58,14 @@ def score_run(run_dir: str | Path, data: str | Path, split: str = "test", method
     check_labels(run, cache)
     names = parse_methods(",".join(methods) if isinstance(methods, (list, tuple)) else methods, run.model)
     rows = select_rows(cache, split)
-    probs = run.predictor().predict_dataset(CacheDataset(cache, indices=rows)).probs[:, run.contract.positive_index]
+    predictor = run.predictor()
+    probs = predictor.predict_dataset(CacheDataset(cache, indices=rows)).probs[:, run.contract.positive_index]
     boxed = _positives_with_boxes(run, cache, rows, split, max_images)
     prob_of = dict(zip(rows.tolist(), probs.tolist()))
     per_image, summary = [], {}
     for method in names:
         started = time.perf_counter()
-        records = _score_method(run, cache, boxed, method, faithfulness, batch_size, dev, seed, progress)
+        records = _score_method(run, predictor, cache, boxed, method, faithfulness, batch_size, seed, progress)
         for r in records:
             r["prob"] = prob_of[r.pop("row")]
         per_image.extend(records)
@@ -88,19 +88,20 @@ def _positives_with_boxes(run: Run, cache: Cache, rows: np.ndarray, split: str,
     return boxed[:max_images] if max_images else boxed
 
 
-def _score_method(run: Run, cache: Cache, boxed: np.ndarray, method: str, faithfulness: bool,
-                  batch_size: int, dev: torch.device, seed: int, progress: bool) -> list[dict]:
-    transform = make_transform(run.contract, train=False)
+def _score_method(run: Run, predictor: Predictor, cache: Cache, boxed: np.ndarray, method: str, faithfulness: bool,
+                  batch_size: int, seed: int, progress: bool) -> list[dict]:
     pos = run.contract.positive_index
+    probabilities = Probabilities(predictor)  # ROAD reads the run's own probabilities, TTA and activation included
     records = []
     with torch.random.fork_rng(devices=[]):  # ROAD's imputation noise: same draws on every run
         torch.manual_seed(seed)
         for start in tqdm(range(0, len(boxed), batch_size), desc=f"score {method}", disable=not progress,
                           leave=False):
             chunk = boxed[start:start + batch_size]
-            x = transform(torch.from_numpy(np.asarray(cache.images[chunk])).to(dev))
-            maps = compute_maps(run.model, x, method, pos)  # at the model's input size
-            road = road_scores(run.model, x, maps, pos) if faithfulness else [None] * len(chunk)
+            images = torch.from_numpy(np.asarray(cache.images[chunk])).to(predictor.device)
+            maps = compute_maps(run.model, model_input(run.contract, images), method, pos)  # at the model's size
+            road = (road_scores(probabilities, predictor.unit(images), maps, pos) if faithfulness
+                    else [None] * len(chunk))
             at_cache = resize_maps(maps, cache.size).numpy()  # where the boxes live
             for r, heat, f in zip(chunk, at_cache, road):
                 boxes = cache.boxes(int(r))

@@ -14,7 +14,9 @@ _MODULES = {
     "medclf.runs.layout": ("ENSEMBLE_FORMAT", "RunDir", "config_from_stored"),
     "medclf.runs.loading": ("Run", "check_labels", "open_checkpoint", "open_run",
                             "open_run_and_cache"),
-    "medclf.runs.predictor": ("ENGINES", "LogProbs", "Prediction", "Predictor", "decide", "read_images"),
+    "medclf.runs.predictor": ("ENGINES", "LogProbs", "Prediction", "Predictor", "Probabilities", "decide",
+                              "read_images"),
+    "medclf.runs.graph": ("model_input",),
 }
 _EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
 __all__ = sorted(_EXPORTS)
@@ -22,7 +24,8 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:
     from medclf.runs.layout import ENSEMBLE_FORMAT, RunDir, config_from_stored
     from medclf.runs.loading import Run, check_labels, open_checkpoint, open_run, open_run_and_cache
-    from medclf.runs.predictor import ENGINES, LogProbs, Prediction, Predictor, decide, read_images
+    from medclf.runs.graph import model_input
+    from medclf.runs.predictor import ENGINES, LogProbs, Prediction, Predictor, Probabilities, decide, read_images
 
 
 def __getattr__(name: str) -> Any:

@@ -7,18 +7,32 @@
 - `ood` `B x M` (only when every member carries a Mahalanobis detector): each member's OOD score.
 
 The eager backend calls it; the ONNX backend runs the same module exported (resize and normalisation inside
-the graph), so the two cannot drift apart.
+the graph), so the two cannot drift apart. Resizing and normalising a model's input happen here and nowhere else
+outside training: a workflow that needs the bare model's input (CAMs, feature maps, the service's heat map) calls
+`model_input`, the graph's own preprocessing.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
 from medclf.contract import DataContract
-from medclf.data.transforms import make_transform
+from medclf.data.transforms import BatchTransform, make_transform
 from medclf.evaluation.ood import detector_arrays
 from medclf.models.outputs import logits_of, probabilities
+
+
+def preprocessing(contract: DataContract) -> BatchTransform:
+    """The graph's preprocessing for a contract: uint8 -> resized unit-range grey (`.unit`) -> normalised."""
+    return make_transform(contract, train=False)
+
+
+def model_input(contract: DataContract, images: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """uint8 `B x S x S` images -> the normalised `B x C x H x W` input the bare model takes (the unflipped view
+    the graph feeds it), on the images' device."""
+    return preprocessing(contract)(torch.as_tensor(images))
 
 
 class InferenceModule(nn.Module):
@@ -29,7 +43,7 @@ class InferenceModule(nn.Module):
         super().__init__()
         self.model = model
         self.contract = contract
-        self.transform = make_transform(contract, train=False)
+        self.transform = preprocessing(contract)
         self.tta_flip = bool(tta_flip)
         self.mahalanobis = nn.ModuleList(
             [MahalanobisScore(d) for d in detectors] if detectors and _all_mahalanobis(detectors) else [])
@@ -48,13 +62,24 @@ class InferenceModule(nn.Module):
     def from_unit(self, x_unit: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Unit-range grey `B x 1 x H x W` at the model's input size (what attacks perturb) -> the outputs."""
         x = self.transform.normalise(x_unit)
-        views = [x, x.flip(-1)] if self.tta_flip else [x]
-        per_view = [self._member_probs(v) for v in views]
+        per_view = [self._member_probs(v) for v in self.views(x)]
         member_probs = torch.stack(per_view).mean(dim=0)
         probs = torch.stack([self._combine(p) for p in per_view]).mean(dim=0)
         if not self.has_ood:
             return probs, member_probs
         return probs, member_probs, self.ood_scores(x)
+
+    def views(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The test-time views of a normalised batch: itself, and its mirror when the run flips."""
+        return [x, x.flip(-1)] if self.tta_flip else [x]
+
+    def view_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """A single model's raw logits `B x K` for uint8 images, averaged over the test-time views (what the
+        energy OOD score reads; an ensemble has no logits of its own, only combined probabilities)."""
+        if len(self.members) != 1:
+            raise ValueError("view_logits: an ensemble has no logits of its own")
+        x = self.transform(images)
+        return torch.stack([self.model(v).float() for v in self.views(x)]).mean(dim=0)
 
     def log_probs(self, x_unit: torch.Tensor) -> torch.Tensor:
         """Logits of `probs` (log p; log-odds for multilabel): what an attack's loss reads as logits."""

@@ -1,4 +1,5 @@
-"""Fitting a run's out-of-distribution detector, and the model outputs OOD scores are measured on.
+"""Fitting a run's out-of-distribution detector, and the model outputs OOD scores are measured on (the
+Predictor's probabilities, so the scores see exactly what `predict` sees).
 
 `fit_detector` is what `medclf train` does when it ends and what `medclf ood` refits: penultimate features of
 the training images (at most `fit_max`, seeded) -> Mahalanobis class means and shared precision; the threshold
@@ -59,17 +60,22 @@ def dataset_embeddings(predictor: Predictor, dataset, batch_size: int = 64, prog
 
 @torch.no_grad()
 def model_outputs(predictor: Predictor, batches: Iterable[torch.Tensor]) -> Outputs:
-    """What the OOD scores read, per uint8 batch, without test-time augmentation: a single model's logits and
-    features, or an ensemble's log combined probabilities (no single feature space)."""
+    """What the OOD scores read, per uint8 batch: the Predictor's probabilities (its backend, test-time flip,
+    ensemble combination and activation), and for a single model its logits averaged over the same views and its
+    penultimate features of the unflipped image (as the graph's Mahalanobis score reads them). An ensemble has
+    neither logits nor one feature space of its own."""
     module = predictor.module.eval()
-    logits, feats = [], []
+    single = predictor.n_members == 1
+    probs, logits, feats = [], [], []
     for images in batches:
-        x = module.transform(torch.as_tensor(images).to(predictor.device))
-        logits.append(module.model(x).float().cpu().numpy())  # an Ensemble's forward: log combined probabilities
-        if predictor.n_members == 1:
-            feats.append(module.members[0].embed(x).float().cpu().numpy())
-    return Outputs(np.concatenate(logits), np.concatenate(feats) if feats else None,
-                   multilabel=predictor.contract.multilabel)
+        images = torch.as_tensor(images)
+        probs.append(predictor.predict_arrays(images).probs)
+        if single:
+            on_device = images.to(predictor.device)
+            logits.append(module.view_logits(on_device).cpu().numpy())
+            feats.append(predictor.embeddings(on_device)[0])
+    return Outputs(np.concatenate(probs), np.concatenate(logits) if single else None,
+                   np.concatenate(feats) if single else None, multilabel=predictor.contract.multilabel)
 
 
 def subset(dataset, limit: int | None, seed: int):

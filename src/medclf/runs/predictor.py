@@ -259,6 +259,19 @@ class Predictor:
         return self.module.transform.unit(torch.as_tensor(images).to(self.device))
 
 
+class Probabilities(torch.nn.Module):
+    """unit-range input -> the Predictor's probabilities `B x K` (ensemble combination, flip TTA and the task's
+    activation included): the model a perturbation metric such as ROAD reads class probabilities from."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        super().__init__()
+        self.inference = predictor.module
+
+    def forward(self, x_unit: torch.Tensor) -> torch.Tensor:
+        with autocast(x_unit.device, enabled=True):  # as the eager backend predicts
+            return self.inference.from_unit(x_unit)[0].float()
+
+
 class LogProbs(torch.nn.Module):
     """unit-range input -> log of the Predictor's probabilities: the model an attack differentiates."""
 

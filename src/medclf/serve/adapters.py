@@ -10,8 +10,7 @@ import logging
 import numpy as np
 import torch
 
-from medclf.data.transforms import make_transform
-from medclf.runs import Run
+from medclf.runs import Run, model_input
 
 log = logging.getLogger("medclf.serve")
 HEATMAP_METHOD = "gradcam"
@@ -30,7 +29,7 @@ def heatmap_maps(run: Run, images: np.ndarray, device: torch.device,
     except ImportError as err:
         return None, f"explanations unavailable: medclf.explain cannot be imported ({err})"
     try:
-        x = make_transform(run.contract, train=False)(torch.from_numpy(images).to(device))
+        x = model_input(run.contract, torch.from_numpy(images).to(device))
         if targets is None:
             targets = np.full(len(images), run.contract.positive_index)
         maps = compute_class_maps(run.model, x, HEATMAP_METHOD, targets)
