@@ -70,6 +70,26 @@ def test_ensemble_threshold_is_chosen_on_val_with_combined_probabilities(partiti
                                                                         spec["threshold_warnings"])
 
 
+@pytest.mark.slow
+def test_a_weighted_ensembles_threshold_is_chosen_on_the_probabilities_it_is_applied_to(partition_run, tmp_path,
+                                                                                         tiny_cache, tiny_cfg):
+    """Reweighting the members (no retraining) with flip TTA: the threshold in ensemble.json is the one the opened
+    run's own Predictor probabilities on val give, to the last bit (not one chosen on a numpy re-combination)."""
+    from medclf.ensemble import finalize_ensemble
+
+    run = tmp_path / "weighted"
+    shutil.copytree(partition_run, run)
+    cfg = tiny_cfg("eval.tta_flip=true")
+    cache = Cache.open(tiny_cache)
+    spec = finalize_ensemble(run, cache, cfg, "partition", "weighted",
+                             plan_members(cache, "partition", 3, ["resnet18"], cfg.train.seed))
+    aucs = [m["val_auc"] for m in spec["member_info"]]
+    assert spec["weights"] == pytest.approx([a / sum(aucs) for a in aucs])
+    val = CacheDataset(cache, split="val")
+    probs = open_run(run, CPU).predictor(tta_flip=True).predict_dataset(val, batch_size=cfg.eval.batch_size).probs
+    assert spec["threshold"] == choose_threshold((val.labels == 1).astype(int), probs[:, 1], method="f1")
+
+
 def test_evaluate_writes_mean_and_member_std(partition_run, tmp_path):
     run = tmp_path / "ens"
     shutil.copytree(partition_run, run)
