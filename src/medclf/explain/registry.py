@@ -124,7 +124,8 @@ def member_input(model: nn.Module, i: int, x: torch.Tensor) -> torch.Tensor:
     if getattr(model, "members", None) is None:
         return x
     # the Ensemble re-expresses x in each member's own contract (size, channels, mean/std), as the graph runs it
-    return model.member_input(i, x)
+    adapt = getattr(model, "member_input")
+    return adapt(i, x)
 
 
 def resize_maps(maps: torch.Tensor | np.ndarray, size: tuple[int, int] | int) -> torch.Tensor:
