@@ -410,9 +410,22 @@ def prepare_rsna(images: str | Path, labels: str | Path, out: str | Path, *, cla
                   for n in src.report.images_without_labels]
     job = FileJob("rsna", src.items, out, size, norm, src.label_names, src.positive_index, label_mode,
                   {**params, "workers": workers}, fp, val, test, seed, workers, skip_bad, force, progress,
-                  {"label_check": report, "skipped": unlabelled, **_synthetic(synthetic_marker(labels))},
+                  {"label_check": report, "skipped": unlabelled, **_synthetic(synthetic_marker(labels)),
+                   "leakage_note": patient_grouping(Path(labels), "patientId", src.items)},
                   shard=shard)
     return run_file_job(job)
+
+
+def patient_grouping(labels: Path, column: str | None, items: pd.DataFrame) -> dict[str, Any]:
+    """Say on the terminal, every time, which column grouped the patients of the split (or that none did: one
+    patient's images may then sit in train and test); returns the `leakage_audit` entries saying the same."""
+    if column:
+        say(f"patients: grouped by column {column!r} of {labels.name} "
+            f"({items['patient_id'].nunique()} patients, {len(items)} images)")
+        return {"patient_column": column}
+    say(f"patients: {labels.name} has no patient_id column, so each image is its own patient and one patient's "
+        "images may land in more than one split")
+    return {"patient_column": None, "note": "no patient_id column: each image is its own patient"}
 
 
 def _synthetic(marker: dict | None) -> dict[str, Any]:
@@ -450,12 +463,13 @@ def prepare_folder(images: str | Path, labels: str | Path, out: str | Path, *, s
     if src.task == "multilabel":  # likewise: binary/multiclass caches keep their fingerprints
         params.update(task=src.task, label_columns=list(label_columns or []), uncertain=uncertain)
         report["uncertain_dropped"] = src.uncertain_dropped
+    if src.patient_column not in (None, "patient_id"):  # recorded only then: patient_id caches stay up to date
+        params["patient_column"] = src.patient_column
     if src.uncertain_dropped:
         say(f"--uncertain drop: left out {len(src.uncertain_dropped)} images with an uncertain (-1) label")
     fp = fingerprint(params, [labels], src.items["path"].tolist(), report)
-    extra: dict[str, Any] = {"label_check": report}
-    if not src.has_patient_ids:
-        extra["leakage_note"] = {"note": "no patient_id column: each image is its own patient"}
+    extra: dict[str, Any] = {"label_check": report,
+                             "leakage_note": patient_grouping(Path(labels), src.patient_column, src.items)}
     job = FileJob("folder", src.items, out, size, norm, src.label_names, src.positive_index, src.task,
                   {**params, "workers": workers}, fp, val, test, seed, workers, skip_bad, force, progress, extra,
                   shard=shard, extra_columns=src.extra_columns, task=src.task)

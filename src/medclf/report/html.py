@@ -246,13 +246,13 @@ def section_data(run_dir: Path) -> str | None:
     summary = read_run_json(path)
     synthetic = notices.synthetic_note(summary)
     out = [warning_box("Synthetic data", [synthetic])] if synthetic else []
-    facts = [(k, summary[k]) for k in ("source", "cache") if summary.get(k)]
+    facts = [(k, summary[k]) for k in ("source", "cache", "patients") if summary.get(k)]
     if facts:
         out.append("<p>" + "<br>".join(f"<b>{esc(k)}</b>: {esc(v)}" for k, v in facts) + "</p>")
     if isinstance(summary.get("split_counts"), dict) and summary["split_counts"]:
         out.append("<h3>Images per split and class</h3>" + _count_table(summary["split_counts"], "split"))
     if isinstance(summary.get("view_counts"), dict) and summary["view_counts"]:
-        out.append("<h3>View mix</h3>" + _count_table(summary["view_counts"], "split"))
+        out.append("<h3>View mix</h3>" + _count_table(notices.views_named(summary["view_counts"]), "split"))
     return "\n".join(out) or None
 
 

@@ -1,0 +1,59 @@
+"""A folder CSV's patient column: the usual spellings group the patients, a near miss is refused, and prepare
+always says on the terminal what grouped them (issue 22, item 1); empty views are the group `unknown` (item 7)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medclf.data.cache import Cache
+from medclf.data.prepare import prepare_folder
+from medclf.data.summary import data_summary
+from medclf.errors import DataError
+
+
+def _two_images_per_patient(tmp_path, column: str):
+    """40 PNGs of 20 patients (2 each, the same label); the patient column named `column`."""
+    root = tmp_path / "imgs"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    rows = [f"path,label,{column}"]
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(root / f"i{i:02d}.png")
+        rows.append(f"i{i:02d}.png,{'pneumonia' if i // 2 % 2 else 'normal'},subj{i // 2:02d}")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("\n".join(rows) + "\n")
+    return root, labels
+
+
+@pytest.mark.parametrize("column", ["PatientID", "patient", "Subject_ID"])
+def test_usual_spellings_group_patients_and_say_so(tmp_path, capsys, column):
+    root, labels = _two_images_per_patient(tmp_path, column)
+    cache = Cache.open(prepare_folder(root, labels, tmp_path / "cache", size=16, val=0.2, test=0.2, workers=1,
+                                      progress=False))
+    m = cache.manifest
+    assert m["patient_id"].nunique() == 20 and m.groupby("patient_id")["split"].nunique().max() == 1
+    assert column not in m.columns  # it became patient_id, not an extra column
+    assert f"patients: grouped by column '{column}' of labels.csv (20 patients, 40 images)" in capsys.readouterr().err
+    assert cache.meta["leakage_audit"]["patient_column"] == column
+    summary = data_summary(cache)
+    assert summary["patients"] == f"grouped by the labels column '{column}'; no patient is in two splits"
+    assert set(summary["view_counts"]["train"]) == {"unknown"}  # PNGs have no view: item 7
+
+
+def test_near_miss_is_refused(tmp_path):
+    root, labels = _two_images_per_patient(tmp_path, "patent_id")
+    with pytest.raises(DataError) as err:
+        prepare_folder(root, labels, tmp_path / "cache", size=16, progress=False)
+    assert str(err.value) == (f"{labels}: column 'patent_id' is not a patient column; did you mean patient_id? "
+                              "(rename it, so that one patient's images stay in one split)")
+
+
+def test_no_patient_column_is_said(tmp_path, capsys):
+    root, labels = _two_images_per_patient(tmp_path, "site")
+    cache = Cache.open(prepare_folder(root, labels, tmp_path / "cache", size=16, workers=1, progress=False))
+    assert ("patients: labels.csv has no patient_id column, so each image is its own patient and one patient's "
+            "images may land in more than one split") in capsys.readouterr().err
+    assert cache.meta["leakage_audit"]["patient_column"] is None
+    assert data_summary(cache)["patients"] == "no patient_id column: each image is its own patient"
