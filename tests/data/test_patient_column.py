@@ -57,3 +57,22 @@ def test_no_patient_column_is_said(tmp_path, capsys):
             "images may land in more than one split") in capsys.readouterr().err
     assert cache.meta["leakage_audit"]["patient_column"] is None
     assert data_summary(cache)["patients"] == "no patient_id column: each image is its own patient"
+
+
+def test_upscaling_is_said(tmp_path, capsys):
+    """16-px images prepared at --size 32 are upscaled: prepare says so, and which size keeps them (item 6)."""
+    root, labels = _two_images_per_patient(tmp_path, "patient_id")
+    prepare_folder(root, labels, tmp_path / "cache", size=32, workers=1, progress=False)
+    assert ("note: --size 32 is larger than 40 of 40 images (their own long side 16 px); those are upscaled, "
+            "which adds no detail; --size 16 keeps the largest as they are") in capsys.readouterr().err
+    prepare_folder(root, labels, tmp_path / "c16", size=16, workers=1, progress=False)
+    assert "upscaled" not in capsys.readouterr().err
+
+
+def test_medmnist_upscaling_is_said(tmp_path, capsys):
+    from medclf.data.prepare import prepare_medmnist
+
+    npz = tmp_path / "x.npz"
+    np.savez(npz, test_images=np.zeros((4, 28, 28), np.uint8), test_labels=np.array([0, 1, 0, 1]))
+    prepare_medmnist(npz, tmp_path / "c", size=64, progress=False)
+    assert "note: --size 64 is larger than 4 of 4 images (their own long side 28 px)" in capsys.readouterr().err

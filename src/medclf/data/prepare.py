@@ -335,6 +335,7 @@ def _run_file_job(job: FileJob) -> Path:
         if not ok.any():
             raise DataError(f"{out}: none of the {len(paths)} images could be decoded")
         writer.keep_rows(ok)
+        upscale_note(job.size, [m["shape"] for m in metas if m["ok"]])
         manifest = _manifest(job, items[ok].reset_index(drop=True), [m for m in metas if m["ok"]])
         audit = leakage_audit(manifest["patient_id"], manifest["split"])
         if not audit["ok"]:  # cannot happen with split_patients; guards any future split source
@@ -348,6 +349,18 @@ def _run_file_job(job: FileJob) -> Path:
     shutil.rmtree(partial, ignore_errors=True)
     _summary(out, full, manifest["split"], len(skipped), time.perf_counter() - started)
     return out
+
+
+def upscale_note(size: int | None, shapes: Sequence[Sequence[int]]) -> None:
+    """Say when --size is larger than the images' own long side: upscaling adds pixels, not detail, and costs
+    memory and time in every later stage."""
+    sides = np.array([max(shape) for shape in shapes], dtype=np.int64)
+    bigger = int((sides < size).sum()) if size and len(sides) else 0
+    if bigger:
+        lo, hi = int(sides.min()), int(sides.max())
+        span = f"{lo} px" if lo == hi else f"{lo}-{hi} px"
+        say(f"note: --size {size} is larger than {bigger} of {len(sides)} images (their own long side {span}); "
+            f"those are upscaled, which adds no detail; --size {hi} keeps the largest as they are")
 
 
 def _manifest(job: FileJob, kept: pd.DataFrame, metas: list[dict[str, Any]]) -> pd.DataFrame:
@@ -493,6 +506,7 @@ def prepare_medmnist(npz: str | Path, out: str | Path, *, size: int | None = Non
         started = time.perf_counter()
         src = medmnist_source(npz, label_names, positive)
         say(f"note: {LEAKAGE_NOTE}; the file's own splits are kept")
+        upscale_note(size, [src.images.shape[1:3]] * len(src.images))
         images = resize_images(src.images, size, progress)
         audit = leakage_audit(src.items["patient_id"], src.items["split"]) | {"note": LEAKAGE_NOTE}
         meta = {"source": "medmnist", "label_names": src.label_names, "positive_index": src.positive_index,
