@@ -36,6 +36,6 @@ def register(app: typer.Typer) -> None:
         from medclf.serve.server import check_options, serve
 
         check_options(host, port, max_upload_mb, max_concurrent, upload_timeout, max_mpx)
-        typer.echo(f"medclf serve: http://{host}:{port}/  (API: /api/predict, /api/model, /api/health)")
         serve(run, host=host, port=port, max_upload_mb=max_upload_mb, device=device, max_concurrent=max_concurrent,
-              upload_timeout_s=upload_timeout, max_mpx=max_mpx)
+              upload_timeout_s=upload_timeout, max_mpx=max_mpx, on_loaded=lambda: typer.echo(
+                  f"medclf serve: http://{host}:{port}/  (API: /api/predict, /api/model, /api/health)"))

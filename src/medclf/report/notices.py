@@ -81,3 +81,13 @@ def views_named(view_counts: dict[str, Any]) -> dict[str, Any]:
             key = view if str(view).strip() else "unknown"
             named[split][key] = named[split].get(key, 0) + n
     return named
+
+
+def freshness_notes(run_dir: Path, stale: list[str]) -> list[str]:
+    """An unfinished training (with the command that finishes it) and evaluations left out because they were
+    made with other weights (medclf.runs.freshness)."""
+    from medclf.runs.freshness import stale_note, training_status
+
+    unfinished = training_status(run_dir)
+    notes = [unfinished.message()] if unfinished else []
+    return notes + ([note] if (note := stale_note(run_dir, stale)) else [])
