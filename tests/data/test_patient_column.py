@@ -76,3 +76,12 @@ def test_medmnist_upscaling_is_said(tmp_path, capsys):
     np.savez(npz, test_images=np.zeros((4, 28, 28), np.uint8), test_labels=np.array([0, 1, 0, 1]))
     prepare_medmnist(npz, tmp_path / "c", size=64, progress=False)
     assert "note: --size 64 is larger than 4 of 4 images (their own long side 28 px)" in capsys.readouterr().err
+
+
+def test_a_miscased_column_gets_a_did_you_mean(tmp_path):
+    root, labels = _two_images_per_patient(tmp_path, "patient_id")
+    labels.write_text(labels.read_text().replace("path,label,", "Path,label,", 1))
+    with pytest.raises(DataError) as err:
+        prepare_folder(root, labels, tmp_path / "cache", size=16, progress=False)
+    assert str(err.value) == (f"{labels}: missing columns ['path']; expected path,label[,patient_id]; did you mean "
+                              "path? (the file has 'Path')")

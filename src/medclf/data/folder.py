@@ -36,7 +36,7 @@ import pandas as pd
 from medclf.data.imageio import INPUT_SUFFIXES
 from medclf.data.multilabel import SEPARATOR, MultiLabels, no_positive, parse_label_columns, parse_label_sets
 from medclf.data.rsna import LabelReport
-from medclf.errors import DataError
+from medclf.errors import DataError, closest
 from medclf.tasks import TASKS, label_texts
 
 BASE_COLUMNS = ("path", "label", "patient_id")
@@ -201,7 +201,10 @@ def _read_table(path: Path, needs_label: bool = True) -> pd.DataFrame:
     missing = [c for c in ("path", "label")[: 1 + needs_label] if c not in frame.columns]
     if missing:
         expected = "path,label[,patient_id]" if needs_label else "path[,patient_id] and the --label-columns"
-        raise DataError(f"{path}: missing columns {missing}; expected {expected}")
+        lowered = {c.strip().lower(): c for c in frame.columns}
+        match = lowered.get(missing[0]) or closest(missing[0], frame.columns)
+        hint = f"; did you mean {missing[0]}? (the file has {match!r})" if match else ""
+        raise DataError(f"{path}: missing columns {missing}; expected {expected}{hint}")
     if frame.empty:
         raise DataError(f"{path}: no label rows (only the header)")
     frame = frame.apply(lambda c: c.str.strip())

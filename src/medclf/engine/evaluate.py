@@ -12,7 +12,7 @@ from medclf.config import Config
 from medclf.data.cache import Cache
 from medclf.data.dataset import CacheDataset
 from medclf.device import pick_device
-from medclf.errors import DataError
+from medclf.errors import DataError, closest
 from medclf.evaluation.caveats import MIN_CLASS, metric_warnings, threshold_warning
 from medclf.evaluation.metrics import CI_KEYS, binary_metrics
 from medclf.evaluation.multiclass import multiclass_metrics
@@ -249,7 +249,9 @@ def check_subgroup_columns(cache: Cache, by: Sequence[str]) -> list[str]:
     valid = subgroup_columns(cache)
     unknown = [c for c in by if c not in valid]
     if unknown:
-        raise DataError(f"--by: no column {', '.join(map(repr, unknown))} in {cache.path}'s manifest; "
+        match = closest(unknown[0], valid)
+        hint = f" (did you mean {match}?)" if match else ""
+        raise DataError(f"--by: no column {', '.join(map(repr, unknown))} in {cache.path}'s manifest{hint}; "
                         f"valid: {', '.join(valid)}")
     return list(dict.fromkeys(by))
 
