@@ -236,7 +236,8 @@ def _parse_labels(frame: pd.DataFrame, path: Path, label_names: Sequence[str] | 
 
 def resolve_positive(names: list[str], positive: str | int | None, where: Path | str) -> int:
     """Index of the positive class: given by name or index, else the non-negative one of two classes
-    (negative = 'normal', 'negative', '0', ...), else an error asking for --positive."""
+    (negative = 'normal', 'negative', '0', ...), else for three or more classes the last one (as RSNA's
+    detailed labels: Lung Opacity; `positive_note` says so), else an error asking for --positive."""
     if positive is not None:
         text = str(positive)
         if text in names:
@@ -248,4 +249,13 @@ def resolve_positive(names: list[str], positive: str | int | None, where: Path |
         negatives = [i for i, n in enumerate(names) if n.strip().lower() in NEGATIVE_NAMES]
         if len(negatives) == 1:
             return 1 - negatives[0]
+    if len(names) > 2:  # a multiclass task needs no positive class: it only decides the binary summary keys
+        return len(names) - 1
     raise DataError(f"{where}: {len(names)} classes {names}; say which is positive with --positive NAME")
+
+
+def positive_note(names: Sequence[str], positive_index: int) -> str:
+    """What the positive class of a multiclass set, chosen without --positive, is used for."""
+    return (f"note: {len(names)} classes and no --positive: the binary keys of metrics.json (recall, specificity, "
+            f"roc_auc, ...) compare {names[positive_index]!r} (the last class) against the rest; the per-class "
+            "metrics cover every class; --positive NAME picks another")

@@ -441,6 +441,14 @@ def patient_grouping(labels: Path, column: str | None, items: pd.DataFrame) -> d
     return {"patient_column": None, "note": "no patient_id column: each image is its own patient"}
 
 
+def _say_default_positive(task: str | None, names: Sequence[str], positive_index: int,
+                          positive: str | int | None) -> None:
+    from medclf.data.folder import positive_note
+
+    if task == "multiclass" and positive is None:
+        say(positive_note(names, positive_index))
+
+
 def _synthetic(marker: dict | None) -> dict[str, Any]:
     """cache.json's `synthetic` entry for made-up data (kept out of the fingerprint: caches stay up to date)."""
     return {"synthetic": marker} if marker else {}
@@ -465,6 +473,7 @@ def prepare_folder(images: str | Path, labels: str | Path, out: str | Path, *, s
     src = folder_source(images, labels, label_names, positive, allow_outside_images, task=task,
                         label_columns=label_columns, uncertain=uncertain)
     label_problems(src.report, Path(labels), out, skip_missing)
+    _say_default_positive(src.task, src.label_names, src.positive_index, positive)
     params = {"images": str(Path(images).resolve()), "labels": str(Path(labels).resolve()), "size": size,
               "val": val, "test": test, "seed": seed, "norm": norm, "label_names": src.label_names,
               "positive_index": src.positive_index, "skip_missing": skip_missing, "skip_bad": skip_bad}
@@ -506,6 +515,7 @@ def prepare_medmnist(npz: str | Path, out: str | Path, *, size: int | None = Non
         started = time.perf_counter()
         src = medmnist_source(npz, label_names, positive)
         say(f"note: {LEAKAGE_NOTE}; the file's own splits are kept")
+        _say_default_positive(src.task, src.label_names, src.positive_index, positive)
         upscale_note(size, [src.images.shape[1:3]] * len(src.images))
         images = resize_images(src.images, size, progress)
         audit = leakage_audit(src.items["patient_id"], src.items["split"]) | {"note": LEAKAGE_NOTE}

@@ -1,5 +1,6 @@
-"""A folder CSV's patient column: the usual spellings group the patients, a near miss is refused, and prepare
-always says on the terminal what grouped them (issue 22, item 1); empty views are the group `unknown` (item 7)."""
+"""What prepare says instead of going wrong quietly (issue 22): a folder CSV's patient column by its usual
+spellings, a near miss refused, what grouped the patients said every time (item 1); empty views are the group
+`unknown` (item 7); upscaling said (item 6); a multiclass set needs no --positive (item 11); column typos."""
 
 from __future__ import annotations
 
@@ -85,3 +86,16 @@ def test_a_miscased_column_gets_a_did_you_mean(tmp_path):
         prepare_folder(root, labels, tmp_path / "cache", size=16, progress=False)
     assert str(err.value) == (f"{labels}: missing columns ['path']; expected path,label[,patient_id]; did you mean "
                               "path? (the file has 'Path')")
+
+
+def test_multiclass_needs_no_positive(tmp_path, capsys):
+    root, labels = _two_images_per_patient(tmp_path, "patient_id")
+    lines = labels.read_text().splitlines()
+    rows = [line.replace("normal", ["cyst", "normal", "tumour"][i % 3]) for i, line in enumerate(lines[1:])]
+    labels.write_text("\n".join([lines[0], *rows]) + "\n")
+    cache = Cache.open(prepare_folder(root, labels, tmp_path / "cache", size=16, workers=1, progress=False,
+                                      task="multiclass"))
+    assert cache.label_names == ["cyst", "normal", "pneumonia", "tumour"] and cache.positive_index == 3
+    assert ("note: 4 classes and no --positive: the binary keys of metrics.json (recall, specificity, roc_auc, "
+            "...) compare 'tumour' (the last class) against the rest; the per-class metrics cover every class; "
+            "--positive NAME picks another") in capsys.readouterr().err
