@@ -57,8 +57,8 @@ def test_typos_get_a_did_you_mean(tmp_path):
     assert str(err.value).startswith("override: unknown key 'train.epoch'; did you mean train.epochs? (valid: ")
     with pytest.raises(ConfigError) as err:
         load_config("demoo")
-    assert str(err.value) == (f"config preset 'demoo' not found; did you mean demo? (give a YAML file or one of "
-                              f"{', '.join(list_presets())})")
+    assert str(err.value) == (f"config preset 'demoo' not found: give a YAML file or one of "
+                              f"{', '.join(list_presets())}; did you mean demo?")
     missing = tmp_path / "mine.yaml"
     with pytest.raises(ConfigError) as err:
         load_config(missing)

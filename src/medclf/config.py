@@ -190,8 +190,8 @@ def resolve_preset(preset: str | Path) -> Path:
     names = list_presets()
     if path.suffix in (".yaml", ".yml") or len(path.parts) > 1:  # meant as a file, not a preset name
         raise ConfigError(f"{preset}: no such file (--config takes a YAML file or one of {', '.join(names)})")
-    raise ConfigError(f"config preset '{preset}' not found{did_you_mean(str(preset), names)} (give a YAML file "
-                      f"or one of {', '.join(names)})")
+    raise ConfigError(f"config preset '{preset}' not found: give a YAML file or one of {', '.join(names)}"
+                      f"{did_you_mean(str(preset), names)}")
 
 
 def preset_changes(cfg: Config) -> tuple[str, list[tuple[str, Any, Any]]]:
