@@ -45,3 +45,22 @@ def test_shipped_presets_load():
 def test_roundtrip_through_dict():
     cfg = load_config(None, ["train.epochs=3", "data.sampler=balanced"])
     assert config_from_dict(cfg.to_dict()) == cfg
+
+
+def test_typos_get_a_did_you_mean(tmp_path):
+    """difflib's nearest valid name for a mistyped key or preset; a missing YAML path is 'no such file'
+    (issue 22, item 9)."""
+    from medclf.config import list_presets
+
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["train.epoch=3"])
+    assert str(err.value).startswith("override: unknown key 'train.epoch'; did you mean train.epochs? (valid: ")
+    with pytest.raises(ConfigError) as err:
+        load_config("demoo")
+    assert str(err.value) == (f"config preset 'demoo' not found: give a YAML file or one of "
+                              f"{', '.join(list_presets())}; did you mean demo?")
+    missing = tmp_path / "mine.yaml"
+    with pytest.raises(ConfigError) as err:
+        load_config(missing)
+    assert str(err.value) == (f"{missing}: no such file (--config takes a YAML file or one of "
+                              f"{', '.join(list_presets())})")

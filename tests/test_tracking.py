@@ -157,3 +157,19 @@ def test_evaluate_mlflow_option_logs_to_the_named_store(tracked_run, store, tmp_
     assert len(runs) == 1 and runs[0].data.tags["medclf.kind"] == "evaluate"
     assert runs[0].data.metrics["val/roc_auc"] == pytest.approx(metrics["roc_auc"])
     assert json.loads((copy / "tracking.json").read_text())["mlflow"]["uri"] == uri
+
+
+def test_mlflow_warnings_reach_the_terminal_without_ansi_codes():
+    """MLflow colours some warnings (extra={"color": "red"}); medclf renders them plainly (issue 22, item 12)."""
+    import logging
+
+    from medclf.tracking.mlflow_backend import mlflow_module
+
+    mlflow_module()
+    record = logging.LogRecord("mlflow.pyfunc", logging.WARNING, __file__, 1, "model has no signature", None, None)
+    record.color = "red"
+    handlers = logging.getLogger("mlflow").handlers
+    assert handlers
+    for handler in handlers:
+        text = handler.format(record)
+        assert "\x1b" not in text and text.endswith(" WARNING mlflow.pyfunc: model has no signature")

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from medclf.errors import ConfigError
+from medclf.errors import ConfigError, did_you_mean
 
 
 @dataclass
@@ -187,7 +187,11 @@ def resolve_preset(preset: str | Path) -> Path:
         for base in preset_dirs():
             if (base / name).is_file():
                 return base / name
-    raise ConfigError(f"config preset '{preset}' not found: give a YAML file or one of {', '.join(list_presets())}")
+    names = list_presets()
+    if path.suffix in (".yaml", ".yml") or len(path.parts) > 1:  # meant as a file, not a preset name
+        raise ConfigError(f"{preset}: no such file (--config takes a YAML file or one of {', '.join(names)})")
+    raise ConfigError(f"config preset '{preset}' not found: give a YAML file or one of {', '.join(names)}"
+                      f"{did_you_mean(str(preset), names)}")
 
 
 def preset_changes(cfg: Config) -> tuple[str, list[tuple[str, Any, Any]]]:
@@ -220,9 +224,9 @@ def merge(obj: Any, data: dict[str, Any], origin: str, prefix: str = "") -> Any:
     changes = {}
     for key, value in data.items():
         if key not in fields:
-            raise ConfigError(
-                f"{origin}: unknown key '{prefix}{key}' (valid: {', '.join(prefix + k for k in fields)})"
-            )
+            valid = [prefix + k for k in fields]
+            raise ConfigError(f"{origin}: unknown key '{prefix}{key}'{did_you_mean(prefix + str(key), valid)} "
+                              f"(valid: {', '.join(valid)})")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             changes[key] = merge(current, value, origin, prefix=f"{prefix}{key}.")

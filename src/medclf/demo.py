@@ -1,4 +1,5 @@
-"""The demo: a synthetic dataset in the RSNA layout taken through every stage, on the CPU in a few minutes."""
+"""The demo: a synthetic dataset in the RSNA layout taken through prepare, train, evaluate and report, on the CPU
+in a few minutes (explain, serve, ensembles and the rest: the README's commands)."""
 
 from __future__ import annotations
 

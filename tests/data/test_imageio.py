@@ -85,3 +85,22 @@ def test_predict_and_prepare_folder_take_the_same_suffixes(tmp_path, dicom_write
     found = expand_inputs([tmp_path])
     assert [p.name for p in found] == ["a.tif", "b.bmp", "c.png", "d.jpg", "e.dic"]
     assert all(load_image(p, 16).shape == (16, 16) for p in found)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """A JPEG stored on its side with EXIF Orientation=6 (rotate 90 degrees clockwise to view) is read upright,
+    as predict/explain/serve/prepare all read it (one reader)."""
+    from medclf.data.imageio import load_with_info
+
+    upright = np.zeros((48, 32), np.uint8)
+    upright[:16, :16] = 255  # bright top-left corner, dark elsewhere
+    Image.fromarray(upright).save(tmp_path / "upright.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored = np.rot90(upright, 1)  # what a camera held sideways writes: 32 x 48, top-left corner now bottom-left
+    Image.fromarray(np.ascontiguousarray(stored)).save(tmp_path / "sideways.jpg", quality=95, exif=exif)
+    want = load_image(tmp_path / "upright.png", 48, norm="none")
+    loaded = load_with_info(tmp_path / "sideways.jpg", 48, norm="none")
+    assert loaded.original_shape == (48, 32)
+    assert np.abs(loaded.image.astype(int) - want.astype(int)).mean() < 3
+    assert loaded.image[4, 12] > 200 and loaded.image[40, 36] < 50  # upright: corner top-left, not elsewhere

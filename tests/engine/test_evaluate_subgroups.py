@@ -106,3 +106,13 @@ def test_report_shows_the_subgroups_section_and_forest_plot(run):
     assert "<h4>view</h4>" in section and "too small (n=6; &lt; 10 positives or negatives)" in section
     png = (run / "subgroups_test.png").read_bytes()
     assert base64.b64encode(png).decode("ascii") in section
+
+
+def test_a_mistyped_column_gets_a_did_you_mean(tiny_cache):
+    from medclf.data.cache import Cache
+    from medclf.engine.evaluate import check_subgroup_columns
+
+    with pytest.raises(DataError) as err:
+        check_subgroup_columns(Cache.open(tiny_cache), ["vew"])
+    assert str(err.value) == (f"--by: no column 'vew' in {tiny_cache}'s manifest (did you mean view?); "
+                              "valid: view, sex, age")

@@ -191,6 +191,11 @@ def test_a_flat_map_is_said_on_the_picture_and_in_the_table(cnn_run, model_facto
         assert r.exit_code == 0, r.output
         assert [line for line in r.stderr.splitlines() if "junk" in line] == [
             f"skipped {junk}: not a DICOM file (no DICM preamble)"]  # the path once
+        notes = [line for line in r.stderr.splitlines() if line.startswith("note:")]
+        assert notes == ([
+            "note: 1 of 1 maps are flat (no region stands out): the model's last feature map is too coarse at a "
+            "small input size (a ResNet at 64 px: 2 x 2 cells); train at >= 128 px when localisation matters "
+            "(docs/explain.md)"] if name == "flat" else [])  # said on the terminal, not only in the CSV
         table = pd.read_csv(tmp_path / name / "explanations.csv", keep_default_na=False)
         assert table.columns.tolist() == ["path", "method", "prob", "flat", "png", "error"]
         flat = table.set_index("path")["flat"].to_dict()

@@ -211,3 +211,18 @@ def test_report_prints_on_a4_pages(run_dir, tmp_path):
     boxes = re.findall(rb"/MediaBox \[0 0 ([\d.]+) ([\d.]+)\]", pdf.read_bytes())
     assert len(boxes) >= 2  # several pages, each A4 (595 x 842 pt); Chromium's default is US Letter (612 x 792)
     assert {(round(float(w)), round(float(h))) for w, h in boxes} == {(595, 842)}
+
+
+def test_data_section_names_patients_and_unknown_views(tmp_path):
+    """Empty views (MedMNIST) are the group `unknown`, as in `evaluate --by`; the column that grouped the patients
+    is shown (issue 22, items 1 and 7)."""
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.yaml").write_text("model: {name: vit}\n")
+    (run / "data_summary.json").write_text(json.dumps({
+        "split_counts": {"train": {"normal": 7, "pneumonia": 3}}, "view_counts": {"train": {"": 10}},
+        "source": "folder", "patients": "grouped by the labels column 'PatientID'; no patient is in two splits"}))
+    page = build_report(run, tmp_path / "out.html").read_text(encoding="utf-8")
+    assert "<th>split</th><th class=\"num\">unknown</th><th class=\"num\">total</th>" in page
+    assert ("<b>patients</b>: grouped by the labels column &#x27;PatientID&#x27;; no patient is in two splits"
+            in page)

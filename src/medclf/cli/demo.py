@@ -1,4 +1,4 @@
-"""`medclf demo`: every stage on a small synthetic dataset in the RSNA layout."""
+"""`medclf demo`: prepare, train, evaluate and report on a small synthetic dataset in the RSNA layout."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("demo_out"), "--out", help="Folder for the synthetic data, cache and run."),
         patients: int = typer.Option(160, "--patients", help="Synthetic patients to generate."),
     ) -> None:
-        """Every stage on synthetic data, in a few CPU minutes.
+        """Prepare, train, evaluate and report on synthetic data, in a few CPU minutes.
 
         Synthetic RSNA-layout DICOMs -> prepare -> train -> evaluate -> report.
         """

@@ -71,7 +71,7 @@ def register(app: typer.Typer) -> None:
             raise MedclfError("--data is for scoring: add --score (or give INPUT files to draw overlays)")
         if not inputs:
             raise MedclfError("give INPUT files or folders to explain, or --data CACHE --score")
-        from medclf.explain.run import explain_files
+        from medclf.explain.run import explain_files, flat_maps_note
 
         table = explain_files(run, inputs, method=method, out=out, batch_size=batch_size, device=device,
                               target=target)
@@ -80,6 +80,9 @@ def register(app: typer.Typer) -> None:
                 echo_skipped(row["path"], row["error"])
         done = table[table["error"] == ""]
         typer.echo(f"{len(done)} overlay(s) written to {(out or run / RunDir.EXPLAIN)}")
+        note = flat_maps_note(table)
+        if note:
+            typer.echo(note, err=True)
 
 
 def _check_positive(value: int, flag: str, allow_zero: bool) -> None:

@@ -20,7 +20,8 @@ def register(app: typer.Typer) -> None:
                                  "machine only. The service has no authentication."),
         port: int = typer.Option(8000, "--port", help="TCP port (0: any free port)."),
         max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", help="Largest request body (all files of "
-                                            "one request together), in MiB; larger uploads get HTTP 413."),
+                                            "one request together; the web page sends each file as its own "
+                                            "request), in MiB; larger uploads get HTTP 413."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, mps."),
         max_concurrent: int = typer.Option(2, "--max-concurrent", help="Requests decoded and predicted at once; "
                                            "the others wait (bounds the memory of all requests together)."),
@@ -36,6 +37,6 @@ def register(app: typer.Typer) -> None:
         from medclf.serve.server import check_options, serve
 
         check_options(host, port, max_upload_mb, max_concurrent, upload_timeout, max_mpx)
-        typer.echo(f"medclf serve: http://{host}:{port}/  (API: /api/predict, /api/model, /api/health)")
         serve(run, host=host, port=port, max_upload_mb=max_upload_mb, device=device, max_concurrent=max_concurrent,
-              upload_timeout_s=upload_timeout, max_mpx=max_mpx)
+              upload_timeout_s=upload_timeout, max_mpx=max_mpx, on_loaded=lambda: typer.echo(
+                  f"medclf serve: http://{host}:{port}/  (API: /api/predict, /api/model, /api/health)"))

@@ -6,9 +6,11 @@ column (ahead of what a DICOM header says). Columns named like the manifest's bo
 `label_name`, `split`, `boxes`, `source`) are ignored, as before.
 `path` is relative to the folder; a path that leaves it (`../x.png`, or an absolute path elsewhere) is refused
 unless the caller allows it (`--allow-outside-images`), so a labels file cannot pull other files into a cache.
-`label` is an integer class index or a class name. Without
-`patient_id` every image is its own patient (the split cannot then guard against patient leakage; cache.json
-says so). Files in the folder that the CSV does not list are counted in the report, not an error.
+`label` is an integer class index or a class name. The patient column may also be spelled `patient`,
+`PatientID`, `subject` or `subject_id` (any case; `patient_column`); a near miss such as `patent_id` is refused
+with "did you mean patient_id?". Without one every image is its own patient (the split cannot then guard
+against patient leakage; prepare says so on the terminal and cache.json records it). Files in the folder
+that the CSV does not list are counted in the report, not an error.
 
 Multi-label sets (task `multilabel`, medclf.data.multilabel), in either of two conventions:
 - `label` holds finding names joined by `|` (ChestX-ray14 `Finding Labels`: `Effusion|Mass`), `No Finding` or an
@@ -22,6 +24,7 @@ Multi-label sets (task `multilabel`, medclf.data.multilabel), in either of two c
 
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,12 +36,14 @@ import pandas as pd
 from medclf.data.imageio import INPUT_SUFFIXES
 from medclf.data.multilabel import SEPARATOR, MultiLabels, no_positive, parse_label_columns, parse_label_sets
 from medclf.data.rsna import LabelReport
-from medclf.errors import DataError
+from medclf.errors import DataError, closest
 from medclf.tasks import TASKS, label_texts
 
 BASE_COLUMNS = ("path", "label", "patient_id")
 # manifest columns the cache fills itself: a CSV column of that name would clash with them, so it is not kept
 IGNORED_COLUMNS = ("index", "id", "label_name", "split", "boxes", "source", "line")
+# spellings of the patient column, compared lower-cased with ' ' and '-' as '_' (patient_column)
+PATIENT_COLUMNS = ("patient_id", "patient", "patientid", "subject", "subject_id", "subjectid")
 NEGATIVE_NAMES = {"normal", "negative", "healthy", "benign", "no finding", "no_finding", "0", "false", "no"}
 
 
@@ -53,6 +58,7 @@ class FolderSource:
     extra_columns: list[str]  # CSV columns kept for the manifest (view, sex, age, site, ...)
     task: str = "binary"  # binary | multiclass | multilabel (medclf.tasks)
     uncertain_dropped: list[str] = field(default_factory=list)  # "file:line: path" left out as uncertain (-1)
+    patient_column: str | None = None  # the CSV column that grouped the patients, as spelled there
 
 
 def folder_source(images_dir: str | Path, labels_csv: str | Path, label_names: Sequence[str] | None = None,
@@ -67,6 +73,8 @@ def folder_source(images_dir: str | Path, labels_csv: str | Path, label_names: S
     if uncertain != "zero" and not label_columns:
         raise DataError(f"--uncertain {uncertain}: applies only with --label-columns (0/1/-1 columns)")
     frame = _read_table(labels_csv, needs_label=not label_columns)
+    patients_from = patient_column(frame.columns, labels_csv)
+    frame = frame.rename(columns={patients_from: "patient_id"}) if patients_from else frame
     if not allow_outside_images:
         _refuse_outside(frame, labels_csv, images_dir, given)
     report = LabelReport()
@@ -105,7 +113,27 @@ def folder_source(images_dir: str | Path, labels_csv: str | Path, label_names: S
     return FolderSource(items=items.sort_values("id").reset_index(drop=True), label_names=names,
                         positive_index=positive_index, report=report, has_patient_ids=has_patients,
                         unlisted_files=unlisted, extra_columns=extra, task=task,
-                        uncertain_dropped=dropped)
+                        uncertain_dropped=dropped, patient_column=patients_from)
+
+
+def patient_column(columns: Sequence[str], csv: Path | str) -> str | None:
+    """The column naming each image's patient (a PATIENT_COLUMNS spelling), None when there is none; a near
+    miss (`patent_id`, `patients_id`) is refused, since taking it for a site or a note would quietly split one
+    patient's images over train and test."""
+    def key(name: str) -> str:
+        return name.strip().lower().replace(" ", "_").replace("-", "_")
+
+    found = [c for c in columns if key(c) in PATIENT_COLUMNS]
+    if len(found) > 1:
+        raise DataError(f"{csv}: columns {found} all look like the patient id; keep one (patient_id)")
+    if found:
+        return found[0]
+    keys = {key(c): c for c in columns if c != "line"}
+    near = difflib.get_close_matches("patient_id", list(keys), n=1, cutoff=0.8)
+    if near:
+        raise DataError(f"{csv}: column {keys[near[0]]!r} is not a patient column; did you mean patient_id? "
+                        "(rename it, so that one patient's images stay in one split)")
+    return None
 
 
 def extra_columns(frame: pd.DataFrame, label_columns: Sequence[str] = ()) -> list[str]:
@@ -173,7 +201,10 @@ def _read_table(path: Path, needs_label: bool = True) -> pd.DataFrame:
     missing = [c for c in ("path", "label")[: 1 + needs_label] if c not in frame.columns]
     if missing:
         expected = "path,label[,patient_id]" if needs_label else "path[,patient_id] and the --label-columns"
-        raise DataError(f"{path}: missing columns {missing}; expected {expected}")
+        lowered = {c.strip().lower(): c for c in frame.columns}
+        match = lowered.get(missing[0]) or closest(missing[0], frame.columns)
+        hint = f"; did you mean {missing[0]}? (the file has {match!r})" if match else ""
+        raise DataError(f"{path}: missing columns {missing}; expected {expected}{hint}")
     if frame.empty:
         raise DataError(f"{path}: no label rows (only the header)")
     frame = frame.apply(lambda c: c.str.strip())
@@ -205,7 +236,8 @@ def _parse_labels(frame: pd.DataFrame, path: Path, label_names: Sequence[str] | 
 
 def resolve_positive(names: list[str], positive: str | int | None, where: Path | str) -> int:
     """Index of the positive class: given by name or index, else the non-negative one of two classes
-    (negative = 'normal', 'negative', '0', ...), else an error asking for --positive."""
+    (negative = 'normal', 'negative', '0', ...), else for three or more classes the last one (as RSNA's
+    detailed labels: Lung Opacity; `positive_note` says so), else an error asking for --positive."""
     if positive is not None:
         text = str(positive)
         if text in names:
@@ -217,4 +249,13 @@ def resolve_positive(names: list[str], positive: str | int | None, where: Path |
         negatives = [i for i, n in enumerate(names) if n.strip().lower() in NEGATIVE_NAMES]
         if len(negatives) == 1:
             return 1 - negatives[0]
+    if len(names) > 2:  # a multiclass task needs no positive class: it only decides the binary summary keys
+        return len(names) - 1
     raise DataError(f"{where}: {len(names)} classes {names}; say which is positive with --positive NAME")
+
+
+def positive_note(names: Sequence[str], positive_index: int) -> str:
+    """What the positive class of a multiclass set, chosen without --positive, is used for."""
+    return (f"note: {len(names)} classes and no --positive: the binary keys of metrics.json (recall, specificity, "
+            f"roc_auc, ...) compare {names[positive_index]!r} (the last class) against the rest; the per-class "
+            "metrics cover every class; --positive NAME picks another")

@@ -22,6 +22,8 @@ DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 # What a folder of inputs is searched for, by `prepare folder` and `predict` alike.
 INPUT_SUFFIXES = frozenset(DICOM_SUFFIXES | IMAGE_SUFFIXES)
+_EXIF_ORIENTATION = 0x0112
+_SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that turn the picture by 90 degrees
 EMPTY_HEADER: dict[str, Any] = {"patient_id": "", "view": "", "sex": "", "age": None}
 
 
@@ -62,11 +64,14 @@ def _read_picture(path: Path, norm: str, size: int | None,
                   max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, tuple[int, int]]:
     """PNG/JPEG/TIFF -> uint8 display image; colour is converted to luma (many exports are RGB greys).
 
+    The EXIF orientation is applied (`ImageOps.exif_transpose`): a phone photo of a film stored on its side
+    (`Orientation=6`) is read upright, as every viewer shows it; `shape` is the upright (rows, cols).
+
     `Image.open` reads the header only; the size is checked before `draft`/`convert`/`asarray` decode.
     Pillow's own decompression-bomb check (a warning above `Image.MAX_IMAGE_PIXELS`, ~89 Mpx, an error above
     twice that) runs inside `Image.open`, so its error is reported as the same "image too large".
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     from medclf.data.dicom import deck_normalise
 
@@ -76,6 +81,10 @@ def _read_picture(path: Path, norm: str, size: int | None,
             check_pixel_count(path, *shape, max_pixels=max_pixels)
             if size and img.format == "JPEG" and max(shape) >= 2 * size:
                 img.draft("L", _draft_request(shape, size))  # DCT-scaled decode, as for DICOM JPEG
+            orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+            if orientation != 1:
+                img = ImageOps.exif_transpose(img)
+                shape = shape[::-1] if orientation in _SWAPS_AXES else shape
             if img.mode not in ("L", "I", "I;16", "I;16B", "I;16L", "F"):
                 img = img.convert("L")
             raw = np.asarray(img)

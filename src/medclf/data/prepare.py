@@ -335,6 +335,7 @@ def _run_file_job(job: FileJob) -> Path:
         if not ok.any():
             raise DataError(f"{out}: none of the {len(paths)} images could be decoded")
         writer.keep_rows(ok)
+        upscale_note(job.size, [m["shape"] for m in metas if m["ok"]])
         manifest = _manifest(job, items[ok].reset_index(drop=True), [m for m in metas if m["ok"]])
         audit = leakage_audit(manifest["patient_id"], manifest["split"])
         if not audit["ok"]:  # cannot happen with split_patients; guards any future split source
@@ -348,6 +349,18 @@ def _run_file_job(job: FileJob) -> Path:
     shutil.rmtree(partial, ignore_errors=True)
     _summary(out, full, manifest["split"], len(skipped), time.perf_counter() - started)
     return out
+
+
+def upscale_note(size: int | None, shapes: Sequence[Sequence[int]]) -> None:
+    """Say when --size is larger than the images' own long side: upscaling adds pixels, not detail, and costs
+    memory and time in every later stage."""
+    sides = np.array([max(shape) for shape in shapes], dtype=np.int64)
+    bigger = int((sides < size).sum()) if size and len(sides) else 0
+    if bigger:
+        lo, hi = int(sides.min()), int(sides.max())
+        span = f"{lo} px" if lo == hi else f"{lo}-{hi} px"
+        say(f"note: --size {size} is larger than {bigger} of {len(sides)} images (their own long side {span}); "
+            f"those are upscaled, which adds no detail; --size {hi} keeps the largest as they are")
 
 
 def _manifest(job: FileJob, kept: pd.DataFrame, metas: list[dict[str, Any]]) -> pd.DataFrame:
@@ -410,9 +423,30 @@ def prepare_rsna(images: str | Path, labels: str | Path, out: str | Path, *, cla
                   for n in src.report.images_without_labels]
     job = FileJob("rsna", src.items, out, size, norm, src.label_names, src.positive_index, label_mode,
                   {**params, "workers": workers}, fp, val, test, seed, workers, skip_bad, force, progress,
-                  {"label_check": report, "skipped": unlabelled, **_synthetic(synthetic_marker(labels))},
+                  {"label_check": report, "skipped": unlabelled, **_synthetic(synthetic_marker(labels)),
+                   "leakage_note": patient_grouping(Path(labels), "patientId", src.items)},
                   shard=shard)
     return run_file_job(job)
+
+
+def patient_grouping(labels: Path, column: str | None, items: pd.DataFrame) -> dict[str, Any]:
+    """Say on the terminal, every time, which column grouped the patients of the split (or that none did: one
+    patient's images may then sit in train and test); returns the `leakage_audit` entries saying the same."""
+    if column:
+        say(f"patients: grouped by column {column!r} of {labels.name} "
+            f"({items['patient_id'].nunique()} patients, {len(items)} images)")
+        return {"patient_column": column}
+    say(f"patients: {labels.name} has no patient_id column, so each image is its own patient and one patient's "
+        "images may land in more than one split")
+    return {"patient_column": None, "note": "no patient_id column: each image is its own patient"}
+
+
+def _say_default_positive(task: str | None, names: Sequence[str], positive_index: int,
+                          positive: str | int | None) -> None:
+    from medclf.data.folder import positive_note
+
+    if task == "multiclass" and positive is None:
+        say(positive_note(names, positive_index))
 
 
 def _synthetic(marker: dict | None) -> dict[str, Any]:
@@ -439,6 +473,7 @@ def prepare_folder(images: str | Path, labels: str | Path, out: str | Path, *, s
     src = folder_source(images, labels, label_names, positive, allow_outside_images, task=task,
                         label_columns=label_columns, uncertain=uncertain)
     label_problems(src.report, Path(labels), out, skip_missing)
+    _say_default_positive(src.task, src.label_names, src.positive_index, positive)
     params = {"images": str(Path(images).resolve()), "labels": str(Path(labels).resolve()), "size": size,
               "val": val, "test": test, "seed": seed, "norm": norm, "label_names": src.label_names,
               "positive_index": src.positive_index, "skip_missing": skip_missing, "skip_bad": skip_bad}
@@ -450,12 +485,13 @@ def prepare_folder(images: str | Path, labels: str | Path, out: str | Path, *, s
     if src.task == "multilabel":  # likewise: binary/multiclass caches keep their fingerprints
         params.update(task=src.task, label_columns=list(label_columns or []), uncertain=uncertain)
         report["uncertain_dropped"] = src.uncertain_dropped
+    if src.patient_column not in (None, "patient_id"):  # recorded only then: patient_id caches stay up to date
+        params["patient_column"] = src.patient_column
     if src.uncertain_dropped:
         say(f"--uncertain drop: left out {len(src.uncertain_dropped)} images with an uncertain (-1) label")
     fp = fingerprint(params, [labels], src.items["path"].tolist(), report)
-    extra: dict[str, Any] = {"label_check": report}
-    if not src.has_patient_ids:
-        extra["leakage_note"] = {"note": "no patient_id column: each image is its own patient"}
+    extra: dict[str, Any] = {"label_check": report,
+                             "leakage_note": patient_grouping(Path(labels), src.patient_column, src.items)}
     job = FileJob("folder", src.items, out, size, norm, src.label_names, src.positive_index, src.task,
                   {**params, "workers": workers}, fp, val, test, seed, workers, skip_bad, force, progress, extra,
                   shard=shard, extra_columns=src.extra_columns, task=src.task)
@@ -479,6 +515,8 @@ def prepare_medmnist(npz: str | Path, out: str | Path, *, size: int | None = Non
         started = time.perf_counter()
         src = medmnist_source(npz, label_names, positive)
         say(f"note: {LEAKAGE_NOTE}; the file's own splits are kept")
+        _say_default_positive(src.task, src.label_names, src.positive_index, positive)
+        upscale_note(size, [src.images.shape[1:3]] * len(src.images))
         images = resize_images(src.images, size, progress)
         audit = leakage_audit(src.items["patient_id"], src.items["split"]) | {"note": LEAKAGE_NOTE}
         meta = {"source": "medmnist", "label_names": src.label_names, "positive_index": src.positive_index,

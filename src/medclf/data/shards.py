@@ -156,8 +156,9 @@ def _merged_meta(caches: list[Cache], manifest: pd.DataFrame, full_fp: str) -> d
     first = caches[0].meta
     meta = {k: v for k, v in first.items() if k not in _PER_SHARD_KEYS}
     audit = leakage_audit(manifest["patient_id"], manifest["split"])
-    if "note" in first.get("leakage_audit", {}):
-        audit["note"] = first["leakage_audit"]["note"]
+    for key in ("note", "patient_column"):  # what grouped the patients, as each shard recorded it
+        if key in first.get("leakage_audit", {}):
+            audit[key] = first["leakage_audit"][key]
     meta["leakage_audit"] = audit
     skipped: list[dict] = []  # every shard repeats the table-level entries (unlabelled files): keep each once
     for cache in caches:

@@ -12,7 +12,7 @@ from medclf.config import Config
 from medclf.data.cache import Cache
 from medclf.data.dataset import CacheDataset
 from medclf.device import pick_device
-from medclf.errors import DataError
+from medclf.errors import DataError, closest
 from medclf.evaluation.caveats import MIN_CLASS, metric_warnings, threshold_warning
 from medclf.evaluation.metrics import CI_KEYS, binary_metrics
 from medclf.evaluation.multiclass import multiclass_metrics
@@ -21,6 +21,7 @@ from medclf.evaluation.subgroups import (DEFAULT_AGE_BINS, TEST_NAME, UNKNOWN, c
                                          group_labels, group_order, subgroup_rows)
 from medclf.io import atomic_path, write_json
 from medclf.runs import Prediction, Predictor, RunDir, open_run_and_cache
+from medclf.runs.freshness import WEIGHTS_KEY, weights_fingerprint
 from medclf.runs.layout import PLOT_KINDS
 from medclf.tasks import label_set_name, multi_hot
 from medclf.tracking import open_run_tracker
@@ -195,7 +196,10 @@ def write_multilabel_evaluation(pred_df: pd.DataFrame, label_names: Sequence[str
 
 def save_metrics(rd: RunDir, tag: str, metrics: dict[str, Any]) -> None:
     """`metrics_<tag>.json`; a test split (``test`` or ``test@<cachehash8>``) also writes ``metrics.json``, so it
-    holds the last evaluated test split."""
+    holds the last evaluated test split. Each records the fingerprint of the weights that made it (`weights`),
+    so a report can leave out evaluations made before the weights changed."""
+    fingerprint = weights_fingerprint(rd.path)
+    metrics = {**metrics, WEIGHTS_KEY: fingerprint} if fingerprint else metrics
     write_json(rd.metrics(tag), metrics)
     if tag.split("@")[0] == "test":
         write_json(rd / RunDir.METRICS, metrics)
@@ -245,7 +249,9 @@ def check_subgroup_columns(cache: Cache, by: Sequence[str]) -> list[str]:
     valid = subgroup_columns(cache)
     unknown = [c for c in by if c not in valid]
     if unknown:
-        raise DataError(f"--by: no column {', '.join(map(repr, unknown))} in {cache.path}'s manifest; "
+        match = closest(unknown[0], valid)
+        hint = f" (did you mean {match}?)" if match else ""
+        raise DataError(f"--by: no column {', '.join(map(repr, unknown))} in {cache.path}'s manifest{hint}; "
                         f"valid: {', '.join(valid)}")
     return list(dict.fromkeys(by))
 

@@ -28,6 +28,9 @@ from medclf.runs import Predictor, Run, RunDir, model_input, open_run, read_imag
 
 # Written under the caption of an overlay whose map is flat: without it a blank overlay looks like a quiet one.
 FLAT_NOTE = "flat map: no region stands out"
+# Said on the terminal when maps come out flat, with docs/explain.md's own advice ("Reading the numbers").
+FLAT_ADVICE = ("the model's last feature map is too coarse at a small input size (a ResNet at 64 px: 2 x 2 cells); "
+               "train at >= 128 px when localisation matters (docs/explain.md)")
 COLUMNS = ["path", "method", "prob", "flat", "png", "error"]
 
 
@@ -126,3 +129,13 @@ def _write_grids(run: Run, image: np.ndarray, path: Path, dev: torch.device) -> 
     for i, member in enumerate(members):
         target = path if len(members) == 1 else path.with_name(f"{path.stem}_member{i}.png")
         save_png(target, feature_grid(member, member_input(run.model, i, x), image))
+
+
+def flat_maps_note(table: pd.DataFrame) -> str | None:
+    """One line when some of the maps `explain_files` drew are flat (a blank overlay must not pass for a quiet
+    one), else None."""
+    drawn = table[table["error"] == ""]
+    flat = int(drawn["flat"].astype(bool).sum())
+    if not flat:
+        return None
+    return f"note: {flat} of {len(drawn)} maps are flat (no region stands out): {FLAT_ADVICE}"

@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable, Sequence
 from medclf.errors import MedclfError
 from medclf.io import write_text
 from medclf.report import notices
+from medclf.runs.freshness import current_evaluations
 from medclf.runs.layout import RunDir
 from medclf.tracking import log_file_to_trained_run
 
@@ -246,13 +247,13 @@ def section_data(run_dir: Path) -> str | None:
     summary = read_run_json(path)
     synthetic = notices.synthetic_note(summary)
     out = [warning_box("Synthetic data", [synthetic])] if synthetic else []
-    facts = [(k, summary[k]) for k in ("source", "cache") if summary.get(k)]
+    facts = [(k, summary[k]) for k in ("source", "cache", "patients") if summary.get(k)]
     if facts:
         out.append("<p>" + "<br>".join(f"<b>{esc(k)}</b>: {esc(v)}" for k, v in facts) + "</p>")
     if isinstance(summary.get("split_counts"), dict) and summary["split_counts"]:
         out.append("<h3>Images per split and class</h3>" + _count_table(summary["split_counts"], "split"))
     if isinstance(summary.get("view_counts"), dict) and summary["view_counts"]:
-        out.append("<h3>View mix</h3>" + _count_table(summary["view_counts"], "split"))
+        out.append("<h3>View mix</h3>" + _count_table(notices.views_named(summary["view_counts"]), "split"))
     return "\n".join(out) or None
 
 
@@ -388,7 +389,7 @@ def multilabel_tables(m: dict) -> str:
 def section_evaluation(run_dir: Path) -> str | None:
     rd = RunDir(run_dir)
     blocks = []
-    for split, path in rd.evaluated().items():
+    for split, path in current_evaluations(run_dir)[0].items():  # made with the weights the run holds now
         figures = "".join(embed_png(rd.plot(kind, split), f"{kind} {split}", caption) for kind, caption in _PLOTS)
         figs = f'<div class="figs">{figures}</div>' if figures else ""
         metrics = read_run_json(path)
@@ -408,9 +409,10 @@ def section_summary(run_dir: Path) -> str | None:
     rd = RunDir(run_dir)
     synthetic = notices.synthetic_note(rd.data_summary() if rd.data_summary_path.is_file() else None)
     head = warning_box("Synthetic data", [synthetic]) if synthetic else ""
+    files, stale = current_evaluations(run_dir)
+    head += warning_box("Unfinished or out of date", notices.freshness_notes(run_dir, stale))
     hints = notices.missing_section_hints(run_dir)
     tail = (f'<p class="note">Not in this report yet: {esc("; ".join(hints))}.</p>' if hints else "")
-    files = rd.evaluated()
     split = "test" if "test" in files else next(reversed(files), None)
     if split is None:
         return head + warning_box("Not evaluated", [notices.unevaluated_note(run_dir)]) + tail

@@ -70,3 +70,24 @@ def selection_facts(history: pd.DataFrame, config: dict[str, Any]) -> list[str]:
         i = history["val_loss"].idxmin()
         facts.append(f"lowest val_loss {history.at[i, 'val_loss']:.3f} at epoch {history.at[i, 'epoch']}")
     return facts
+
+
+def views_named(view_counts: dict[str, Any]) -> dict[str, Any]:
+    """split -> {view: n} with empty views as the group `unknown` (runs trained before data_summary named it)."""
+    named: dict[str, Any] = {}
+    for split, row in view_counts.items():
+        named[split] = {}
+        for view, n in (row.items() if isinstance(row, dict) else ()):
+            key = view if str(view).strip() else "unknown"
+            named[split][key] = named[split].get(key, 0) + n
+    return named
+
+
+def freshness_notes(run_dir: Path, stale: list[str]) -> list[str]:
+    """An unfinished training (with the command that finishes it) and evaluations left out because they were
+    made with other weights (medclf.runs.freshness)."""
+    from medclf.runs.freshness import stale_note, training_status
+
+    unfinished = training_status(run_dir)
+    notes = [unfinished.message()] if unfinished else []
+    return notes + ([note] if (note := stale_note(run_dir, stale)) else [])

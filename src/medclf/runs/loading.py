@@ -12,6 +12,7 @@ import torch
 from medclf.config import Config
 from medclf.contract import DataContract
 from medclf.errors import DataError, MedclfError
+from medclf.runs.freshness import check_finished
 from medclf.runs.layout import RunDir, config_from_stored
 
 if TYPE_CHECKING:
@@ -60,12 +61,14 @@ class Run:
 
 
 def open_run(run_dir: str | Path, device: torch.device | str = "cpu") -> Run:
-    """Load `best.pt` of a run, or the members of an ensemble run (`ensemble.json`)."""
+    """Load `best.pt` of a run, or the members of an ensemble run (`ensemble.json`); a run whose training is
+    unfinished is refused with the command that finishes it (medclf.runs.freshness)."""
     rd = RunDir(run_dir)
     if not rd.exists():
         raise MedclfError(f"{rd.path}: not a run directory")
     if rd.is_ensemble:
         return _open_ensemble(rd, device)
+    check_finished(rd.path)  # best.pt of an unfinished run has no validated threshold and no OOD detector
     return open_checkpoint(rd.best, device)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from pathlib import Path
+from typing import Callable
 
 from medclf.errors import MedclfError
 from medclf.serve.app import (DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_FILES, DEFAULT_MAX_UPLOAD_MB,
@@ -41,14 +42,18 @@ def is_loopback(host: str) -> bool:
 def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
           max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_files: int = DEFAULT_MAX_FILES,
           device: str = "auto", log_level: str = "info", max_concurrent: int = DEFAULT_MAX_CONCURRENT,
-          upload_timeout_s: float = DEFAULT_UPLOAD_TIMEOUT_S, max_mpx: float = DEFAULT_MAX_MPX) -> None:
+          upload_timeout_s: float = DEFAULT_UPLOAD_TIMEOUT_S, max_mpx: float = DEFAULT_MAX_MPX,
+          on_loaded: Callable[[], None] | None = None) -> None:
     """Serve `run_dir` until interrupted. One worker process: the model is loaded once and requests share it
     (model work runs on the predictor's one model thread; decoding in the threadpool, `max_concurrent`
-    requests at a time)."""
+    requests at a time). `on_loaded` runs once the run is loaded (the CLI's banner: never before a bad RUN's
+    error)."""
     import uvicorn
 
     check_options(host, port, max_upload_mb, max_concurrent, upload_timeout_s, max_mpx)
     predictor = ServeModel.load(run_dir, device, max_mpx=max_mpx)
+    if on_loaded is not None:
+        on_loaded()
     app = create_app(predictor, max_upload_mb=max_upload_mb, max_files=max_files, max_concurrent=max_concurrent,
                      upload_timeout_s=upload_timeout_s)
     if not is_loopback(host):

@@ -7,7 +7,9 @@ A `mlflow server` URI (http://...) works the same.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -29,7 +31,27 @@ def mlflow_module():
     except ImportError:
         raise MedclfError("MLflow logging (track.mlflow=true) needs the 'mlflow' package: "
                           "pip install 'medclf[track]' (or pip install mlflow)") from None
+    plain_mlflow_logs()
     return mlflow
+
+
+class PlainFormatter(logging.Formatter):
+    """MLflow's log format without its colours: its formatter wraps some warnings in ANSI escape codes, which a
+    log file, a notebook or a CI page shows as raw `\x1b[31m` text."""
+
+    ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.ANSI.sub("", super().format(record))
+
+
+def plain_mlflow_logs() -> None:
+    """Give the handlers MLflow installs on its own loggers the plain formatter (same line format)."""
+    for name in ("mlflow", "alembic", "sqlalchemy.engine", "huey"):
+        for handler in logging.getLogger(name).handlers:
+            if not isinstance(handler.formatter, PlainFormatter):
+                handler.setFormatter(PlainFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                                    "%Y/%m/%d %H:%M:%S"))
 
 
 def tracking_uri(cfg: Config) -> str:
