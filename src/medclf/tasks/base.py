@@ -229,7 +229,7 @@ class Task:
             raise MedclfError(f"{probs.shape[1]} probabilities per image for {self.k} classes")
         if target is not None:
             return np.full(len(probs), int(target), dtype=np.int64)
-        return self.default_targets(probs)
+        return self.default_targets(probs).astype(np.int64)
 
     def default_targets(self, probs: np.ndarray) -> np.ndarray:
         raise NotImplementedError
