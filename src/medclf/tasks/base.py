@@ -126,6 +126,10 @@ class Task:
         """One threshold per scored column."""
         raise NotImplementedError
 
+    def threshold_of(self, index: int) -> float:
+        """The operating threshold of probability column `index` (a scored column)."""
+        return float(self.operating_thresholds()[self.scored.index(int(index))])
+
     def calls(self, probs: np.ndarray) -> np.ndarray:
         """N x S booleans: each scored probability at or above its operating threshold. The only `>=` between a
         probability and a threshold in medclf: thresholds sit between validation scores (evaluation.thresholds)."""
