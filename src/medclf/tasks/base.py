@@ -68,7 +68,7 @@ class Task:
 
     def __init__(self, label_names: Sequence[str] | None, positive_index: int = 1, threshold: float = 0.5,
                  thresholds: Sequence[float] | None = None) -> None:
-        self.label_names = None if label_names is None else [str(n) for n in label_names]
+        self.label_names: list[str] = [str(n) for n in label_names or ()]  # [] for a table scored without names
         self.positive_index = int(positive_index)
         self.threshold = float(threshold)
         self.stored_thresholds = None if thresholds is None else [float(t) for t in thresholds]
@@ -78,7 +78,7 @@ class Task:
 
     @property
     def k(self) -> int:
-        return len(self.label_names or ())
+        return len(self.label_names)
 
     # ------------------------------------------------------------------ logits <-> probabilities
     @staticmethod
@@ -193,7 +193,7 @@ class Task:
         """The evaluation plots of a predictions table; `path_of(kind)` names each file."""
         raise NotImplementedError
 
-    def validation_row(self, labels: np.ndarray, probs: np.ndarray, loss_fn: Any, device: Any) -> dict[str, float]:
+    def validation_row(self, labels: np.ndarray, probs: np.ndarray, loss_fn: Any, device: Any) -> dict[str, Any]:
         """`val_loss`, `val_auc`, `val_f1`, `val_accuracy` of one validation pass (calls at 0.5)."""
         raise NotImplementedError
 

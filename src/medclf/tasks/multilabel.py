@@ -54,7 +54,7 @@ class MultilabelTask(Task):
 
     def positive(self, labels: Any, index: int | None = None) -> np.ndarray:
         hot = multi_hot(labels, self.k).astype(bool)
-        return hot.any(axis=1) if index is None else hot[:, int(index)]
+        return np.asarray(hot.any(axis=1) if index is None else hot[:, int(index)])
 
     @property
     def scored(self) -> list[int]:
@@ -116,7 +116,7 @@ class MultilabelTask(Task):
         probs = label_probs(table, self.label_names)
         metrics = {"task": "multilabel", "split": split, "n_boot": int(n_boot), "threshold_reason": threshold_reason,
                    **multilabel_metrics(table["label"].to_numpy(), probs, self.label_names,
-                                        self.operating_thresholds(), n_boot=n_boot, seed=seed)}
+                                        list(self.operating_thresholds()), n_boot=n_boot, seed=seed)}
         metrics["roc_auc"] = metrics["macro"]["roc_auc"]
         metrics["warnings"] = [f"{name}: {w}" for name, m in metrics["per_label"].items()
                                for w in metric_warnings(m, min_class)] + list(notes)
@@ -131,7 +131,7 @@ class MultilabelTask(Task):
             plots.plot_label_curves(y, probs, self.label_names, list(self.operating_thresholds()), path_of(kind),
                                     kind=kind, title=title)
 
-    def validation_row(self, labels: np.ndarray, probs: np.ndarray, loss_fn: Any, device: Any) -> dict[str, float]:
+    def validation_row(self, labels: np.ndarray, probs: np.ndarray, loss_fn: Any, device: Any) -> dict[str, Any]:
         """`val_auc` is the macro ROC AUC over labels, `val_f1` the macro F1 and `val_accuracy` the share of
         correct image-label calls, each label called at 0.5."""
         logits = self.logits(torch.from_numpy(probs))
@@ -194,7 +194,7 @@ class MultilabelTask(Task):
         clean_calls = self.calls(probs[0.0])
         rows = []
         for e, p in probs.items():
-            m = multilabel_metrics(labels, p, self.label_names, self.operating_thresholds(), n_boot=n_boot,
+            m = multilabel_metrics(labels, p, self.label_names, list(self.operating_thresholds()), n_boot=n_boot,
                                    seed=seed)
             clipped = np.clip(p, 1e-12, 1 - 1e-7)
             bce = -(y * np.log(clipped) + (1 - y) * np.log(1 - clipped)).sum(axis=1).mean()

@@ -122,7 +122,7 @@ class SingleLabelTask(Task):
             plots.plot_label_curves(onehot, probs, self.label_names, [None] * probs.shape[1], path_of("roc_classes"),
                                     title=f"{title}: each class against the rest")
 
-    def validation_row(self, labels: np.ndarray, probs: np.ndarray, loss_fn: Any, device: Any) -> dict[str, float]:
+    def validation_row(self, labels: np.ndarray, probs: np.ndarray, loss_fn: Any, device: Any) -> dict[str, Any]:
         logp = self.logits(torch.from_numpy(probs).clamp_min(1e-7))
         # val loss with the training loss function, so the two curves are comparable (the seed deck's graph)
         val_loss = float(loss_fn(logp.to(device), torch.from_numpy(labels).to(device)))
