@@ -24,7 +24,7 @@ from medclf.evaluation.bootstrap import paired_bootstrap
 from medclf.evaluation.macro_auc import macro_roc_auc, paired_macro_auc
 from medclf.io import read_json, write_text
 from medclf.runs.layout import RunDir
-from medclf.tasks import multi_hot
+from medclf.tasks import Task, task_for_metrics
 
 SHOWN = (("roc_auc", "AUC"), ("pr_auc", "PR AUC"), ("recall", "sensitivity"), ("specificity", "specificity"),
          ("precision", "precision"), ("f1", "F1"), ("accuracy", "accuracy"))
@@ -146,23 +146,22 @@ def binary_columns(run: EvaluatedRun, ref: EvaluatedRun, ids: np.ndarray, split:
 def headline_metrics(run: EvaluatedRun) -> dict:
     """The figures a run's row shows: its metrics file, or for a multilabel run the macro averages over findings
     (each at its own threshold, so no single threshold and no single positive count)."""
-    m = run.metrics
-    if run_task(run) != "multilabel":
-        return m
-    return {**m, **(m.get("macro") or {}), "n_pos": None, "threshold": None,
-            "ci": {"roc_auc": (m.get("ci") or {}).get("macro_roc_auc")}}
+    return run_task(run).headline(run.metrics)
 
 
-def run_task(run: EvaluatedRun) -> str:
-    """binary, multiclass or multilabel, as the run's metrics file says (its `task`, else the keys it holds)."""
-    m = run.metrics
-    return m.get("task") or ("multilabel" if "multilabel" in m else "multiclass" if "multiclass" in m else "binary")
+def run_task(run: EvaluatedRun) -> Task:
+    """The Task the run's metrics file was written by (its `task`, else the keys it holds), over the classes of
+    its `prob_<name>` columns."""
+    return task_for_metrics(run.metrics, table_classes(run))
+
+
+def table_classes(run: EvaluatedRun) -> list[str]:
+    return [c[len("prob_"):] for c in run.table.columns if c.startswith("prob_")]
 
 
 def class_names(run: EvaluatedRun) -> list[str]:
     """The class or label names of a run's `prob_<name>` columns (table order); [] for a binary run."""
-    names = [c[len("prob_"):] for c in run.table.columns if c.startswith("prob_")]
-    return names if run_task(run) == "multilabel" or len(names) > 2 else []
+    return run_task(run).compared_classes(table_classes(run))
 
 
 def class_arrays(run: EvaluatedRun, names: list[str], ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -171,7 +170,7 @@ def class_arrays(run: EvaluatedRun, names: list[str], ids: np.ndarray) -> tuple[
     rows = run.table.set_index("id").loc[ids]
     probs = rows[[f"prob_{n}" for n in names]].to_numpy(dtype=float)
     labels = rows["label"].to_numpy(dtype=np.int64)
-    return (multi_hot(labels, len(names)) if run_task(run) == "multilabel" else labels), probs
+    return run_task(run).macro_truth(labels), probs
 
 
 def macro_auc_columns(runs: list[EvaluatedRun], ids: np.ndarray, n_boot: int, seed: int) -> list[dict]:
@@ -183,11 +182,11 @@ def macro_auc_columns(runs: list[EvaluatedRun], ids: np.ndarray, n_boot: int, se
     truth, ref_probs = class_arrays(runs[0], names, ids)
     out = []
     for run in runs:
-        if class_names(run) != names or run_task(run) != run_task(runs[0]):
+        if class_names(run) != names or run_task(run).name != run_task(runs[0]).name:
             raise MedclfError(f"runs {runs[0].name} and {run.name} score different classes or tasks "
                               f"({', '.join(names)} vs {', '.join(class_names(run)) or 'binary'})")
         probs = class_arrays(run, names, ids)[1]
-        scope = run.metrics if run_task(run) == "multilabel" else run.metrics.get(run_task(run)) or {}
+        scope = run_task(run).macro_scope(run.metrics)
         ci = (scope.get("ci") or {}).get("macro_roc_auc") or [None, None]
         test = None if run is runs[0] else paired_macro_auc(truth, ref_probs, probs, n_boot, seed)
         d_ci = (test or {}).get("ci") or [None, None]

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from medclf.errors import ConfigError
-from medclf.tasks import task_of
+from medclf.labelsets import task_of
 
 
 @dataclass

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from medclf.config import Config, merge, outcome_config, save_config
@@ -27,14 +26,12 @@ from medclf.data.summary import data_summary
 from medclf.device import pick_device
 from medclf.engine.distributed import is_main
 from medclf.errors import MedclfError
-from medclf.evaluation.macro_auc import macro_roc_auc
-from medclf.evaluation.thresholds import OperatingThreshold
 from medclf.io import atomic_path, read_json, write_json
 from medclf.models.ensemble import COMBINES, Ensemble, ensemble_contract
 from medclf.models.registry import list_models
 from medclf.outdirs import output_dir
 from medclf.runs import ENSEMBLE_FORMAT, Predictor, RunDir, open_checkpoint
-from medclf.tasks import multi_hot
+from medclf.tasks import ThresholdRule, task_for
 from medclf.tracking import Tracker, parent_run
 
 MODES = ("partition", "kfold", "bootstrap", "models")
@@ -211,14 +208,12 @@ def finalize_ensemble(out_dir: Path, cache: Cache, cfg: Config, mode: str, combi
     """Score the members on the cache's val split, set the weights, choose the ensemble's threshold on the
     combined probabilities (through the Predictor, with the run's test-time augmentation), and write
     ensemble.json (whose presence makes OUT an ensemble run)."""
-    from medclf.engine.train import checked_threshold, set_label_thresholds  # the members' rule, so both say why alike
-
     device = pick_device(cfg.train.device)
     rd = RunDir(out_dir)
     dirs = [f"{RunDir.MEMBERS}/{p.index}" for p in plans]
     runs = [open_checkpoint(rd.member(d).best, device) for d in dirs]
     contract = ensemble_contract(runs[0].contract, 0.5, "ensemble")
-    pos = contract.positive_index
+    task = task_for(contract)
     val = CacheDataset(cache, split="val")
 
     def validation(combine_as: str, weights: list[float] | None):
@@ -229,38 +224,26 @@ def finalize_ensemble(out_dir: Path, cache: Cache, cfg: Config, mode: str, combi
 
     prediction = validation("mean" if combine == "weighted" else combine, None)
     member_p, combined = prediction.member_probs, prediction.probs
-    y = multi_hot(val.labels, contract.num_classes) if contract.multilabel else (val.labels == pos).astype(int)
-    aucs = [_member_auc(y, m, contract) for m in member_p]
+    aucs = [task.validation_auc(val.labels, m) for m in member_p]
     weights = [1.0 / len(runs)] * len(runs)
     if combine == "weighted" and None not in aucs:
         weights = [a / sum(aucs) for a in aucs]
         # predicted again with the weights in the model: the threshold is chosen on the very numbers (same graph,
         # same test-time flip, same float operations) that every later prediction applies it to
         combined = validation(combine, weights).probs
-    if contract.multilabel:  # one threshold per label, by the members' rule
-        set_label_thresholds(contract, y, combined, cfg)
-        chosen = OperatingThreshold(0.5, contract.threshold_source, contract.threshold_reason)
-        warnings = contract.threshold_warnings
-    else:
-        chosen, warnings = checked_threshold(y, combined[:, pos], cfg)
+    # the members' rule (one threshold per scored column), so both say why alike
+    chosen = task.choose_thresholds(val.labels, combined, ThresholdRule.from_config(cfg))
     info = [{**read_json(rd.member(d) / RunDir.MEMBER_INFO), "dir": d, "val_auc": auc,
-             "threshold": r.contract.thresholds if contract.multilabel else r.contract.threshold}
-            for d, r, auc in zip(dirs, runs, aucs)]
+             "threshold": task_for(r.contract).threshold_entry()} for d, r, auc in zip(dirs, runs, aucs)]
+    fields = task.threshold_fields(chosen)
     spec = {"format": ENSEMBLE_FORMAT, "format_version": 1, "mode": mode, "combine": combine, "members": dirs,
-            "weights": weights, "threshold": chosen.value, "threshold_method": cfg.eval.threshold,
+            "weights": weights, "threshold": fields.pop("threshold"), "threshold_method": cfg.eval.threshold,
             "threshold_split": "val", "threshold_source": chosen.source, "threshold_reason": chosen.reason,
-            "threshold_warnings": warnings, "member_info": info, "cache": str(cache.path.resolve()),
-            "cache_hash": cache.meta.get("content_hash")}
-    if contract.multilabel:
-        spec["thresholds"] = contract.thresholds
-    for warning in warnings:
+            "threshold_warnings": chosen.warnings, "member_info": info, "cache": str(cache.path.resolve()),
+            "cache_hash": cache.meta.get("content_hash"), **fields}
+    for warning in chosen.warnings:
         print(f"warning: {out_dir}: {warning}", file=sys.stderr)
     write_json(rd.ensemble_path, spec)
     return spec
 
 
-def _member_auc(y: np.ndarray, probs: np.ndarray, contract) -> float | None:
-    """A member's validation ROC AUC: of the positive class, or the macro AUC over labels (multilabel)."""
-    if contract.multilabel:
-        return macro_roc_auc(y, probs, skip_undefined=True)
-    return float(roc_auc_score(y, probs[:, contract.positive_index])) if 0 < y.sum() < len(y) else None

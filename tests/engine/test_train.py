@@ -48,13 +48,15 @@ def test_run_directory_contents(trained_run):
 
 
 def test_threshold_is_chosen_on_validation(trained_run):
-    from medclf.evaluation.thresholds import choose_threshold
+    from medclf.evaluation.thresholds import between_scores, choose_threshold
 
     evaluate_run(trained_run, split="val", n_boot=0, progress=False)
     val = pd.read_csv(trained_run / "predictions_val.csv")
     contract = torch.load(trained_run / "best.pt", weights_only=True)["contract"]
     stored = contract["threshold"]
-    assert stored == pytest.approx(choose_threshold(val["label"], val["prob"], method="f1"))
+    chosen = choose_threshold(val["label"], val["prob"], method="f1")
+    assert stored == pytest.approx(between_scores(val["prob"], chosen))  # midway below the chosen score
+    assert not (val["prob"] == stored).any()
     assert (contract["threshold_source"], contract["threshold_reason"]) == (
         "validation", "f1 on 12 validation images (4 positives)")
     test_metrics = evaluate_run(trained_run, split="test", n_boot=0, progress=False)

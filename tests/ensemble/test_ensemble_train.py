@@ -21,7 +21,7 @@ from medclf.runs import Predictor
 from medclf.engine.predict import predict_files
 from medclf.ensemble import plan_members, train_ensemble
 from medclf.errors import MedclfError
-from medclf.evaluation.thresholds import choose_threshold
+from medclf.evaluation.thresholds import between_scores, choose_threshold
 from medclf.report.html import build_report
 from medclf.runs import open_run
 
@@ -60,7 +60,8 @@ def test_ensemble_threshold_is_chosen_on_val_with_combined_probabilities(partiti
     assert spec["members"] == ["members/0", "members/1", "members/2"]
     assert spec["combine"] == "mean" and spec["weights"] == pytest.approx([1 / 3] * 3)
     val, probs = _member_probs(partition_run, "val")
-    expected = choose_threshold((val.labels == 1).astype(int), probs.mean(axis=0), method="f1")
+    combined = probs.mean(axis=0)
+    expected = between_scores(combined, choose_threshold((val.labels == 1).astype(int), combined, method="f1"))
     assert spec["threshold"] == pytest.approx(expected, abs=1e-6)
     assert (spec["threshold_source"], spec["threshold_reason"]) == ("validation", "f1 on 12 validation images "
                                                                     "(4 positives)")
@@ -153,7 +154,8 @@ def test_kfold_members_validate_on_their_held_out_fold(tiny_cache, tmp_path, tin
         assert not set(rows[i]) & set(cache.indices("val"))
         member = open_run(run / "members" / str(i), CPU)
         probs = Predictor(member.model, member.contract).predict_dataset(CacheDataset(view, split="val")).probs[:, 1]
-        expected = choose_threshold((cache.manifest["label"].to_numpy()[held_out] == 1).astype(int), probs)
+        expected = between_scores(probs, choose_threshold((cache.manifest["label"].to_numpy()[held_out] == 1)
+                                                          .astype(int), probs))
         assert member.contract.threshold == pytest.approx(expected, abs=1e-6)
     info = json.loads((run / "ensemble.json").read_text())["member_info"]
     assert [m["validated_on"] for m in info] == ["held-out fold (18 images)"] * 2

@@ -72,10 +72,40 @@ def test_operating_threshold_is_fitted_with_enough_of_both_classes():
     from medclf.evaluation.thresholds import OperatingThreshold, operating_threshold
 
     y, p = np.tile(Y, 4), np.tile(P, 4)  # 12 positives, 12 negatives
+    # the F1 choice is the score 0.3; the stored threshold sits midway to the next lower score, 0.2
     assert operating_threshold(y, p, min_class=10) == OperatingThreshold(
-        0.3, "validation", "f1 on 24 validation images (12 positives)")
+        pytest.approx(0.25), "validation", "f1 on 24 validation images (12 positives)")
     assert operating_threshold(y, p, "sensitivity", 0.5, min_class=12).reason == \
         "sensitivity >= 0.5 on 24 validation images (12 positives)"
     assert operating_threshold(y, p, min_class=13).source == "default"
     with pytest.raises(MedclfError, match="unknown threshold method 'f2'"):
         operating_threshold(y, p, "f2")
+
+
+def test_between_scores_is_the_midpoint_to_the_next_lower_distinct_score():
+    from medclf.evaluation.thresholds import between_scores
+
+    assert between_scores([0.1, 0.3, 0.3, 0.6], 0.6) == pytest.approx(0.45)
+    assert between_scores([0.1, 0.3, 0.3, 0.6], 0.3) == pytest.approx(0.2)
+    assert between_scores([0.4, 0.8], 0.4) == pytest.approx(0.2)  # nothing lower: midway to 0
+
+
+@pytest.mark.parametrize("method,target", [("f1", None), ("youden", None), ("sensitivity", 0.8)])
+def test_no_decision_flips_when_every_probability_moves_by_1e_6(method, target):
+    """The stored threshold sits between two validation scores, so no float difference flips a decision."""
+    from medclf.evaluation.thresholds import operating_threshold
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    # scores on a 1e-5 grid, so many images sit 1e-5 from the chosen one (a flip at 1e-6 would show)
+    p = np.round(np.clip(0.5 * y + rng.normal(0.25, 0.2, 400), 0, 1) / 1e-5) * 1e-5
+    chosen = operating_threshold(y, p, method, target, min_class=10)
+    assert chosen.source == "validation" and not np.isin(chosen.value, p)
+    calls = p >= chosen.value
+    for sign in (1.0, -1.0):
+        assert np.array_equal(p + sign * 1e-6 >= chosen.value, calls)
+        assert np.array_equal(p + sign * 1e-6 * rng.choice([-1, 1], 400) >= chosen.value, calls)
+    # ... and the calls are those of the validation score the method chose
+    from medclf.evaluation.thresholds import choose_threshold
+
+    assert np.array_equal(calls, p >= choose_threshold(y, p, method, target))

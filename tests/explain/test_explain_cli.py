@@ -204,3 +204,34 @@ def test_a_flat_map_is_said_on_the_picture_and_in_the_table(cnn_run, model_facto
     # the flat overlay says so on a second caption line under "pneumonia p=..." (the font is 192 // 16 = 12 px)
     assert _caption_rows(pictures["peaked"]) > 12 and _caption_rows(pictures["flat"]) >= _caption_rows(
         pictures["peaked"]) + 12
+
+
+def test_multilabel_scores_take_the_images_holding_the_explained_finding(tmp_path, run_factory):
+    """Bit-mask labels: `explain --score` scores the images that hold the explained finding (mask bit 0 set, with
+    other findings or not), never those whose mask equals the finding's index (0 = No Finding) (issue 19, bug c)."""
+    from medclf.data.cache import write_cache
+    from medclf.explain.scoring import score_run
+    from medclf.models import create_model
+
+    write_run = run_factory[0]
+    images = np.random.default_rng(0).integers(40, 90, size=(30, 32, 32)).astype(np.uint8)
+    boxed = np.arange(30) % 3 == 0
+    images[boxed, 8:16, 8:16] = 220
+    boxes = [[[8, 8, 8, 8]] if b else [] for b in boxed]
+    # boxed images hold finding 0 ("opacity"), every other one of them also finding 2; the rest hold none or 1
+    masks = np.where(boxed, 1 + 4 * (np.arange(30) % 2), 2 * (np.arange(30) % 2))
+    manifest = pd.DataFrame({"id": [f"img{i:03d}" for i in range(30)], "patient_id": [f"p{i:03d}" for i in range(30)],
+                             "label": masks, "split": "test", "boxes": [json.dumps(b) for b in boxes]})
+    names = ["opacity", "nodule", "effusion"]
+    cache = write_cache(tmp_path / "cache", images, manifest,
+                        {"source": "synthetic", "size": 32, "label_names": names, "positive_index": 0,
+                         "task": "multilabel"})
+    torch.manual_seed(0)
+    model = create_model("resnet18", num_classes=3, input_size=64, label_names=names, positive_index=0,
+                         task="multilabel").eval()
+    run = write_run(tmp_path / "run", model)
+    result = score_run(run, cache, split="test", methods="gradcam", faithfulness=False, gallery=0, n_boot=10,
+                       device="cpu", progress=False)
+    per_image = pd.read_csv(run / "explain_scores_per_image.csv")
+    expected = [f"img{i:03d}" for i in np.flatnonzero(masks & 1)]
+    assert len(expected) == 10 and sorted(per_image["id"]) == expected and result["n_images"] == 10

@@ -152,3 +152,33 @@ def test_ensemble_member_with_another_input_size_is_explained_at_its_own_size(mo
     ens = Ensemble([small, big], [small.contract, big.contract], ensemble_contract(big.contract, 0.5, "ens"))
     maps = compute_maps(ens, _batch(1, 96), "eigencam", 1)
     _check_map(maps, 1, 96)
+
+
+def test_log_odds_target_of_a_multilabel_finding_is_its_own_logit():
+    """A sigmoid's log-odds is its logit: the other findings' logits must not enter (issue 19, bug a)."""
+    logits = torch.tensor([[1.0, 3.0, 0.5]])
+    assert LogOddsTarget(1, "multilabel")(logits).item() == pytest.approx(3.0)
+    assert LogOddsTarget(1, "multiclass")(logits).item() == pytest.approx(3.0 - np.log(np.exp(1.0) + np.exp(0.5)))
+
+
+def test_a_multilabel_map_explains_the_finding_s_logit_not_a_softmax_margin():
+    """gradcam of a multilabel model for finding 1 equals grad-cam's map of the raw logit 1 (its sigmoid
+    log-odds); the softmax margin gives another map."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from medclf.models import create_model
+
+    torch.manual_seed(0)
+    # 128 px: layer4 is 4 x 4, where the two targets' maps differ (at 2 x 2 both peak on one cell)
+    model = create_model("resnet18", num_classes=3, input_size=128, label_names=["a", "b", "c"],
+                         task="multilabel").eval()
+    x = torch.rand(3, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    maps = compute_maps(model, x, "gradcam", 1)
+
+    def grad_cam(target) -> np.ndarray:
+        with GradCAM(model=model, target_layers=model.cam_target_layers()) as cam:
+            return normalise_maps(torch.from_numpy(cam(input_tensor=x.clone(), targets=[target] * 3))).numpy()
+
+    np.testing.assert_allclose(maps, grad_cam(ClassifierOutputTarget(1)), atol=1e-5)
+    assert np.abs(grad_cam(LogOddsTarget(1, "multiclass")) - maps).max() > 0.1  # the softmax margin: another map

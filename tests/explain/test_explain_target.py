@@ -86,3 +86,24 @@ def test_an_unknown_target_is_a_one_line_error_listing_the_classes(tiny_multicla
     assert r.stderr == ("error: --target 'Nodule': no such class; valid: Normal, No Lung Opacity / Not Normal, "
                         "Lung Opacity\n")
     assert not (tmp_path / "explanations.csv").exists()
+
+
+def test_the_web_viewer_draws_the_class_explain_draws(run_factory, model_factory, tmp_path):
+    """A K-class run: the service's heat map is the map of each image's predicted class, as `explain` draws it,
+    not of the positive class (issue 19, bug b)."""
+    from medclf.explain.registry import compute_class_maps
+    from medclf.models import create_model
+    from medclf.serve.predictor import ServeModel
+
+    torch.manual_seed(3)
+    model = create_model("resnet18", num_classes=3, input_size=64, label_names=NAMES, positive_index=2).eval()
+    run_dir = run_factory[0](tmp_path / "run", model)
+    images = np.random.default_rng(0).integers(0, 255, size=(6, 32, 32)).astype(np.uint8)
+    served = ServeModel.load(run_dir, "cpu")
+    prediction, (maps, reason) = served._run_model(images, heatmap=True)
+    run = open_run(run_dir, torch.device("cpu"))
+    _, _, targets = explain_targets(run, images, "gradcam", "cpu")
+    assert reason is None and targets.tolist() == prediction.probs.argmax(axis=1).tolist()
+    assert (targets != 2).any()  # some image's predicted class is not the positive one: the check means something
+    x = make_transform(run.contract, train=False)(torch.from_numpy(images))
+    np.testing.assert_allclose(maps, compute_class_maps(run.model, x, "gradcam", targets), atol=1e-5)

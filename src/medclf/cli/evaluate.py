@@ -81,13 +81,22 @@ def format_multilabel(m: dict) -> str:
 
 
 def format_metrics(m: dict) -> str:
-    if m.get("task") == "multilabel":
-        return format_multilabel(m)
+    """The lines `medclf evaluate` prints: the layout of the task that wrote `m` (medclf.tasks)."""
+    from medclf.tasks import task_for_metrics
+
+    return FORMATS.get(task_for_metrics(m).name, format_single_label)(m)
+
+
+def format_single_label(m: dict) -> str:
     lines = [f"n={m['n']} positives={m['n_pos']} threshold={m['threshold']:.4f}",
              f"TP={m['tp']} FP={m['fp']} FN={m['fn']} TN={m['tn']}"]
     for key in ("roc_auc", "pr_auc", "recall", "precision", "specificity", "accuracy", "f1"):
         lines.append(f"{key:12s} {_value_ci(m.get(key), (m.get('ci') or {}).get(key))}")
     return "\n".join(lines)
+
+
+# the task types whose metrics files print another way than the single-label one
+FORMATS = {"multilabel": format_multilabel}
 
 
 def parse_numbers(text: str, option: str) -> list[float]:

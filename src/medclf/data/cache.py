@@ -24,7 +24,7 @@ import pandas as pd
 
 from medclf.data.splits import SPLITS, leakage_audit
 from medclf.errors import DataError
-from medclf.tasks import check_masks, label_counts, label_texts, task_of
+from medclf.labelsets import coding, label_texts, task_of
 from medclf.io import make_temp_dir, read_json, write_json, write_text
 from medclf.outdirs import MARKER, claim_output_dir, folder_kind, folder_lock, register_own_files, write_marker
 
@@ -136,8 +136,7 @@ def split_counts(manifest: pd.DataFrame, label_names: list[str], task: str | Non
     for split in SPLITS:
         chosen = labels[splits == split]
         if chosen.size:
-            per = label_counts(chosen, len(label_names)) if task == "multilabel" else \
-                np.bincount(chosen, minlength=len(label_names))
+            per = coding(task).counts(chosen, len(label_names))
             counts[split] = {name: int(per[i]) for i, name in enumerate(label_names)}
     return counts
 
@@ -151,10 +150,7 @@ def normalise_manifest(manifest: pd.DataFrame, label_names: list[str], task: str
             raise ValueError(f"manifest lacks required column {col!r}")
     frame["index"] = np.arange(len(frame))
     frame["label"] = frame["label"].astype(np.int64)
-    if task == "multilabel":
-        check_masks(frame["label"].to_numpy(), len(label_names))
-    elif len(frame) and (frame["label"].min() < 0 or frame["label"].max() >= len(label_names)):
-        raise ValueError(f"labels must be in [0, {len(label_names)}), got {sorted(set(frame['label']))}")
+    coding(task).check(frame["label"].to_numpy(), len(label_names))  # class indices, or multilabel bit masks
     bad = sorted(set(frame["split"]) - set(SPLITS))
     if bad:
         raise ValueError(f"unknown split values {bad}; valid: {list(SPLITS)}")

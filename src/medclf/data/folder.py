@@ -37,7 +37,7 @@ from medclf.data.imageio import INPUT_SUFFIXES
 from medclf.data.multilabel import SEPARATOR, MultiLabels, no_positive, parse_label_columns, parse_label_sets
 from medclf.data.rsna import LabelReport
 from medclf.errors import DataError, closest
-from medclf.tasks import TASKS, label_texts
+from medclf.labelsets import TASKS, label_texts
 
 BASE_COLUMNS = ("path", "label", "patient_id")
 # manifest columns the cache fills itself: a CSV column of that name would clash with them, so it is not kept

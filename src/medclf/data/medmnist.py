@@ -24,7 +24,7 @@ from medclf.data.folder import resolve_positive
 from medclf.data.multilabel import check_names, no_positive
 from medclf.data.splits import SPLITS
 from medclf.errors import DataError
-from medclf.tasks import encode_multi_hot, label_texts, task_of
+from medclf.labelsets import encode_multi_hot, label_texts, task_of
 
 # Class names MedMNIST's INFO gives for binary sets we know (indices follow the .npz labels).
 KNOWN_NAMES = {"pneumoniamnist": ["normal", "pneumonia"], "breastmnist": ["malignant", "normal, benign"],

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from medclf.errors import DataError
-from medclf.tasks import MAX_LABELS, NO_FINDING, encode_multi_hot
+from medclf.labelsets import MAX_LABELS, NO_FINDING, encode_multi_hot
 
 SEPARATOR = "|"
 UNCERTAIN = ("zero", "one", "drop")

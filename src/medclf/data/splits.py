@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from medclf.tasks import rarest_label
+from medclf.labelsets import coding
 
 SPLITS = ("train", "val", "test")
 
@@ -29,7 +29,7 @@ def split_strata(labels: Sequence[int], task: str | None = None, n_labels: int =
     """What `split_patients` / `partition_indices` stratify on: the labels, or for a multilabel task (bit
     masks of `n_labels` labels) each sample's rarest present label, `n_labels` for none (tasks.rarest_label)."""
     labels = np.asarray(labels, dtype=np.int64)
-    return rarest_label(labels, n_labels) if task == "multilabel" else labels
+    return coding(task).strata(labels, n_labels)
 
 
 def _patient_strata(labels: np.ndarray, groups: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from medclf.data.cache import Cache, split_counts as label_split_counts
+from medclf.labelsets import coding
 
 
 UNKNOWN = "unknown"  # the group of empty values, as in `evaluate --by` (docs/evaluation.md)
@@ -28,13 +29,10 @@ def data_summary(cache: Cache) -> dict:
     """Counts per split (multi-label: images holding each label), views, and where the cache came from."""
     manifest = cache.manifest
     names = list(cache.label_names)
-    if cache.task == "multilabel":  # labels are bit masks, not class indices
-        split_counts = label_split_counts(manifest, names, cache.task)
-    else:
-        split_counts = {
-            split: {names[int(k)]: int(v) for k, v in group["label"].value_counts().sort_index().items()}
-            for split, group in manifest.groupby("split")
-        }
+    # multi-label: images holding each label, every label listed; single-label: the classes present
+    listed = coding(cache.task).lists_empty
+    split_counts = {split: {name: n for name, n in per.items() if n or listed}
+                    for split, per in sorted(label_split_counts(manifest, names, cache.task).items())}
     view_counts = {}
     if "view" in manifest and manifest["view"].notna().any():
         view_counts = {

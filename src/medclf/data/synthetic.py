@@ -26,7 +26,7 @@ import pandas as pd
 from medclf.data.cache import write_cache
 from medclf.data.splits import split_patients
 from medclf.io import read_json, write_json, write_text
-from medclf.tasks import encode_multi_hot, label_set_name, rarest_label
+from medclf.labelsets import encode_multi_hot, label_set_name, rarest_label
 
 DETAILED = ("Normal", "No Lung Opacity / Not Normal", "Lung Opacity")
 MARKER = "SYNTHETIC.json"  # beside the label CSVs: the dataset was made here, not taken from patients

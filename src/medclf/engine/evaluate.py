@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import pandas as pd
 
 from medclf.config import Config
@@ -13,17 +12,16 @@ from medclf.data.cache import Cache
 from medclf.data.dataset import CacheDataset
 from medclf.device import pick_device
 from medclf.errors import DataError, closest
-from medclf.evaluation.caveats import MIN_CLASS, metric_warnings, threshold_warning
-from medclf.evaluation.metrics import CI_KEYS, binary_metrics
-from medclf.evaluation.multiclass import multiclass_metrics
-from medclf.evaluation.multilabel import multilabel_metrics
+from medclf.evaluation.caveats import MIN_CLASS, threshold_warning
+from medclf.evaluation.metrics import CI_KEYS
 from medclf.evaluation.subgroups import (DEFAULT_AGE_BINS, TEST_NAME, UNKNOWN, check_age_bins, flat_rows,
                                          group_labels, group_order, subgroup_rows)
 from medclf.io import atomic_path, write_json
 from medclf.runs import Prediction, Predictor, RunDir, open_run_and_cache
 from medclf.runs.freshness import WEIGHTS_KEY, weights_fingerprint
 from medclf.runs.layout import PLOT_KINDS
-from medclf.tasks import label_set_name, multi_hot
+from medclf.tasks import BinaryTask, Task, make_task, task_for
+from medclf.tasks.single import labelled_arrays
 from medclf.tracking import open_run_tracker
 
 
@@ -56,8 +54,8 @@ def evaluate_run(
     negatives (default: the run's eval.threshold_min_class) are reported as too small.
     """
     run, cache = open_run_and_cache(run_dir, data, pick_device(device))
-    if by and run.contract.multilabel:
-        raise DataError(f"--by: subgroups are reported for single-label runs; {run.dir.path} is multilabel")
+    task = task_for(run.contract)
+    task.check_subgroups(by, run.dir.path)
     by = check_subgroup_columns(cache, by)
     age_bins = check_age_bins(age_bins)
     dataset = split_dataset(cache, split)
@@ -71,11 +69,7 @@ def evaluate_run(
     fallback = threshold_warning(c.threshold_source, c.threshold_reason)
     common = dict(n_boot=n_boot, min_class=run.config.eval.threshold_min_class, threshold_reason=c.threshold_reason,
                   notes=[fallback] if fallback else [])
-    if c.multilabel:
-        metrics = write_multilabel_evaluation(table, c.label_names, c.label_thresholds(), run.dir, tag, **common)
-    else:
-        metrics = write_evaluation(table, c.threshold, run.dir, tag, positive_index=c.positive_index,
-                                   label_names=c.label_names, **common)
+    metrics = write_task_evaluation(table, task, run.dir, tag, **common)
     subgroups = None
     if by:
         rows = cache.manifest.iloc[dataset.indices]
@@ -111,13 +105,10 @@ def predictions_table(dataset: CacheDataset, prediction: Prediction, predictor: 
     `prob_<class>` when K > 2, `ood,ood_score` when the run has a detector). `label` is the ground truth (class
     index), `predicted` the class called at `threshold`; `predict`'s CSV uses the same names."""
     columns = predictor.columns(prediction)
-    head = pd.DataFrame({"id": dataset.ids, "label": dataset.labels})
-    if predictor.contract.multilabel:  # label: the truth's bit mask; labels: its names (medclf.tasks)
-        head["labels"] = [label_set_name(m, predictor.contract.label_names) for m in dataset.labels]
-        lead = [c for c in columns.columns if c.startswith(("prob_", "pred_")) or c == "predicted"]
-    else:
-        lead = ["prob", "predicted", "threshold"]
-    table = pd.concat([head, columns[lead]], axis=1)
+    task = predictor.task
+    # label: the truth (a class index; a multilabel bit mask, spelled out in `labels`)
+    head = pd.DataFrame({"id": dataset.ids, "label": dataset.labels, **task.truth_columns(dataset.labels)})
+    table = pd.concat([head, columns[task.lead_column_names()]], axis=1)
     table["split"], table["model"] = split, predictor.name
     rest = [c for c in columns.columns if c not in table.columns]
     return pd.concat([table, columns[rest]], axis=1)
@@ -134,63 +125,41 @@ def write_evaluation(pred_df: Any, threshold: float, run_dir: str | Path | RunDi
                      positive_index: int = 1, label_names: Sequence[str] | None = None, seed: int = 0,
                      min_class: int = MIN_CLASS, threshold_reason: str | None = None,
                      notes: Sequence[str] = ()) -> dict[str, Any]:
-    """Metrics and plots for one predictions table (columns ``label,prob``; all rows are used).
-    A K-class table (``prob_<class>`` for K > 2 classes) also gets ``multiclass``: per-class metrics, averages,
-    accuracy, balanced accuracy, kappa and the K x K confusion (medclf.evaluation.multiclass).
-
-    Writes ``metrics_<tag>.json`` (the binary_metrics dict plus ``split``, ``positive_index``, ``n_boot``,
-    ``threshold_reason`` and ``warnings``: `metric_warnings` at `min_class`, then `notes`) and the confusion,
-    ROC, PR and calibration plots into the run. A test split (``test`` or ``test@<cachehash8>``) also writes
-    ``metrics.json``, so it holds the last evaluated test split. Returns the metrics dict.
-    """
-    from medclf.evaluation import plots  # matplotlib is only needed here
-
-    rd = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    rd.metrics(tag)  # checks the tag before any work
-    y, prob = labelled_arrays(pred_df, positive_index)
-    metrics = binary_metrics(y, prob, threshold, n_boot=n_boot, seed=seed)
-    metrics.update(split=tag, positive_index=int(positive_index), n_boot=int(n_boot),
-                   threshold_reason=threshold_reason, warnings=metric_warnings(metrics, min_class) + list(notes))
-    probs = class_probs(pred_df, label_names)
-    if probs is not None:  # a K-class run; the binary keys stay: its positive class against the rest
-        metrics["multiclass"] = multiclass_metrics(pred_df["label"].to_numpy(), probs, label_names, n_boot=n_boot,
-                                                   seed=seed)
-    save_metrics(rd, tag, metrics)
-    names = positive_negative_names(label_names, positive_index)
-    plots.plot_confusion(metrics["tp"], metrics["fp"], metrics["fn"], metrics["tn"], rd.plot("confusion", tag), names,
-                         title=f"{tag} (threshold {threshold:.3g})")
-    plots.plot_roc(y, prob, rd.plot("roc", tag), threshold=threshold, title=tag)
-    plots.plot_pr(y, prob, rd.plot("pr", tag), threshold=threshold, title=tag)
-    plots.plot_calibration(y, prob, rd.plot("calibration", tag), title=tag)
-    if probs is not None:  # each class against the rest, marked where it is the most probable class
-        onehot = np.eye(probs.shape[1], dtype=np.int8)[pred_df["label"].to_numpy()]
-        plots.plot_label_curves(onehot, probs, label_names, [None] * probs.shape[1], rd.plot("roc_classes", tag),
-                                title=f"{tag}: each class against the rest")
-    return metrics
+    """`write_task_evaluation` for a single-label table (columns ``label,prob``; a K-class table with
+    ``prob_<class>`` for K > 2 classes also gets ``multiclass``: per-class metrics, averages, accuracy, balanced
+    accuracy, kappa and the K x K confusion), at `threshold` for class `positive_index`."""
+    task = make_task(None, label_names, positive_index, threshold) if label_names else \
+        BinaryTask(None, positive_index, threshold)
+    return write_task_evaluation(pred_df, task, run_dir, tag, n_boot=n_boot, seed=seed, min_class=min_class,
+                                 threshold_reason=threshold_reason, notes=notes)
 
 
 def write_multilabel_evaluation(pred_df: pd.DataFrame, label_names: Sequence[str], thresholds: Sequence[float],
                                 run_dir: str | Path | RunDir, tag: str, n_boot: int = 1000, seed: int = 0,
                                 min_class: int = MIN_CLASS, threshold_reason: str | None = None,
                                 notes: Sequence[str] = ()) -> dict[str, Any]:
-    """A multilabel run's `metrics_<tag>.json` (medclf.evaluation.multilabel: per label and averaged, with
-    `task`, `roc_auc` = the macro ROC AUC, `split`, `n_boot`, `threshold_reason`, `warnings`: each label's
-    `metric_warnings`, prefixed with its name) and its per-label ROC and PR plots. Returns the metrics dict."""
-    from medclf.evaluation import plots  # matplotlib is only needed here
+    """`write_task_evaluation` for a multilabel table, each label at its threshold."""
+    task = make_task("multilabel", label_names, thresholds=thresholds)
+    return write_task_evaluation(pred_df, task, run_dir, tag, n_boot=n_boot, seed=seed, min_class=min_class,
+                                 threshold_reason=threshold_reason, notes=notes)
 
+
+def write_task_evaluation(pred_df: Any, task: Task, run_dir: str | Path | RunDir, tag: str, n_boot: int = 1000,
+                          seed: int = 0, min_class: int = MIN_CLASS, threshold_reason: str | None = None,
+                          notes: Sequence[str] = ()) -> dict[str, Any]:
+    """Metrics and plots of one predictions table (all rows are used), as the Task defines them
+    (`Task.metrics_entry`, `Task.plot_evaluation`).
+
+    Writes ``metrics_<tag>.json`` (the Task's entry with ``split``; its ``warnings``: `metric_warnings` at
+    `min_class`, then `notes`) and the plots into the run. A test split (``test`` or ``test@<cachehash8>``) also
+    writes ``metrics.json``, so it holds the last evaluated test split. Returns the metrics dict.
+    """
     rd = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     rd.metrics(tag)  # checks the tag before any work
-    probs = pred_df[[f"prob_{n}" for n in label_names]].to_numpy(dtype=np.float64)
-    metrics = {"task": "multilabel", "split": tag, "n_boot": int(n_boot), "threshold_reason": threshold_reason,
-               **multilabel_metrics(pred_df["label"].to_numpy(), probs, label_names, thresholds, n_boot=n_boot,
-                                    seed=seed)}
-    metrics["roc_auc"] = metrics["macro"]["roc_auc"]
-    metrics["warnings"] = [f"{name}: {w}" for name, m in metrics["per_label"].items()
-                           for w in metric_warnings(m, min_class)] + list(notes)
+    metrics = task.metrics_entry(pred_df, tag, n_boot=n_boot, seed=seed, min_class=min_class,
+                                 threshold_reason=threshold_reason, notes=notes)
     save_metrics(rd, tag, metrics)
-    y = multi_hot(pred_df["label"].to_numpy(), len(label_names))
-    for kind in ("roc", "pr"):
-        plots.plot_label_curves(y, probs, label_names, thresholds, rd.plot(kind, tag), kind=kind, title=tag)
+    task.plot_evaluation(pred_df, metrics, lambda kind: rd.plot(kind, tag), tag)
     return metrics
 
 
@@ -203,36 +172,6 @@ def save_metrics(rd: RunDir, tag: str, metrics: dict[str, Any]) -> None:
     write_json(rd.metrics(tag), metrics)
     if tag.split("@")[0] == "test":
         write_json(rd / RunDir.METRICS, metrics)
-
-
-def class_probs(pred_df: Any, label_names: Sequence[str] | None) -> np.ndarray | None:
-    """The `prob_<class>` columns of a K-class (K > 2) predictions table as an N x K array; None for a binary run
-    or a table without them."""
-    columns = [f"prob_{name}" for name in label_names or ()]
-    if len(columns) <= 2 or any(c not in pred_df.columns for c in columns):
-        return None
-    return pred_df[columns].to_numpy(dtype=np.float64)
-
-
-def labelled_arrays(pred_df: Any, positive_index: int) -> tuple[np.ndarray, np.ndarray]:
-    """(0/1 truth, positive probability) from a predictions table; every row must carry a label."""
-    missing = [c for c in ("label", "prob") if c not in pred_df.columns]
-    if missing:
-        raise DataError(f"predictions table lacks column(s) {', '.join(missing)}")
-    unlabelled = int(pred_df["label"].isna().sum())
-    if unlabelled:
-        raise DataError(f"predictions table has {unlabelled} row(s) without a label; metrics need labels")
-    y = (pred_df["label"].to_numpy() == positive_index).astype(np.int8)
-    return y, pred_df["prob"].to_numpy(dtype=np.float64)
-
-
-def positive_negative_names(label_names: Sequence[str] | None, positive_index: int) -> tuple[str, str]:
-    if not label_names or not 0 <= positive_index < len(label_names):
-        return ("positive", "negative")
-    positive = str(label_names[positive_index])
-    if len(label_names) == 2:
-        return (positive, str(label_names[1 - positive_index]))
-    return (positive, f"not {positive}")
 
 
 # manifest columns that identify an image, hold its truth or place it: grouping by them means nothing

@@ -19,8 +19,7 @@ from medclf.data.transforms import Augment, BatchTransform, make_transform
 from medclf.engine.distributed import DistContext, check_same_cache, wrap_model
 from medclf.engine.optim import create_optimizer, create_scheduler
 from medclf.errors import ConfigError, DataError
-from medclf.losses import create_loss, create_multilabel_loss
-from medclf.tasks import label_counts
+from medclf.tasks import task_for_cache
 from medclf.models import create_model
 from medclf.contract import DataContract
 
@@ -130,19 +129,7 @@ def build_setup(cfg: Config, data_dir: str | Path, out_dir: str | Path, dist: Di
 
 def check_task_options(cfg: Config, cache: Cache) -> None:
     """Options defined for one kind of task refuse the other kind's cache, naming what to change."""
-    if cache.task != "multilabel":
-        if cfg.loss.pos_weight:
-            raise ConfigError("loss.pos_weight: weighs each label of a multilabel task; a single-label task uses "
-                              "loss.class_balanced=true")
-        return
-    single = {"train.adversarial": cfg.train.adversarial, "train.contrastive": cfg.train.contrastive}
-    for key, value in single.items():
-        if value:
-            raise ConfigError(f"{key}={value}: defined for single-label tasks; {cache.path} is multilabel "
-                              f"(drop {key})")
-    if cfg.loss.class_balanced:
-        raise ConfigError("loss.class_balanced: weighs classes of a single-label task; a multilabel task "
-                          "weighs each label's positives with loss.pos_weight=true")
+    task_for_cache(cache).check_options(cfg, cache.path)
 
 
 def compiled(model: torch.nn.Module, cfg: Config) -> torch.nn.Module:
@@ -153,31 +140,8 @@ def compiled(model: torch.nn.Module, cfg: Config) -> torch.nn.Module:
 
 
 def task_loss(cfg: Config, cache: Cache, train_labels: np.ndarray) -> torch.nn.Module:
-    """The configured loss for the cache's task, with the training split's counts it may weigh by."""
-    k = len(cache.label_names)
-    params = loss_params(cfg, cache.positive_index, cache.task)
-    if cache.task == "multilabel":
-        return create_multilabel_loss(cfg.loss.name, k, label_counts(train_labels, k).tolist(), len(train_labels),
-                                      pos_weight=cfg.loss.pos_weight, **params)
-    class_counts = np.bincount(train_labels, minlength=k)
-    return create_loss(cfg.loss.name, num_classes=k, class_counts=class_counts.tolist(), **params)
-
-
-def loss_params(cfg: Config, positive_index: int, task: str | None = None) -> dict:
-    """The LossConfig fields each loss takes (the config keeps one flat, typed section for all of them); a
-    multilabel task's losses (medclf.losses.MULTILABEL_LOSSES) take their own."""
-    lc = cfg.loss
-    if task == "multilabel":
-        return {"focal": {"gamma": lc.gamma, "alpha": lc.alpha},
-                "asl": {"gamma_neg": lc.gamma_neg, "gamma_pos": lc.gamma_pos, "clip": lc.clip}}.get(lc.name, {})
-    if lc.name == "focal":
-        return {"gamma": lc.gamma, "alpha": lc.alpha, "class_balanced": lc.class_balanced, "beta": lc.beta,
-                "positive_index": positive_index}
-    if lc.name == "ce":
-        return {"label_smoothing": lc.label_smoothing, "class_balanced": lc.class_balanced, "beta": lc.beta}
-    if lc.name == "soft_f1":
-        return {"positive_index": positive_index}
-    return {}
+    """The configured loss in the cache's task's family, with the training split's counts it may weigh by."""
+    return task_for_cache(cache).create_loss(cfg.loss, train_labels)
 
 
 def create_objective(cfg: Config, loss_fn: torch.nn.Module, transform: BatchTransform) -> Objective:

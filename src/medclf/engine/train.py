@@ -28,17 +28,10 @@ from medclf.io import write_json
 from medclf.outdirs import FolderLock, claim_output_dir, remove_if_unused
 from medclf.data.cache import Cache
 from medclf.data.summary import data_summary
-from medclf.evaluation.caveats import metric_warnings, threshold_warning
-from medclf.evaluation.metrics import binary_metrics
-from medclf.evaluation.macro_auc import macro_roc_auc
-from medclf.evaluation.multilabel import average_rates
-from medclf.evaluation.thresholds import SOURCE_DATA, SOURCE_DEFAULT, OperatingThreshold, operating_threshold
-from medclf.contract import DataContract
 from medclf.models.checkpoint import read_checkpoint
-from medclf.models.outputs import logits_of
 from medclf.runs import Predictor, RunDir, open_checkpoint
 from medclf.runs.ood import fit_detector
-from medclf.tasks import multi_hot
+from medclf.tasks import ThresholdRule, task_for
 from medclf.tracking import Tracker, check_trackers, open_tracker, parent_kind
 
 
@@ -184,33 +177,14 @@ def train_one_epoch(s: TrainingSetup, epoch: int, ema, progress: bool) -> float:
 
 @torch.no_grad()
 def validate(s: TrainingSetup, model: torch.nn.Module) -> dict:
-    """Validation loss and the binary metrics at threshold 0.5 (the operating point is chosen after training).
+    """Validation loss and the task's figures at 0.5 (the operating point is chosen after training):
+    `Task.validation_row`.
 
     Under DDP the ranks share the predictions and gather them, so every rank computes the same row.
     """
     predictor = Predictor(model, s.contract, device=s.device, detectors=[])
     probs = predict_sharded(predictor, s.val_set, s.dist, batch_size=s.cfg.eval.batch_size)
-    if s.contract.multilabel:
-        return validate_multilabel(s, probs)
-    logp = torch.log(torch.from_numpy(probs).clamp_min(1e-7))
-    # val loss with the training loss function, so the two curves are comparable (the seed deck's graph)
-    val_loss = float(s.loss_fn(logp.to(s.device), torch.from_numpy(s.val_set.labels).to(s.device)))
-    y = (s.val_set.labels == s.contract.positive_index).astype(int)
-    m = binary_metrics(y, probs[:, s.contract.positive_index], threshold=0.5, n_boot=0)
-    return {"val_loss": val_loss, "val_auc": m["roc_auc"], "val_f1": m["f1"], "val_accuracy": m["accuracy"]}
-
-
-def validate_multilabel(s: TrainingSetup, probs: np.ndarray) -> dict:
-    """The same row for a multilabel run: `val_auc` is the macro ROC AUC over labels, `val_f1` the macro F1 and
-    `val_accuracy` the share of correct image-label calls, each label called at 0.5."""
-    labels = s.val_set.labels
-    logits = logits_of(torch.from_numpy(probs), "multilabel")
-    val_loss = float(s.loss_fn(logits.to(s.device), torch.from_numpy(labels).to(s.device)))
-    y = multi_hot(labels, probs.shape[1])
-    called = probs >= 0.5
-    auc = macro_roc_auc(y, probs, skip_undefined=True)
-    return {"val_loss": val_loss, "val_auc": math.nan if auc is None else auc,
-            "val_f1": average_rates(y, called, "macro")["f1"], "val_accuracy": float((called == y).mean())}
+    return task_for(s.contract).validation_row(s.val_set.labels, probs, s.loss_fn, s.device)
 
 
 def finalize_run(s: TrainingSetup, progress: bool = False) -> None:
@@ -224,42 +198,13 @@ def finalize_run(s: TrainingSetup, progress: bool = False) -> None:
     predictor = Predictor(run.model, run.contract, tta_flip=s.cfg.eval.tta_flip, device=s.device, detectors=[])
     probs = predictor.predict_dataset(s.val_set, batch_size=s.cfg.eval.batch_size).probs
     contract = run.contract
-    if contract.multilabel:
-        set_label_thresholds(contract, multi_hot(s.val_set.labels, contract.num_classes), probs, s.cfg)
-    else:
-        y = (s.val_set.labels == contract.positive_index).astype(int)
-        chosen, contract.threshold_warnings = checked_threshold(y, probs[:, contract.positive_index], s.cfg)
-        contract.threshold, contract.threshold_source, contract.threshold_reason = chosen.value, chosen.source, \
-            chosen.reason
+    task = task_for(contract)
+    task.store_thresholds(contract, task.choose_thresholds(s.val_set.labels, probs, ThresholdRule.from_config(s.cfg)))
     for warning in contract.threshold_warnings:  # printed by rank 0 alone, once, whatever `progress` says
         print(f"warning: {s.out_dir}: {warning}", file=sys.stderr)
     contract.ood = _fit_ood(s, predictor, progress)
     payload = read_checkpoint(run.dir.best)
     save_checkpoint(run.dir.best, run.model, contract, payload["config"], payload.get("extra"))
-
-
-def checked_threshold(y: np.ndarray, prob: np.ndarray, cfg: Config) -> tuple[OperatingThreshold, list[str]]:
-    """The operating threshold by the safe rule (`operating_threshold`: fitted only on enough positives and
-    negatives), and the reasons it, or the validation figures behind it, may mean nothing."""
-    chosen = operating_threshold(y, prob, method=cfg.eval.threshold, target=cfg.eval.target_sensitivity,
-                                 min_class=cfg.eval.threshold_min_class)
-    # a few hundred resamples show whether an interval collapses; the full count is evaluate's job
-    val_metrics = binary_metrics(y, prob, chosen.value, n_boot=200, seed=cfg.train.seed)
-    fallback = threshold_warning(chosen.source, chosen.reason)
-    warnings = [f"validation: {w}" for w in metric_warnings(val_metrics, cfg.eval.threshold_min_class)]
-    return chosen, ([fallback] if fallback else []) + warnings
-
-
-def set_label_thresholds(contract: DataContract, y: np.ndarray, probs: np.ndarray, cfg: Config) -> None:
-    """A multilabel run's operating thresholds, one per label, each by the safe rule on that label's validation
-    column (`checked_threshold`); the contract's source is "validation" only when every label's was fitted."""
-    chosen, warnings = zip(*(checked_threshold(y[:, k], probs[:, k], cfg) for k in range(y.shape[1])))
-    names = contract.label_names
-    contract.thresholds = [c.value for c in chosen]
-    fitted = all(c.source == SOURCE_DATA for c in chosen)
-    contract.threshold_source = SOURCE_DATA if fitted else SOURCE_DEFAULT
-    contract.threshold_reason = "; ".join(f"{name}: {c.reason}" for name, c in zip(names, chosen))
-    contract.threshold_warnings = [f"{name}: {w}" for name, ws in zip(names, warnings) for w in ws]
 
 
 def _fit_ood(s: TrainingSetup, predictor: Predictor, progress: bool) -> dict | None:

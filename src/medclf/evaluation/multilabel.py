@@ -22,7 +22,7 @@ from medclf.errors import MedclfError
 from medclf.evaluation.bootstrap import percentile_interval
 from medclf.evaluation.macro_auc import macro_auc_resamples
 from medclf.evaluation.metrics import binary_metrics, rates_from_counts
-from medclf.tasks import check_masks, multi_hot
+from medclf.labelsets import check_masks, multi_hot
 
 AVERAGES = ("macro", "weighted", "micro")
 RATE_KEYS = ("recall", "specificity", "precision", "f1")  # recall = sensitivity, as in binary_metrics

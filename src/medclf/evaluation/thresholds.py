@@ -3,6 +3,12 @@
 Candidate thresholds are the distinct predicted probabilities; an image is called positive when
 ``prob >= threshold``. Ties between equally good thresholds go to the highest one (fewest positive calls).
 
+The threshold a run stores is never one of those scores: `operating_threshold` moves the chosen score down to
+the midpoint between it and the next lower distinct validation score (`between_scores`). Every validation image
+keeps the decision it had at the chosen score, and keeps it under any change of its probability smaller than
+half that gap, so two inference paths that differ by a float step (ONNX vs eager, a numpy vs a torch sum, a
+probability read back from CSV) cannot flip a decision.
+
 `operating_threshold` is the safe rule training uses: a threshold is fitted to validation only when validation
 holds at least `min_class` positives AND negatives (`eval.threshold_min_class`, 10 by default). With fewer, a
 fitted threshold lands on one image's probability (2.5e-07, or 1.0, from a single positive), so the run keeps
@@ -49,10 +55,19 @@ def operating_threshold(y_true: Any, prob: Any, method: str = "f1", target: floa
     if short:
         return OperatingThreshold(DEFAULT_THRESHOLD, SOURCE_DEFAULT,
                                   f"default {DEFAULT_THRESHOLD:g}: {split} has {' and '.join(short)} (< {min_class})")
-    value = choose_threshold(y, p, method, target)
+    value = between_scores(p, choose_threshold(y, p, method, target))
     how = f"sensitivity >= {target:g}" if method == "sensitivity" else method
     return OperatingThreshold(value, SOURCE_DATA,
                               f"{how} on {len(y)} {split} images ({count_text(n_pos, 'positive')})")
+
+
+def between_scores(prob: Any, chosen: float) -> float:
+    """The midpoint between `chosen` (one of the scores `prob`) and the next lower distinct score (0 when none
+    is lower): the same calls as ``prob >= chosen`` on `prob`, with the largest margin to every score."""
+    p = np.asarray(prob, dtype=np.float64).reshape(-1)
+    lower = p[p < chosen]
+    below = float(lower.max()) if lower.size else 0.0
+    return float(below + (float(chosen) - below) / 2.0)
 
 
 def count_text(n: int, word: str) -> str:

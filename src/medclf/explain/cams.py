@@ -2,7 +2,7 @@
 
 The CAM arithmetic is the library's; this module only supplies what it needs from the model itself: the
 target layer (`model.cam_target_layers()`), the ViT token reshape (`model.cam_reshape_transform`, None for
-CNNs), and the target (the log-odds of the explained class). Each CAM object lives inside a `with` block that
+CNNs), and the target (the log-odds of the explained class, as the model's task reads its logits). Each CAM object lives inside a `with` block that
 releases its hooks and drops the output it keeps (with its autograd graph) as soon as the maps are out.
 """
 
@@ -19,24 +19,24 @@ from torch import nn
 
 from medclf.errors import MedclfError
 from medclf.explain.registry import register_method
+from medclf.tasks import task_class
 
 
 class LogOddsTarget:
-    """The log-odds of class `index`, log(p / (1 - p)) = z_c - logsumexp(other logits).
+    """The log-odds log(p / (1 - p)) of class `index` under the task's activation (`Task.log_odds`).
 
-    For two classes this is z_pos - z_neg, the quantity the operating threshold cuts; explaining the raw
-    logit z_pos alone would also credit whatever raises both logits together, which changes no decision.
-    grad-cam calls targets on one output row (K,) at a time; batches (B, K) work too.
+    Softmax (binary, multiclass): z_c - logsumexp(other logits); for two classes z_pos - z_neg, the quantity the
+    operating threshold cuts (the raw logit z_pos alone would also credit whatever raises both logits together,
+    which changes no decision). Sigmoid (multilabel): the logit z_c itself, since the other findings do not
+    compete with this one. grad-cam calls targets on one output row (K,) at a time; batches (B, K) work too.
     """
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, task: str | None = None) -> None:
         self.index = int(index)
+        self.log_odds = task_class(task).log_odds
 
     def __call__(self, output: torch.Tensor) -> torch.Tensor:
-        rows = output if output.dim() == 2 else output[None]
-        others = torch.cat([rows[:, : self.index], rows[:, self.index + 1:]], dim=1)
-        value = rows[:, self.index] - torch.logsumexp(others, dim=1)
-        return value if output.dim() == 2 else value[0]
+        return self.log_odds(output, self.index)
 
 
 def _grad_cam_module():
@@ -73,7 +73,8 @@ class CamExplainer:
 
     def __call__(self, model: nn.Module, x: torch.Tensor, class_index: int) -> np.ndarray:
         cam_class = getattr(_grad_cam_module(), self.cam_class_name)
-        targets = [LogOddsTarget(class_index) for _ in range(x.shape[0])]
+        task = getattr(getattr(model, "contract", None), "task", None)  # how this model's logits are read
+        targets = [LogOddsTarget(class_index, task) for _ in range(x.shape[0])]
         sink = contextlib.redirect_stderr(io.StringIO()) if self.quiet else contextlib.nullcontext()
         # gradients are needed even when the caller runs under no_grad or inference_mode (a server)
         with torch.inference_mode(False), torch.enable_grad(), open_cam(cam_class, model) as cam, sink:

@@ -17,6 +17,7 @@ from medclf.explain.overlay import render, save_png, tile
 from medclf.explain.registry import compute_maps, resize_maps
 from medclf.explain.scores import pointing_hit
 from medclf.runs import Run, model_input
+from medclf.tasks import task_for
 
 OUTCOMES = {"tp": "true positives", "fp": "false positives", "fn": "false negatives", "tn": "true negatives"}
 PANEL_SIDE = 192
@@ -41,9 +42,10 @@ def write_gallery(run: Run, cache: Cache, rows: np.ndarray, probs: np.ndarray, m
     if k <= 0:
         return {}
     labels = cache.manifest["label"].to_numpy()[rows]
-    positive = labels == run.contract.positive_index
+    task, explained = task_for(run.contract), run.contract.positive_index
+    positive = task.positive(labels, explained)  # multilabel: the images holding the explained finding
     out: dict = {}
-    for outcome, picked in pick_outcomes(positive, probs, run.contract.threshold, k).items():
+    for outcome, picked in pick_outcomes(positive, probs, task.threshold_of(explained), k).items():
         if picked.size == 0:
             continue
         chosen = rows[picked]

@@ -21,9 +21,10 @@ from medclf.explain.overlay import render, save_png
 from medclf.explain.registry import (check_applies, compute_class_maps, create_explainer, member_input, members_of,
                                      resize_maps)
 from medclf.explain.scores import is_flat
-from medclf.explain.targets import resolve_targets, target_index
+from medclf.explain.targets import map_targets, target_index
 from medclf.io import atomic_path
 from medclf.runs import Predictor, Run, RunDir, model_input, open_run, read_images
+from medclf.tasks import task_for
 
 
 # Written under the caption of an overlay whose map is flat: without it a blank overlay looks like a quiet one.
@@ -44,7 +45,7 @@ def caption(run: Run, prob: float, flat: bool = False, target: int | None = None
     is marked + at or above the threshold), and FLAT_NOTE on a second line when the map is flat."""
     c = run.contract
     target = c.positive_index if target is None else target
-    flag = " +" if target == c.positive_index and c.task == "binary" and prob >= c.threshold else ""
+    flag = task_for(c).caption_mark(target, prob)
     return f"{c.label_names[target]} p={prob:.3f}{flag}" + (f"\n{FLAT_NOTE}" if flat else "")
 
 
@@ -52,7 +53,7 @@ def explain_batch(run: Run, images: np.ndarray, method: str = "gradcam", device:
                   predictor: Predictor | None = None, target: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """uint8 `B x S x S` -> (maps `B x S x S` in [0, 1] at the images' size, probabilities `B` of the drawn class,
     as the run's Predictor gives them). The class: `target` (a label name), else the task's default
-    (`resolve_targets`: the positive class of a binary run). `device` defaults to the one the run was opened on."""
+    (`map_targets`: the positive class of a binary run). `device` defaults to the one the run was opened on."""
     maps, probs, _ = explain_targets(run, images, method, device, predictor, target)
     return maps, probs
 
@@ -65,7 +66,7 @@ def explain_targets(run: Run, images: np.ndarray, method: str = "gradcam", devic
     images = np.array(images, dtype=np.uint8)  # a copy: torch warns on a read-only memmap slice
     c = run.contract
     all_probs = (predictor or run.predictor()).predict_arrays(images).probs
-    targets = resolve_targets(all_probs, c.label_names, c.task, c.positive_index, target)
+    targets = map_targets(task_for(c), all_probs, target)
     maps = compute_class_maps(run.model, model_input(c, torch.from_numpy(images).to(device)), method, targets)
     probs = all_probs[np.arange(len(images)), targets]
     return resize_maps(maps, images.shape[-1]).clamp_(0.0, 1.0).numpy(), probs, targets
@@ -77,7 +78,7 @@ def explain_files(run_dir: str | Path, inputs: Iterable[str | Path], method: str
     """Write `<out>/<stem>_<method>.png` per readable image (+ `<stem>_featuremaps_grid.png` for featuremaps)
     and `<out>/explanations.csv` (`path,method,prob,flat,png,error`; `flat`: the map has no peak, said on the
     picture too; a K-class or multilabel run adds `target`, the class drawn, whose probability `prob` is);
-    returns that table. `out` defaults to RUN/explain. `target`: the class to draw (`resolve_targets`)."""
+    returns that table. `out` defaults to RUN/explain. `target`: the class to draw (`map_targets`)."""
     dev = pick_device(device)
     run = open_run(run_dir, dev)
     if target is not None:
@@ -90,7 +91,7 @@ def explain_files(run_dir: str | Path, inputs: Iterable[str | Path], method: str
     rows: list[dict] = []
     for start in tqdm(range(0, len(files), batch_size), desc=f"explain {method}", disable=not progress, leave=False):
         rows.extend(_explain_chunk(run, files[start:start + batch_size], method, out_dir, dev, target))
-    table = pd.DataFrame(rows, columns=COLUMNS if run.contract.task == "binary" else [*COLUMNS, "target"])
+    table = pd.DataFrame(rows, columns=task_for(run.contract).explain_columns(COLUMNS))
     with atomic_path(out_dir / RunDir.EXPLANATIONS) as tmp:
         table.to_csv(tmp, index=False)
     return table

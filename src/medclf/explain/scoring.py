@@ -1,6 +1,8 @@
 """`medclf explain RUN --data CACHE --split test --score`: how well each method's maps point at the boxes.
 
-For every positive image with boxes in the chosen split(s), each method's map is computed at the model's
+For every positive image with boxes in the chosen split(s) -- one holding the explained class, the run's
+positive class (`Task.positive`: for a multilabel run, an image holding that finding, whatever else it holds) --
+each method's map is computed at the model's
 input size (where ROAD perturbs the input), then resized to the cache size, where the boxes live, for the
 pointing game and the energy in box (`medclf.explain.scores`). Writes, in the run directory or `out`:
 `explain_scores.json`, `explain_scores.md` (the table), `explain_scores_per_image.csv`, and the gallery
@@ -28,6 +30,7 @@ from medclf.explain.registry import compute_maps, parse_methods, resize_maps
 from medclf.explain.scores import box_area_fraction, energy_in_box, is_flat, mean_ci, pointing_hit, road_scores
 from medclf.io import atomic_path, write_json, write_text
 from medclf.runs import Predictor, Probabilities, Run, RunDir, model_input, open_run
+from medclf.tasks import task_for
 
 ALL_SPLITS = "all"
 
@@ -81,7 +84,8 @@ def _positives_with_boxes(run: Run, cache: Cache, rows: np.ndarray, split: str,
                           max_images: int | None) -> np.ndarray:
     labels = cache.manifest["label"].to_numpy()[rows]
     has_box = np.array([bool(cache.boxes(int(r))) for r in rows], dtype=bool)
-    boxed = rows[(labels == run.contract.positive_index) & has_box]
+    holds = task_for(run.contract).positive(labels, run.contract.positive_index)  # the explained class
+    boxed = rows[holds & has_box]
     if boxed.size == 0:
         raise MedclfError(f"{cache.path}: no positive image with boxes in split '{split}' "
                           f"(the manifest's boxes column is empty there); nothing to score")

@@ -1,4 +1,5 @@
-"""How a model's K logits become probabilities, per task type (medclf.tasks), and back.
+"""How a model's K logits become probabilities, per task type, and back: the Task classes' own activations
+(medclf.tasks), by task name, for the modules that hold a contract rather than a Task.
 
 Single-label tasks (binary, multiclass) read the logits with a softmax (rows sum to 1); a multilabel task reads
 each logit with its own sigmoid (each label independently present or not). `logits_of` inverts either, so a
@@ -9,17 +10,14 @@ from __future__ import annotations
 
 import torch
 
-_TINY = 1e-12  # log(0) would give -inf logits (and infinite gradients for attacks)
+from medclf.tasks import task_class
 
 
 def probabilities(logits: torch.Tensor, task: str | None) -> torch.Tensor:
     """`B x K` logits -> `B x K` float32 probabilities."""
-    logits = logits.float()
-    return torch.sigmoid(logits) if task == "multilabel" else torch.softmax(logits, dim=1)
+    return task_class(task).probabilities(logits)
 
 
 def logits_of(probs: torch.Tensor, task: str | None) -> torch.Tensor:
     """Logits whose `probabilities` are `probs`: log p (softmax renormalises) or log(p / (1 - p))."""
-    if task == "multilabel":
-        return torch.logit(probs.clamp(_TINY, 1.0 - 1e-7))
-    return torch.log(probs.clamp_min(_TINY))
+    return task_class(task).logits(probs)

@@ -22,16 +22,12 @@ from tqdm import tqdm
 from medclf.data.dataset import CacheDataset, make_loader
 from medclf.device import pick_device
 from medclf.errors import DataError, MedclfError
-from medclf.evaluation.macro_auc import macro_roc_auc
-from medclf.evaluation.metrics import binary_metrics
-from medclf.evaluation.multilabel import multilabel_metrics
 from medclf.io import atomic_path, read_json, write_json
-from medclf.losses import multi_hot_target
 from medclf.robust.attacks import get_attack
 from medclf.runs import LogProbs, Predictor, RunDir, open_run_and_cache
-from medclf.tasks import multi_hot
+from medclf.tasks import ATTACK_ROW_KEYS, Task
 
-ROW_KEYS = ("accuracy", "f1", "roc_auc", "recall", "specificity", "precision", "pr_auc")
+ROW_KEYS = ATTACK_ROW_KEYS
 CLASS_KEYS = ("class_accuracy", "macro_roc_auc")
 
 
@@ -56,71 +52,19 @@ def attack_run(run_dir: str | Path, method: str = "pgd", eps: list[float] | tupl
     probs = {e: _attack_split(predictor, dataset, attack, e, steps, batch_size, seed,
                               desc=f"{method} eps={e * 255:g}/255", progress=progress) for e in eps_list}
     c = run.contract
-    if c.multilabel:
-        rows, n_pos = _multilabel_rows(c, dataset.labels, probs, n_boot, seed)
-        point = {"threshold": float(c.threshold), "thresholds": c.label_thresholds()}
-    else:
-        rows, n_pos = _binary_rows(c, dataset.labels, probs, n_boot, seed)
-        point = {"threshold": float(c.threshold)}
+    task = predictor.task
+    rows, n_pos = task.attack_rows(dataset.labels, probs, n_boot, seed)
     entry = {"method": method, "steps": steps if method == "pgd" else 1, "split": split, "data": str(cache.path),
-             "n": len(dataset), "n_pos": n_pos, **point, "tta_flip": predictor.tta_flip, "rows": rows}
+             "n": len(dataset), "n_pos": n_pos, **task.attack_point(), "tta_flip": predictor.tta_flip, "rows": rows}
     _write(run.dir, entry)
-    if n_examples > 0 and max(eps_list) > 0 and not c.multilabel:  # the figure shows the positive class
+    shown = task.example_class  # the figure shows one class's probability (none for a multilabel run)
+    if n_examples > 0 and max(eps_list) > 0 and shown is not None:
         from medclf.robust.plots import plot_attack_examples
 
-        pos, threshold = c.positive_index, c.threshold
-        idx = _example_indices(probs[0.0][:, pos], probs[max(eps_list)][:, pos], threshold, n_examples)
+        idx = _example_indices(probs[0.0], probs[max(eps_list)], task, n_examples)
         examples = _examples(predictor, dataset, idx, attack, max(eps_list), steps, seed)
         plot_attack_examples(examples, c, method, max(eps_list), run.dir.attack_examples(method))
     return entry
-
-
-def _binary_rows(c, labels: np.ndarray, probs: dict[float, np.ndarray], n_boot: int,
-                 seed: int) -> tuple[list[dict], int]:
-    """One row per eps on the positive class at the run's threshold (and the K-class figures); the positives."""
-    pos, threshold = c.positive_index, c.threshold
-    y = (labels == pos).astype(int)
-    clean_call = probs[0.0][:, pos] >= threshold
-    rows = []
-    for e, p in probs.items():
-        m = binary_metrics(y, p[:, pos], threshold=threshold, n_boot=n_boot, seed=seed)
-        nll = -np.log(np.clip(p[np.arange(len(y)), labels], 1e-12, None)).mean()
-        rows.append({"eps": e, "eps_255": round(e * 255, 6), **{k: m[k] for k in ROW_KEYS},
-                     "loss": float(nll), "flip_rate": float(np.mean((p[:, pos] >= threshold) != clean_call)),
-                     "ci": {k: m["ci"].get(k) for k in ROW_KEYS if k in (m.get("ci") or {})},
-                     **class_figures(labels, p)})
-    return rows, int(y.sum())
-
-
-def _multilabel_rows(c, labels: np.ndarray, probs: dict[float, np.ndarray], n_boot: int,
-                     seed: int) -> tuple[list[dict], int]:
-    """A multilabel run's rows: the macro averages over findings (each at its own threshold), `accuracy` the share
-    of right image-finding calls, `flip_rate` the share of images whose called findings changed, `loss` the mean
-    binary cross-entropy summed over findings; and the images with a finding. No example figure (it shows one
-    class's probability)."""
-    thresholds = np.asarray(c.label_thresholds())
-    y = multi_hot(labels, c.num_classes)
-    clean_calls = probs[0.0] >= thresholds
-    rows = []
-    for e, p in probs.items():
-        m = multilabel_metrics(labels, p, c.label_names, thresholds, n_boot=n_boot, seed=seed)
-        clipped = np.clip(p, 1e-12, 1 - 1e-7)
-        bce = -(y * np.log(clipped) + (1 - y) * np.log(1 - clipped)).sum(axis=1).mean()
-        calls = p >= thresholds
-        rows.append({"eps": e, "eps_255": round(e * 255, 6), **{k: m["macro"][k] for k in ROW_KEYS if k in m["macro"]},
-                     "accuracy": float((calls == y.astype(bool)).mean()), "loss": float(bce),
-                     "flip_rate": float(np.mean((calls != clean_calls).any(axis=1))),
-                     "ci": {"roc_auc": m["ci"]["macro_roc_auc"]}})
-    return rows, int(y.any(axis=1).sum())
-
-
-def class_figures(labels: np.ndarray, probs: np.ndarray) -> dict:
-    """`class_accuracy` and `macro_roc_auc` of K > 2 class probabilities; nothing for a binary run (its rows keep
-    their keys)."""
-    if probs.shape[1] <= 2:
-        return {}
-    return {"class_accuracy": float(np.mean(probs.argmax(axis=1) == labels)),
-            "macro_roc_auc": macro_roc_auc(labels, np.clip(probs, 0.0, 1.0))}
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -138,17 +82,18 @@ def _attack_split(predictor: Predictor, dataset: CacheDataset, attack, eps: floa
         x = predictor.unit(images)
         # the attacked module normalises inside, so the attack's own normalisation is the identity
         y = labels.to(predictor.device)
-        if predictor.contract.multilabel:  # the attacks' loss reads a 0/1 matrix as a multi-label truth
-            y = multi_hot_target(y, predictor.contract.num_classes)
+        y = predictor.task.attack_target(y)  # multilabel: a 0/1 matrix the attacks' loss reads as such
         x_adv = attack(model, x, y, eps, _identity, steps=steps, generator=generator)
         out[positions.numpy()] = predictor.predict_unit(x_adv)
     return out
 
 
-def _example_indices(clean: np.ndarray, adv: np.ndarray, threshold: float, n: int) -> np.ndarray:
-    """Prefer images whose decision the attack flipped (largest probability change first), then the rest."""
-    change = np.abs(adv - clean)
-    flipped = (adv >= threshold) != (clean >= threshold)
+def _example_indices(clean: np.ndarray, adv: np.ndarray, task: Task, n: int) -> np.ndarray:
+    """Prefer images whose decision the attack flipped (largest change of the shown class's probability first),
+    then the rest. `clean`, `adv`: N x K probabilities."""
+    shown = task.example_class
+    change = np.abs(adv[:, shown] - clean[:, shown])
+    flipped = (task.calls(adv) != task.calls(clean)).any(axis=1)
     order = np.lexsort((-change, ~flipped))
     return np.sort(order[:n])
 

@@ -28,7 +28,7 @@ from medclf.contract import DataContract
 from medclf.device import autocast, pick_device
 from medclf.errors import MedclfError
 from medclf.runs.graph import InferenceModule
-from medclf.tasks import encode_multi_hot, label_set_name
+from medclf.tasks import Task, make_task, task_for
 
 ENGINES = ("torch", "onnx")
 
@@ -109,6 +109,11 @@ class Predictor:
         return self.module.tta_flip
 
     @property
+    def task(self) -> "Task":
+        """What the contract's task means (medclf.tasks), read afresh: training stores thresholds after opening."""
+        return task_for(self.contract)
+
+    @property
     def threshold(self) -> float:
         return float(self.contract.threshold)
 
@@ -172,18 +177,9 @@ class Predictor:
 
     # ------------------------------------------------------------------ reading a Prediction
     def column_names(self) -> list[str]:
-        c = self.contract
-        if c.multilabel:  # no single positive class: a probability and a call per label
-            names = [f"prob_{n}" for n in c.label_names] + [f"pred_{n}" for n in c.label_names] + ["predicted"]
-        else:
-            names = ["prob", "predicted", "threshold"]
-        if self.n_members > 1:
-            names.append("std")
-        if c.num_classes > 2 and not c.multilabel:
-            names += [f"prob_{n}" for n in c.label_names]
-        if self.has_ood:
-            names += ["ood", "ood_score"]
-        return names
+        task = self.task
+        names = task.lead_column_names() + (["std"] if self.n_members > 1 else []) + task.class_column_names()
+        return names + (["ood", "ood_score"] if self.has_ood else [])
 
     def columns(self, p: Prediction) -> pd.DataFrame:
         """The per-image columns shared by `predict`'s CSV and `evaluate`'s predictions table.
@@ -192,19 +188,11 @@ class Predictor:
         labels called. Otherwise `prob`: the positive class's probability; `predicted`: the class called at
         `threshold`. `std`: the members' disagreement (`spread`); `ood`, `ood_score`: see above.
         """
-        c = self.contract
-        if c.multilabel:
-            called = self.label_calls(p.probs)
-            out = {f"prob_{n}": p.probs[:, k] for k, n in enumerate(c.label_names)}
-            out.update({f"pred_{n}": called[:, k].astype(np.int8) for k, n in enumerate(c.label_names)})
-            out["predicted"] = self.decisions(p.probs)
-        else:
-            out = {"prob": p.probs[:, c.positive_index], "predicted": self.decisions(p.probs),
-                   "threshold": np.full(len(p.probs), self.threshold)}
+        task = self.task
+        out = task.lead_columns(p.probs)
         if self.n_members > 1:
-            out["std"] = self.spread(p)
-        if c.num_classes > 2 and not c.multilabel:
-            out.update({f"prob_{n}": p.probs[:, k] for k, n in enumerate(c.label_names)})
+            out["std"] = task.spread(p.member_probs)
+        out.update(task.class_columns(p.probs))
         if self.has_ood:
             score, flag = self.ood(p)
             out.update(ood=flag, ood_score=score)
@@ -213,21 +201,12 @@ class Predictor:
     def decisions(self, probs: np.ndarray) -> list[str]:
         """The class called for each row of `probs` at the operating threshold; multilabel: the labels called,
         each at its own threshold, joined by `|` (`No Finding` when none is)."""
-        c = self.contract
-        if c.multilabel:
-            return [label_set_name(m, c.label_names) for m in encode_multi_hot(self.label_calls(probs))]
-        return [decide(row, c.positive_index, self.threshold, c.label_names) for row in np.atleast_2d(probs)]
-
-    def label_calls(self, probs: np.ndarray) -> np.ndarray:
-        """N x K booleans: each label's probability at or above its own operating threshold (multilabel)."""
-        return np.atleast_2d(probs) >= np.asarray(self.contract.label_thresholds())
+        return self.task.decisions(probs)
 
     def spread(self, p: Prediction) -> np.ndarray:
         """Members' disagreement per image: population std (ddof=0) of their positive-class probabilities
         (multilabel: the largest such std over the labels)."""
-        if self.contract.multilabel:
-            return p.member_probs.std(axis=0).max(axis=1)
-        return p.member_probs[:, :, self.contract.positive_index].std(axis=0)
+        return self.task.spread(p.member_probs)
 
     def ood(self, p: Prediction) -> tuple[np.ndarray, np.ndarray]:
         """(score, flag) per image; raises when the run has no detector."""
@@ -284,11 +263,9 @@ class LogProbs(torch.nn.Module):
 
 
 def decide(probs: np.ndarray, positive_index: int, threshold: float, label_names: Sequence[str]) -> str:
-    """Positive class when its probability reaches the operating threshold; otherwise the likeliest other class."""
-    if probs[positive_index] >= threshold:
-        return label_names[positive_index]
-    others = [k for k in range(len(probs)) if k != positive_index]
-    return label_names[max(others, key=lambda k: probs[k])]
+    """Positive class when its probability reaches the operating threshold; otherwise the likeliest other class
+    (a single-label Task's `decisions`, for one row)."""
+    return make_task(None, label_names, positive_index, threshold).decisions(np.asarray(probs)[None])[0]
 
 
 def read_images(files: list[Path], load) -> tuple[np.ndarray | None, list[Path], list[tuple[Path, str]]]:

@@ -26,6 +26,7 @@ from medclf.data.imageio import load_image, load_with_info
 from medclf.device import pick_device
 from medclf.errors import MedclfError
 from medclf.explain.scores import is_flat
+from medclf.explain.targets import map_targets
 from medclf.runs import Prediction, Run, RunDir, open_run
 from medclf.serve.adapters import HEATMAP_METHOD, heatmap_maps
 from medclf.serve.render import heat_rgba, png_base64
@@ -108,8 +109,8 @@ class ServeModel:
     def _run_model(self, batch: np.ndarray, heatmap: bool) -> tuple[Prediction, tuple]:
         """Runs on the model thread only: the Predictor's outputs and (maps, reason)."""
         prediction = self.predictor.predict_arrays(batch)
-        # a multilabel map is drawn for the likeliest label, the one the page's bar shows
-        targets = prediction.probs.argmax(axis=1) if self.run.contract.multilabel else None
+        # the class `explain` draws too (explain.targets.map_targets: the task's default)
+        targets = map_targets(self.predictor.task, prediction.probs)
         maps = heatmap_maps(self.run, batch, self.device, targets) if heatmap else (None, "not requested")
         return prediction, maps
 
@@ -140,23 +141,16 @@ class ServeModel:
     def _result(self, d: Decoded, probs: np.ndarray, columns: dict, cam: np.ndarray | None, cam_reason: str | None,
                 ood: dict | None, ood_reason: str | None, image: bool) -> dict[str, Any]:
         c = self.run.contract
-        label = columns["predicted"]
-        focus, threshold = c.positive_index, c.threshold
-        if c.multilabel:  # the page's bar shows the likeliest label; `called` lists every label called
-            focus = int(np.argmax(probs))
-            threshold = c.label_thresholds()[focus]
+        # the bar: the positive class (multilabel: the likeliest label, with `called` and `thresholds`)
+        fields = self.predictor.task.serve_fields(probs, columns)
         return {
             "filename": d.upload.filename,
             "type": d.upload.kind,
             "model": c.model_name,
-            "probability": float(probs[focus]),
+            "probability": fields.pop("probability"),
             "probabilities": {name: float(p) for name, p in zip(c.label_names, probs)},
-            "label": label,
-            "positive": bool(probs[focus] >= threshold) if c.multilabel else label == c.label_names[focus],
-            "positive_label": c.label_names[focus],
-            "threshold": threshold,
-            **({"called": [n for n in c.label_names if columns[f"pred_{n}"]],
-                "thresholds": dict(zip(c.label_names, c.label_thresholds()))} if c.multilabel else {}),
+            "label": columns["predicted"],
+            **fields,
             "ood": ood,
             "ood_reason": ood_reason,
             "heatmap": None if cam is None else png_base64(heat_rgba(cam, d.display.shape[0])),

@@ -1,4 +1,5 @@
-"""The three task types and how a multi-label truth is stored (the bottom layer: data, models and runs read it).
+"""The three task types' names and how their truths are stored (the bottom layer: data, evaluation and the
+Task objects of `medclf.tasks` read it; nothing here imports medclf beyond this module).
 
 - `binary`: two classes, one of them positive (softmax over 2 logits), the seed's task.
 - `multiclass`: K > 2 classes, one per image (softmax over K logits).
@@ -56,9 +57,7 @@ def label_set_name(mask: int, label_names: Sequence[str]) -> str:
 def label_texts(labels: Iterable[int], label_names: Sequence[str], task: str | None) -> list[str]:
     """The manifest's `label_name` of each label: the class's name, or for a multilabel task the findings of
     each bit mask (`label_set_name`)."""
-    if task == "multilabel":
-        return [label_set_name(m, label_names) for m in labels]
-    return [label_names[int(i)] for i in labels]
+    return coding(task).texts(labels, label_names)
 
 
 def check_masks(masks: np.ndarray, k: int) -> None:
@@ -88,3 +87,53 @@ def rarest_label(masks: np.ndarray, k: int) -> np.ndarray:
     ranks = np.where(hot, rank_of[None, :], k)
     best = ranks.min(axis=1) if k else np.full(len(hot), k)
     return np.where(best < k, order[np.minimum(best, k - 1)], k).astype(np.int64)
+
+
+class ClassIndices:
+    """The truth of a single-label task (binary, multiclass): one class index per image."""
+
+    lists_empty = False  # a data summary leaves out a class a split does not hold
+
+    @staticmethod
+    def texts(labels: Iterable[int], label_names: Sequence[str]) -> list[str]:
+        return [label_names[int(i)] for i in labels]
+
+    @staticmethod
+    def counts(labels: np.ndarray, k: int) -> np.ndarray:
+        """Images of each class (K ints)."""
+        return np.bincount(np.asarray(labels, dtype=np.int64), minlength=k)
+
+    @staticmethod
+    def strata(labels: np.ndarray, k: int) -> np.ndarray:
+        """What splits and samplers stratify on: the class itself."""
+        return np.asarray(labels, dtype=np.int64)
+
+    @staticmethod
+    def check(labels: np.ndarray, k: int) -> None:
+        labels = np.asarray(labels, dtype=np.int64)
+        if labels.size and (labels.min() < 0 or labels.max() >= k):
+            raise ValueError(f"labels must be in [0, {k}), got {sorted(set(labels.tolist()))}")
+
+
+class BitMasks:
+    """The truth of a multilabel task: one bit mask per image (module docstring)."""
+
+    lists_empty = True  # a data summary lists every label, held or not
+
+    @staticmethod
+    def texts(labels: Iterable[int], label_names: Sequence[str]) -> list[str]:
+        return [label_set_name(m, label_names) for m in labels]
+
+    counts = staticmethod(label_counts)
+    strata = staticmethod(rarest_label)
+    check = staticmethod(check_masks)
+
+
+# how each task stores its truth; a name not here (None: a cache older than the `task` field) is single-label
+CODINGS: dict[str, type[ClassIndices] | type[BitMasks]] = {"binary": ClassIndices, "multiclass": ClassIndices,
+                                                           "multilabel": BitMasks}
+
+
+def coding(task: str | None) -> type[ClassIndices] | type[BitMasks]:
+    """The truth coding of task `task` (ClassIndices for None)."""
+    return CODINGS.get(task or "binary", ClassIndices)
