@@ -64,6 +64,18 @@ def test_train_refuses_a_folder_medclf_did_not_make(tiny_cache, tmp_path):
     assert (out / "config.yaml").read_text() == "mine: true\n"
 
 
+def test_train_refuses_a_folder_holding_another_projects_best_pt(tiny_cache, tmp_path):
+    out = tmp_path / "other_project"
+    out.mkdir()
+    torch.save({"conv.weight": torch.ones(2, 2)}, out / "best.pt")  # a plain state dict: not medclf's checkpoint
+    (out / "notes.txt").write_text("notes\n")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(MedclfError) as err:
+        train(_cfg("train.epochs=1"), tiny_cache, out, progress=False)
+    assert str(err.value).startswith(f"{out}: not empty and not made by medclf") and "--force" not in str(err.value)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # best.pt untouched, nothing added
+
+
 def test_ensemble_and_study_refuse_a_users_folder(tiny_cache, tmp_path):
     from medclf.ensemble import train_ensemble
     from medclf.study import run_study

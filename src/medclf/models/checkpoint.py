@@ -90,6 +90,16 @@ def _torch_reason(err: Exception) -> str:
     return " ".join(text.splitlines()[0].split()) if text else type(err).__name__
 
 
+def is_medclf_checkpoint(path: str | Path) -> bool:
+    """Whether `path` is a checkpoint medclf wrote (its format and data contract), read weights-only and
+    memory-mapped (cheap however large); anything unreadable or refused is simply not one."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - any file that torch cannot read weights-only is no proof
+        return False
+    return isinstance(payload, dict) and payload.get("format") == FORMAT and isinstance(payload.get("contract"), dict)
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The raw payload of a medclf checkpoint (weights-only load), with a clear error for anything else."""
     path = Path(path)
