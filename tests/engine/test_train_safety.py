@@ -267,3 +267,47 @@ def test_resume_with_a_broken_last_pt_is_one_line(run2, tiny_cache, tmp_path, da
     assert str(err.value).startswith(expected) and "\n" not in str(err.value)
     r = _cli("train", "--data", str(tiny_cache), "--out", str(run), "--resume", *TINY, "train.epochs=2")
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [f"error: {err.value}"]
+
+
+@pytest.mark.slow
+def test_an_existing_out_file_is_replaced_only_with_force_and_a_link_never(run2, tmp_path):
+    from PIL import Image
+
+    from medclf.compare import compare_runs
+    from medclf.engine.predict import predict_files
+    from medclf.export import export_run
+    from medclf.report.html import build_report
+
+    Image.new("L", (32, 32)).save(tmp_path / "a.png")
+    thesis = tmp_path / "thesis.onnx"
+    thesis.write_bytes(b"my thesis\n")
+    target = tmp_path / "target.csv"
+    target.write_bytes(b"mine\n")
+    link = tmp_path / "link.csv"
+    link.symlink_to(target)
+    exists = "already exists; pass --force to replace it, or choose another --out"
+    for fmt in ("onnx", "torchscript"):
+        r = _cli("export", str(run2), "--format", fmt, "--out", str(thesis))
+        assert (r.returncode, r.stderr.strip().splitlines()) == (2, [f"error: {thesis}: {exists}"])
+    results = tmp_path / "results.csv"
+    results.write_bytes(b"earlier results\n")
+    writers = {"predict": lambda out, force: predict_files(run2, [tmp_path / "a.png"], out=out, progress=False,
+                                                           force=force),
+               "report": lambda out, force: build_report(run2, out, force=force),
+               "compare": lambda out, force: compare_runs([run2, run2], out=out, n_boot=10, force=force)}
+    for name, write in writers.items():
+        with pytest.raises(MedclfError) as err:
+            write(results, False)
+        assert str(err.value) == f"{results}: {exists}", name
+        for force in (False, True):
+            with pytest.raises(MedclfError) as err:
+                write(link, force)
+            assert str(err.value) == (f"{link}: is a symbolic link (to {target}); medclf neither replaces nor "
+                                      "writes through links, so give the real path as --out"), name
+    assert (thesis.read_bytes(), results.read_bytes(), target.read_bytes()) == (b"my thesis\n", b"earlier results\n",
+                                                                                b"mine\n")
+    assert link.is_symlink()
+    export_run(run2, "onnx", out=thesis, force=True)  # --force replaces a plain file
+    assert thesis.read_bytes()[:4] != b"my t"
+    predict_files(run2, [tmp_path / "a.png"], out=results, progress=False, force=True)
+    assert results.read_text().startswith("path,")
