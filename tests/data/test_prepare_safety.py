@@ -254,3 +254,28 @@ def test_cli_allow_outside_images_flag(folder, tmp_path):
     r = _cli(*args, "--allow-outside-images")
     assert r.returncode == 0, r.stderr
     assert len(Cache.open(tmp_path / "cache").manifest) == 9
+
+
+def test_symlinks_inside_images_that_lead_outside_are_refused_unless_allowed(folder, tmp_path):
+    root, labels = folder
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    Image.fromarray(np.full((16, 16), 200, np.uint8)).save(outside / "secret.png")
+    (root / "rel.png").symlink_to("../outside/secret.png")  # relative link
+    (root / "abs.png").symlink_to(outside / "secret.png")  # absolute link
+    (root / "linked").symlink_to(outside)  # a linked folder
+    (root / "ok.png").symlink_to("img0.png")  # a link that stays inside is fine
+    rows = labels.read_text().splitlines()
+    for listed in ("rel.png", "abs.png", "linked/secret.png", str(root / "abs.png")):
+        bad = tmp_path / "bad.csv"
+        bad.write_text("\n".join(rows + [f"{listed},normal,p9"]) + "\n")
+        with pytest.raises(DataError) as err:
+            _prepare((root, bad), tmp_path / "cache")
+        assert str(err.value) == (f"bad.csv:10: path {listed!r} (a symbolic link to {outside / 'secret.png'}) is "
+                                  f"outside --images {root}; pass --allow-outside-images to read files there")
+        assert not (tmp_path / "cache").exists()
+    cache = Cache.open(_prepare((root, bad), tmp_path / "cache", allow_outside_images=True))
+    assert len(cache.manifest) == 9
+    fine = tmp_path / "fine.csv"
+    fine.write_text("\n".join(rows + ["ok.png,normal,p9"]) + "\n")
+    assert len(Cache.open(_prepare((root, fine), tmp_path / "cache2")).manifest) == 9
