@@ -349,6 +349,11 @@ def test_openapi_schema_declares_the_upload_and_its_refusals(client):
     body = op["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert op["requestBody"]["required"] is True and body["required"] == ["files"]
     assert body["properties"]["files"]["items"] == {"type": "string", "format": "binary"}
+    # the file count the server accepts: none is a 400 (so the schema must not allow an empty array)
+    assert (body["properties"]["files"]["minItems"], body["properties"]["files"]["maxItems"]) == (1, 4)  # max_files
+    empty = client.post("/api/predict", content=b"--B--\r\n",
+                        headers={"content-type": "multipart/form-data; boundary=B"})
+    assert empty.status_code == 400
     assert {"200", "400", "408", "413", "415"} <= set(op["responses"])
     for status in ("400", "408", "413", "415"):
         schema = op["responses"][status]["content"]["application/json"]["schema"]
