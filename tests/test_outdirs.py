@@ -14,8 +14,7 @@ import medclf.data.cache  # noqa: F401  (registers how a cache folder is recogni
 from medclf.errors import MedclfError
 from pathlib import Path
 
-from medclf.outdirs import (LOCK, MARKER, FolderLock, check_output_file, claim_output_dir, folder_kind, folder_lock,
-                           lock_path)
+from medclf.outdirs import LOCK, MARKER, FolderLock, claim_output_dir, folder_kind, folder_lock, lock_path
 
 
 def test_a_new_or_empty_folder_is_claimed_and_marked(tmp_path):
@@ -222,6 +221,8 @@ def test_a_live_writers_lock_is_held_and_the_message_names_its_command(tmp_path)
 
 
 def test_an_existing_output_file_needs_force_and_a_link_is_refused(tmp_path):
+    from medclf.outdirs import check_output_file
+
     mine = tmp_path / "thesis.onnx"
     assert check_output_file(mine) == mine  # new: fine
     mine.write_bytes(b"my thesis")

@@ -96,6 +96,10 @@ def test_a_lookalike_folder_is_refused_whatever_the_flags_and_left_byte_identica
     (webapp / "thesis.txt").write_text("precious\n")
     (webapp / "photos" / "p1.jpg").write_text("img\n")
     before = _tree(tmp_path / "lookalike")
+    for force in (False, True):  # in this process (the sources under test), then as a user types it
+        with pytest.raises(MedclfError, match=f"^{webapp}: not empty and not made by medclf"):
+            prepare_rsna(synthetic_rsna / "stage_2_train_images", synthetic_rsna / "stage_2_train_labels.csv",
+                         webapp, size=32, workers=1, progress=False, force=force)
     args = ["prepare", "rsna", "--images", str(synthetic_rsna / "stage_2_train_images"), "--labels",
             str(synthetic_rsna / "stage_2_train_labels.csv"), "--out", str(webapp), "--size", "32", "--workers", "1",
             "--quiet"]
