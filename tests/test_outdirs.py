@@ -216,7 +216,7 @@ def test_a_live_writers_lock_is_held_and_the_message_names_its_command(tmp_path)
     with folder_lock(run, "run"):
         with pytest.raises(MedclfError) as err:
             FolderLock(run, "run").acquire()
-    cmdline = " ".join(open("/proc/self/cmdline", "rb").read().decode().split("\0")).strip()
+    cmdline = " ".join(Path("/proc/self/cmdline").read_bytes().decode().split("\0")).strip()
     assert f", running `{cmdline[:300]}`); wait for it to finish" in str(err.value)
 
 

@@ -24,8 +24,10 @@
   process writes a folder; a second writer is refused with the holder's pid. A lock is stale (a killed run)
   and taken over when, on this host, its pid is dead or now belongs to another process: the lock records the
   holder's start time (`/proc/PID/stat` field 22, clock ticks since boot) and command line, and a live pid
-  whose start time (or, where there is no /proc, command line) differs is a reused pid, not the writer. Caches are replaced by a rename, so their lock sits beside
-  them (`OUT.lock`, like `OUT.partial`); runs, ensembles and studies are written in place and hold it inside.
+  whose start time or command line differs is a reused pid, not the writer (the takeover is noted on stderr,
+  naming what was found). Without /proc a lock's pid is judged by liveness alone. Caches are replaced by a
+  rename, so their lock sits beside them (`OUT.lock`, like `OUT.partial`); runs, ensembles and studies are
+  written in place and hold it inside.
 
 The marker and lock file names are written in this module only.
 """
