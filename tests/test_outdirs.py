@@ -12,6 +12,8 @@ import pytest
 
 import medclf.data.cache  # noqa: F401  (registers how a cache folder is recognised)
 from medclf.errors import MedclfError
+from pathlib import Path
+
 from medclf.outdirs import LOCK, MARKER, FolderLock, claim_output_dir, folder_kind, folder_lock, lock_path
 
 
@@ -39,27 +41,72 @@ def test_a_users_folder_is_refused_whatever_it_holds(tmp_path):
     assert sorted(p.name for p in user.rglob("*")) == ["mine.txt", "sub"]  # nothing added, nothing removed
 
 
-def test_folders_made_before_markers_are_recognised_by_their_own_files(tmp_path):
-    files = {"cache": ["cache.json"], "run": ["last.pt"], "ensemble": ["config.yaml", "data_summary.json",
-             "plan.json"], "study": ["study.json"], "member": ["train_rows.npy"]}
-    for name, names in files.items():
+def _tree(path):
+    """Every file and folder under `path` with its bytes (None for folders), to compare before and after."""
+    return {str(p.relative_to(path)): (p.read_bytes() if p.is_file() else None) for p in sorted(path.rglob("*"))}
+
+
+def test_a_medclf_file_name_alone_does_not_make_a_folder_medclfs(tmp_path):
+    import torch
+
+    lookalikes = {"cache": {"cache.json": b'{"etag": "abc"}', "images.npy": b"x", "manifest.csv": b"a\n"},
+                  "run_cfg": {"config.yaml": b"{}", "data_summary.json": b"{}"},
+                  "ensemble": {"ensemble.json": b"{}", "plan.json": b"{}"}, "study": {"study.json": b"{}"},
+                  "member": {"train_rows.npy": b"x"}, "empty_pt": {"last.pt": b""}}
+    for name, files in lookalikes.items():
         (tmp_path / name).mkdir()
-        for n in names:
-            (tmp_path / name / n).write_text("{}")
-    assert [folder_kind(tmp_path / n) for n in files] == ["cache", "run", "ensemble", "study", "run"]
+        for n, data in files.items():
+            (tmp_path / name / n).write_bytes(data)
+    (tmp_path / "run").mkdir()  # another project's checkpoint: a plain state dict, no medclf format or contract
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "run" / "best.pt")
+    (tmp_path / "run" / "notes.txt").write_text("mine\n")
+    before = _tree(tmp_path)
+    assert [folder_kind(tmp_path / n) for n in [*lookalikes, "run"]] == [None] * 7
+    for kind in ("cache", "run"):
+        with pytest.raises(MedclfError) as err:
+            claim_output_dir(tmp_path / "run", kind, replace=kind == "cache")
+        assert str(err.value).startswith(f"{tmp_path / 'run'}: not empty and not made by medclf")
+        assert "--force" not in str(err.value)
+    assert _tree(tmp_path) == before  # byte-identical
+
+
+def test_folders_without_a_marker_are_recognised_by_what_their_files_hold(tmp_path, tiny_cache):
+    import shutil
+
+    import torch
+
+    cache = Path(shutil.copytree(tiny_cache, tmp_path / "cache"))
+    (cache / MARKER).unlink()  # as made before markers
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"format": "medclf-checkpoint", "contract": {"input_size": 32}}, run / "last.pt")
+    (tmp_path / "ens").mkdir()
+    (tmp_path / "ens" / "ensemble.json").write_text('{"format": "medclf-ensemble"}')
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "study.json").write_text('{"study": "s.yaml", "data": "c", "split": "test"}')
+    member = tmp_path / "marked_ens" / "members" / "0"
+    claim_output_dir(tmp_path / "marked_ens", "ensemble")
+    member.mkdir(parents=True)
+    (member / "train_rows.npy").write_bytes(b"x")  # a member of a medclf ensemble, before its training starts
     legacy_study = tmp_path / "legacy_study"
-    (legacy_study / "a").mkdir(parents=True)
-    (legacy_study / "a" / "best.pt").write_text("")
-    assert folder_kind(legacy_study) == "study"
+    shutil.copytree(run, legacy_study / "a")
+    names = ["cache", "run", "ens", "study", "marked_ens/members/0", "legacy_study"]
+    assert [folder_kind(tmp_path / n) for n in names] == ["cache", "run", "ensemble", "study", "run", "study"]
     (tmp_path / "user_config").mkdir()
     (tmp_path / "user_config" / "config.yaml").write_text("mine: 1\n")  # config.yaml alone is not a run
     assert folder_kind(tmp_path / "user_config") is None
 
 
-def test_another_kind_is_refused(tmp_path):
+def test_another_kind_is_refused(tmp_path, tiny_cache):
+    from medclf.config import load_config, save_config
+    from medclf.data.cache import Cache
+    from medclf.data.summary import data_summary
+
     run = tmp_path / "run"
     run.mkdir()
-    (run / "last.pt").write_text("")
+    save_config(load_config(None, []), run / "config.yaml")
+    (run / "data_summary.json").write_text(json.dumps(data_summary(Cache.open(tiny_cache))))
+    assert folder_kind(run) == "run"  # what `train` writes first, before its first checkpoint
     with pytest.raises(MedclfError, match=f"^{run}: holds a medclf run, not a cache; choose another --out$"):
         claim_output_dir(run, "cache", replace=True)
     claim_output_dir(tmp_path / "ens", "ensemble")
@@ -132,3 +179,73 @@ def test_a_file_that_is_not_a_medclf_lock_is_never_removed(tmp_path):
     os.utime(empty, (0, 0))  # long ago: stale
     with folder_lock(tmp_path / "other", "cache"):
         assert json.loads(empty.read_text())["pid"] == os.getpid()
+
+
+def _killed_writers_lock(run, pid: int) -> None:
+    """The lock a medclf writer left when killed, its pid since given to `pid` (records the writer's identity)."""
+    writer = subprocess.run([sys.executable, "-c", "import json, os, sys; from medclf.outdirs import FolderLock; "
+                             "lock = FolderLock(sys.argv[1], 'run').acquire(); os._exit(0)", str(run)],
+                            capture_output=True, text=True, check=True)  # exits holding it, as kill -9 would
+    assert writer.stderr == ""
+    info = json.loads((run / LOCK).read_text())
+    assert {"pid_start", "cmdline"} <= set(info)
+    (run / LOCK).write_text(json.dumps({**info, "pid": pid}))
+
+
+@pytest.mark.slow
+def test_a_lock_whose_pid_is_now_another_program_is_stale(tmp_path, capfd):
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        for pid, program in ((sleeper.pid, "sleep 60"), (1, None)):
+            run = tmp_path / f"run{pid}"
+            _killed_writers_lock(run, pid)
+            with folder_lock(run, "run"):
+                assert json.loads((run / LOCK).read_text())["pid"] == os.getpid()
+            note = capfd.readouterr().err.strip()
+            assert note.startswith(f"note: {run}: took over its stale lock {run / LOCK} (pid {pid} is now `")
+            assert note.endswith(", not the medclf process that wrote the lock)")
+            if program:
+                assert f"pid {pid} is now `{program}`, " in note
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_a_live_writers_lock_is_held_and_the_message_names_its_command(tmp_path):
+    run = tmp_path / "run"
+    with folder_lock(run, "run"):
+        with pytest.raises(MedclfError) as err:
+            FolderLock(run, "run").acquire()
+    cmdline = " ".join(Path("/proc/self/cmdline").read_bytes().decode().split("\0")).strip()
+    assert f", running `{cmdline[:300]}`); wait for it to finish" in str(err.value)
+
+
+def test_an_existing_output_file_needs_force_and_a_link_is_refused(tmp_path):
+    from medclf.outdirs import check_output_file
+
+    mine = tmp_path / "thesis.onnx"
+    assert check_output_file(mine) == mine  # new: fine
+    mine.write_bytes(b"my thesis")
+    with pytest.raises(MedclfError) as err:
+        check_output_file(mine)
+    assert str(err.value) == f"{mine}: already exists; pass --force to replace it, or choose another --out"
+    assert check_output_file(mine, force=True) == mine
+    link = tmp_path / "link.csv"
+    link.symlink_to(mine)
+    for force in (False, True):
+        with pytest.raises(MedclfError) as err:
+            check_output_file(link, force=force)
+        assert str(err.value) == (f"{link}: is a symbolic link (to {mine}); medclf neither replaces nor writes "
+                                  "through links, so give the real path as --out")
+    with pytest.raises(MedclfError, match=f"^{tmp_path}: is a folder; --out names the file to write$"):
+        check_output_file(tmp_path, force=True)
+    assert mine.read_bytes() == b"my thesis" and link.is_symlink()
+
+
+def test_a_symlinked_out_folder_is_refused(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "empty")
+    for kind, replace in (("cache", True), ("run", False)):
+        with pytest.raises(MedclfError, match=f"^{tmp_path / 'link'}: is a symbolic link \\(to {tmp_path / 'empty'}\\)"):
+            claim_output_dir(tmp_path / "link", kind, replace=replace)
+    assert (tmp_path / "link").is_symlink() and list((tmp_path / "empty").iterdir()) == []

@@ -23,6 +23,7 @@ from medclf.errors import MedclfError
 from medclf.evaluation.bootstrap import paired_bootstrap
 from medclf.evaluation.macro_auc import macro_roc_auc, paired_macro_auc
 from medclf.io import read_json, write_text
+from medclf.outdirs import check_output_file
 from medclf.runs.layout import RunDir
 from medclf.tasks import Task, task_for_metrics
 
@@ -92,16 +93,20 @@ def check_same_set(runs: list[EvaluatedRun], split: str) -> None:
 
 
 def compare_runs(run_dirs: Sequence[str | Path], split: str = "test", out: str | Path | None = None,
-                 n_boot: int = 1000, seed: int = 0, data: str | Path | None = None) -> pd.DataFrame:
+                 n_boot: int = 1000, seed: int = 0, data: str | Path | None = None,
+                 force: bool = False) -> pd.DataFrame:
     """One row per run: metrics with intervals, and paired differences in AUC and F1 against the first run (and
     in macro AUC for K-class or multilabel runs, `macro_auc_columns`).
 
     `data`: compare the runs' evaluations of that prepared cache (`medclf evaluate RUN --data CACHE`) instead of
     their own caches'. With `out` (e.g. comparison.md) writes the Markdown there and the same table as `.csv`
-    and `.html` beside it.
+    and `.html` beside it; existing files are replaced only with `force`.
     """
     if len(run_dirs) < 2:
         raise MedclfError("compare needs at least two runs")
+    if out is not None:
+        for path in comparison_files(out):
+            check_output_file(path, force)
     content_hash = Cache.open(data).meta.get("content_hash") if data is not None else None
     runs = [load_evaluated(p, split, n, data, content_hash)
             for p, n in zip(run_dirs, run_names([Path(p) for p in run_dirs]))]
@@ -255,9 +260,15 @@ def comparison_html(frame: pd.DataFrame) -> str:
     return f'<p class="note">{esc(note(frame))}</p>' + html_table(header, rows, numeric=range(1, len(header)))
 
 
+def comparison_files(out: str | Path) -> tuple[Path, Path, Path]:
+    """The files `write_comparison` writes for `out`: the Markdown, its `.csv` and its `.html`."""
+    out = Path(out)
+    return out, out.with_suffix(".csv"), out.with_suffix(".html")
+
+
 def write_comparison(frame: pd.DataFrame, out: Path) -> list[Path]:
     """`out` (Markdown), plus `.csv` (every number, unformatted) and `.html` (a self-contained page)."""
-    md, csv, page = out, out.with_suffix(".csv"), out.with_suffix(".html")
+    md, csv, page = comparison_files(out)
     write_text(md, "# Comparison\n\n" + comparison_markdown(frame))
     write_text(csv, frame.to_csv(index=False, lineterminator="\n"))
     style = ("body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse}"

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from medclf.errors import MedclfError
+from medclf.outdirs import check_output_file
 from medclf.io import atomic_path
 from medclf.runs import Prediction, Predictor, Run, open_run
 from medclf.runs.onnx import INPUT_NAME, OnnxBackend, _quiet, export_metadata, export_onnx, onnx_session
@@ -50,8 +51,9 @@ class ExportResult:
 
 
 def export_run(run_dir: str | Path, format: str = "onnx", out: str | Path | None = None, n_check: int = 8,
-               tolerance: float = 1e-3, progress: bool = False) -> ExportResult:
-    """Export `RUN` (default file `RUN/model.onnx` or `RUN/model.torchscript.pt`) and check parity.
+               tolerance: float = 1e-3, progress: bool = False, force: bool = False) -> ExportResult:
+    """Export `RUN` (default file `RUN/model.onnx` or `RUN/model.torchscript.pt`) and check parity. An `out`
+    that exists is replaced only with `force` (`medclf.outdirs.check_output_file`).
 
     Raises MedclfError for an unknown format, or when parity exceeds `tolerance` (the file is kept for a look).
     """
@@ -59,6 +61,8 @@ def export_run(run_dir: str | Path, format: str = "onnx", out: str | Path | None
 
     if format not in FORMATS:
         raise MedclfError(f"--format: unknown '{format}' (valid: {', '.join(FORMATS)})")
+    if out is not None:
+        check_output_file(out, force)  # before any work: the user's file is never replaced by surprise
     start = time.perf_counter()
     bar = tqdm(total=3, desc="load run", disable=not progress, leave=False)
     run = open_run(run_dir, "cpu")  # exported on the CPU in float32: the graph does not depend on the device

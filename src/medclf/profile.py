@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from medclf.errors import MedclfError
+from medclf.outdirs import check_output_file
 
 COLUMNS = ["model", "params_m", "weights_mb", "gflops_fwd", "gflops_train", "train_peak_mb", "infer_peak_mb",
            "train_img_s", "infer_img_s", "batch", "size", "device"]
@@ -244,8 +245,9 @@ def profile_model(spec: ProfileSpec, isolate: bool = True) -> dict:
 
 
 def profile_models(names: list[str], size: int = 224, batch: int = 8, steps: int = 3, device: str = "auto",
-                   out: str | Path | None = None, isolate: bool = True, progress: bool = True):
-    """Profile each model; returns the table (a DataFrame) and writes `out` as .md and .csv when given."""
+                   out: str | Path | None = None, isolate: bool = True, progress: bool = True, force: bool = False):
+    """Profile each model; returns the table (a DataFrame) and writes `out` as .md and .csv when given
+    (existing files replaced only with `force`)."""
     import pandas as pd
     from tqdm import tqdm
 
@@ -261,6 +263,9 @@ def profile_models(names: list[str], size: int = 224, batch: int = 8, steps: int
                           f"or timm:<name>)")
     if batch < 1 or steps < 1 or size < 16:
         raise MedclfError(f"--batch and --steps must be >= 1 and --size >= 16 (got {batch}, {steps}, {size})")
+    if out is not None:
+        for path in table_files(out):
+            check_output_file(path, force)
     dev = pick_device(device)
     if dev.type not in ("cpu", "cuda"):
         dev = torch.device("cpu")  # peak memory is measured on CUDA or the CPU only
@@ -288,12 +293,16 @@ def to_markdown(table) -> str:
     return "\n".join(lines) + "\n"
 
 
+def table_files(out: str | Path) -> tuple[Path, Path]:
+    """The files `write_table` writes for `out`: its `.md` and `.csv`."""
+    return Path(out).with_suffix(".md"), Path(out).with_suffix(".csv")
+
+
 def write_table(table, out: str | Path) -> tuple[Path, Path]:
     """`out` with .md and .csv suffixes (whatever suffix `out` has)."""
     from medclf.io import atomic_path, write_text
 
-    out = Path(out)
-    md, csv = out.with_suffix(".md"), out.with_suffix(".csv")
+    md, csv = table_files(out)
     write_text(md, to_markdown(table))
     with atomic_path(csv) as tmp:
         table.to_csv(tmp, index=False)

@@ -247,7 +247,8 @@ def _run_variants(study: Study, progress: bool) -> dict[str, Any]:
                                 "seconds": round(time.perf_counter() - t0, 1)}
     n_boot = study.n_boot or study.config(study.variants[0]).eval.n_boot
     comparison = study.out / RunDir.COMPARISON
-    compare_runs([study.out / v.name for v in study.variants], split=study.split, out=comparison, n_boot=n_boot)
+    compare_runs([study.out / v.name for v in study.variants], split=study.split, out=comparison, n_boot=n_boot,
+                 force=True)  # the study folder's own file, rewritten on every (resumed) run
     summary = {"study": str(study.path.resolve()), "data": str(study.data.resolve()), "split": study.split,
                "variants": status, "comparison": str(comparison)}
     write_json(study.out / RunDir.STUDY, summary)

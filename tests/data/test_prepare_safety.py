@@ -72,12 +72,71 @@ def test_an_empty_folder_is_used_and_a_cache_made_before_markers_is_replaced_wit
 
 
 def test_a_run_is_never_replaced_by_a_cache(folder, tmp_path):
+    import torch
+
     run = tmp_path / "run"
     run.mkdir()
-    (run / "best.pt").write_bytes(b"weights")
+    torch.save({"format": "medclf-checkpoint", "contract": {}}, run / "best.pt")
+    before = (run / "best.pt").read_bytes()
     with pytest.raises(MedclfError, match=f"{run}: holds a medclf run, not a cache"):
         _prepare(folder, run, force=True)
-    assert (run / "best.pt").read_bytes() == b"weights"
+    assert (run / "best.pt").read_bytes() == before
+
+
+def _tree(path: Path) -> dict:
+    """Every file and folder under `path` with its bytes (None for folders), to compare before and after."""
+    return {str(p.relative_to(path)): (p.read_bytes() if p.is_file() else None) for p in sorted(path.rglob("*"))}
+
+
+@pytest.mark.slow
+def test_a_lookalike_folder_is_refused_whatever_the_flags_and_left_byte_identical(synthetic_rsna, tmp_path):
+    webapp = tmp_path / "lookalike" / "webapp"  # another program's folder holding a file with a medclf name
+    (webapp / "photos").mkdir(parents=True)
+    (webapp / "cache.json").write_text('{"etag":"abc"}\n')
+    (webapp / "thesis.txt").write_text("precious\n")
+    (webapp / "photos" / "p1.jpg").write_text("img\n")
+    before = _tree(tmp_path / "lookalike")
+    for force in (False, True):  # in this process (the sources under test), then as a user types it
+        with pytest.raises(MedclfError, match=f"^{webapp}: not empty and not made by medclf"):
+            prepare_rsna(synthetic_rsna / "stage_2_train_images", synthetic_rsna / "stage_2_train_labels.csv",
+                         webapp, size=32, workers=1, progress=False, force=force)
+    args = ["prepare", "rsna", "--images", str(synthetic_rsna / "stage_2_train_images"), "--labels",
+            str(synthetic_rsna / "stage_2_train_labels.csv"), "--out", str(webapp), "--size", "32", "--workers", "1",
+            "--quiet"]
+    for force in ([], ["--force"]):
+        r = _cli(*args, *force)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.strip().splitlines() == [
+            f"error: {webapp}: not empty and not made by medclf (no {MARKER} marker, no cache files); medclf only "
+            "writes into or replaces folders it made, so choose another --out, or empty or remove that folder "
+            "yourself"]
+    assert _tree(tmp_path / "lookalike") == before
+    assert sorted(p.name for p in (tmp_path / "lookalike").iterdir()) == ["webapp"]  # nothing beside it either
+
+
+def test_force_replaces_a_cache_only_while_it_holds_nothing_else(folder, tmp_path):
+    out = tmp_path / "out"
+    _prepare(folder, out)
+    (out / "thesis.txt").write_text("precious\n")  # the user's file put into medclf's cache folder
+    (out / "photos").mkdir()
+    before = _tree(out)
+    with pytest.raises(MedclfError) as err:
+        prepare_folder(*folder, out, size=24, val=0.25, test=0.0, workers=1, progress=False, force=True)
+    assert str(err.value) == (f"{out}: also holds files medclf did not write (photos/, thesis.txt); medclf "
+                              "replaces only its own files, so move those out of the folder or choose another --out")
+    assert _tree(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs", "labels.csv", "out"]  # nothing half-written
+
+
+def test_out_a_symlink_is_refused_and_stays_a_link(folder, tmp_path):
+    (tmp_path / "empty").mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "empty")
+    with pytest.raises(MedclfError) as err:
+        _prepare(folder, link, force=True)
+    assert str(err.value) == (f"{link}: is a symbolic link (to {tmp_path / 'empty'}); medclf neither replaces nor "
+                              "writes through links, so give the real path as --out")
+    assert link.is_symlink() and list((tmp_path / "empty").iterdir()) == []
 
 
 def test_out_the_current_folder_or_above_is_refused_leaving_nothing(folder, tmp_path, monkeypatch):
@@ -127,6 +186,7 @@ def test_leftovers_of_a_killed_prepare_are_removed_by_the_next_run(folder, tmp_p
     aside = tmp_path / "cache.old-m0v3d000"  # killed between moving the old cache aside and removing it
     (aside / "cache").mkdir(parents=True)
     (aside / "cache" / "cache.json").write_text("{}")
+    (aside / "cache" / MARKER).write_text('{"kind": "cache"}')  # a cache it moved aside is marked medclf's
     mine = tmp_path / "cache.tmp-notes"  # a user's folder that merely looks like one
     mine.mkdir()
     (mine / "notes.txt").write_text("mine")
@@ -198,3 +258,28 @@ def test_cli_allow_outside_images_flag(folder, tmp_path):
     r = _cli(*args, "--allow-outside-images")
     assert r.returncode == 0, r.stderr
     assert len(Cache.open(tmp_path / "cache").manifest) == 9
+
+
+def test_symlinks_inside_images_that_lead_outside_are_refused_unless_allowed(folder, tmp_path):
+    root, labels = folder
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    Image.fromarray(np.full((16, 16), 200, np.uint8)).save(outside / "secret.png")
+    (root / "rel.png").symlink_to("../outside/secret.png")  # relative link
+    (root / "abs.png").symlink_to(outside / "secret.png")  # absolute link
+    (root / "linked").symlink_to(outside)  # a linked folder
+    (root / "ok.png").symlink_to("img0.png")  # a link that stays inside is fine
+    rows = labels.read_text().splitlines()
+    for listed in ("rel.png", "abs.png", "linked/secret.png", str(root / "abs.png")):
+        bad = tmp_path / "bad.csv"
+        bad.write_text("\n".join(rows + [f"{listed},normal,p9"]) + "\n")
+        with pytest.raises(DataError) as err:
+            _prepare((root, bad), tmp_path / "cache")
+        assert str(err.value) == (f"bad.csv:10: path {listed!r} (a symbolic link to {outside / 'secret.png'}) is "
+                                  f"outside --images {root}; pass --allow-outside-images to read files there")
+        assert not (tmp_path / "cache").exists()
+    cache = Cache.open(_prepare((root, bad), tmp_path / "cache", allow_outside_images=True))
+    assert len(cache.manifest) == 9
+    fine = tmp_path / "fine.csv"
+    fine.write_text("\n".join(rows + ["ok.png,normal,p9"]) + "\n")
+    assert len(Cache.open(_prepare((root, fine), tmp_path / "cache2")).manifest) == 9

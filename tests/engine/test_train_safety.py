@@ -64,6 +64,18 @@ def test_train_refuses_a_folder_medclf_did_not_make(tiny_cache, tmp_path):
     assert (out / "config.yaml").read_text() == "mine: true\n"
 
 
+def test_train_refuses_a_folder_holding_another_projects_best_pt(tiny_cache, tmp_path):
+    out = tmp_path / "other_project"
+    out.mkdir()
+    torch.save({"conv.weight": torch.ones(2, 2)}, out / "best.pt")  # a plain state dict: not medclf's checkpoint
+    (out / "notes.txt").write_text("notes\n")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(MedclfError) as err:
+        train(_cfg("train.epochs=1"), tiny_cache, out, progress=False)
+    assert str(err.value).startswith(f"{out}: not empty and not made by medclf") and "--force" not in str(err.value)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # best.pt untouched, nothing added
+
+
 def test_ensemble_and_study_refuse_a_users_folder(tiny_cache, tmp_path):
     from medclf.ensemble import train_ensemble
     from medclf.study import run_study
@@ -276,3 +288,47 @@ def test_sigterm_says_how_to_resume_exit_143(tiny_cache, tmp_path):
     assert last.startswith(f"terminated: {run / 'last.pt'} holds epoch ") and last.endswith(
         " of 200; add --resume to the same command to continue"), err
     assert "Traceback" not in err and not (run / LOCK).exists()
+
+
+@pytest.mark.slow
+def test_an_existing_out_file_is_replaced_only_with_force_and_a_link_never(run2, tmp_path):
+    from PIL import Image
+
+    from medclf.compare import compare_runs
+    from medclf.engine.predict import predict_files
+    from medclf.export import export_run
+    from medclf.report.html import build_report
+
+    Image.new("L", (32, 32)).save(tmp_path / "a.png")
+    thesis = tmp_path / "thesis.onnx"
+    thesis.write_bytes(b"my thesis\n")
+    target = tmp_path / "target.csv"
+    target.write_bytes(b"mine\n")
+    link = tmp_path / "link.csv"
+    link.symlink_to(target)
+    exists = "already exists; pass --force to replace it, or choose another --out"
+    for fmt in ("onnx", "torchscript"):
+        r = _cli("export", str(run2), "--format", fmt, "--out", str(thesis))
+        assert (r.returncode, r.stderr.strip().splitlines()) == (2, [f"error: {thesis}: {exists}"])
+    results = tmp_path / "results.csv"
+    results.write_bytes(b"earlier results\n")
+    writers = {"predict": lambda out, force: predict_files(run2, [tmp_path / "a.png"], out=out, progress=False,
+                                                           force=force),
+               "report": lambda out, force: build_report(run2, out, force=force),
+               "compare": lambda out, force: compare_runs([run2, run2], out=out, n_boot=10, force=force)}
+    for name, write in writers.items():
+        with pytest.raises(MedclfError) as err:
+            write(results, False)
+        assert str(err.value) == f"{results}: {exists}", name
+        for force in (False, True):
+            with pytest.raises(MedclfError) as err:
+                write(link, force)
+            assert str(err.value) == (f"{link}: is a symbolic link (to {target}); medclf neither replaces nor "
+                                      "writes through links, so give the real path as --out"), name
+    assert (thesis.read_bytes(), results.read_bytes(), target.read_bytes()) == (b"my thesis\n", b"earlier results\n",
+                                                                                b"mine\n")
+    assert link.is_symlink()
+    export_run(run2, "onnx", out=thesis, force=True)  # --force replaces a plain file
+    assert thesis.read_bytes()[:4] != b"my t"
+    predict_files(run2, [tmp_path / "a.png"], out=results, progress=False, force=True)
+    assert results.read_text().startswith("path,")

@@ -78,7 +78,7 @@ def test_unreadable_files(tmp_path):
     with pytest.raises(MedclfError, match="cannot read checkpoint .*corrupt.pt: corrupt or not a weights-only"):
         load_checkpoint(tmp_path / "corrupt.pt")
     torch.save({"format": "medclf-checkpoint", "thing": NotPlain()}, tmp_path / "pickled.pt")
-    with pytest.raises(MedclfError, match="cannot read checkpoint .*pickled.pt"):
+    with pytest.raises(MedclfError, match=r"pickled.pt: refused: it holds pickled code or objects \(test_checkpoint.NotPlain\)"):
         load_checkpoint(tmp_path / "pickled.pt")
     torch.save(create_model("resnet18", 2).state_dict(), tmp_path / "plain.pt")
     with pytest.raises(MedclfError, match=r"plain.pt is not a medclf checkpoint .* model.weights=.*plain.pt"):
@@ -99,3 +99,39 @@ def test_non_plain_config_is_refused_before_writing(tmp_path):
     with pytest.raises(MedclfError, match=r"config.train.callback is a NotPlain"):
         save_checkpoint(tmp_path / "best.pt", model, model.contract, {"train": {"callback": NotPlain()}})
     assert not any(tmp_path.iterdir())
+
+
+class _System:
+    """Unpickling this would run a shell command (what a trojaned checkpoint does)."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch /nonexistent/medclf-pwned",))
+
+
+def test_every_checkpoint_refusal_is_medclfs_own_line_without_torchs_advice(tmp_path):
+    from medclf.engine.state import _read_last
+    from medclf.models.checkpoint import read_checkpoint
+    from medclf.models.weights import read_state_dict
+
+    evil = tmp_path / "best.pt"
+    torch.save({"format": "medclf-checkpoint", "payload": _System()}, evil)
+    why = "it holds pickled code or objects (posix.system), not only tensors and plain values"
+    expected = {
+        read_checkpoint: f"{evil}: refused: {why}, so medclf does not load it (a medclf checkpoint holds nothing else)",
+        lambda p: _read_last(p, mmap=False): f"--resume: {evil}: refused ({why}); medclf checkpoints hold only "
+                                             "tensors and plain values, so this file was not written by medclf train",
+        read_state_dict: f"model.weights: cannot read {evil} as a weights file ({why})",
+    }
+    for load, message in expected.items():
+        with pytest.raises(MedclfError) as err:
+            load(evil)
+        assert str(err.value) == message
+        assert "weights_only" not in str(err.value) and err.value.__cause__ is None
+    truncated = tmp_path / "last.pt"
+    truncated.write_bytes(evil.read_bytes()[:100])
+    with pytest.raises(MedclfError) as err:
+        read_checkpoint(truncated)
+    assert str(err.value).startswith(f"cannot read checkpoint {truncated}: corrupt or not a weights-only torch file (")
+    assert "weights_only" not in str(err.value) and "\n" not in str(err.value)

@@ -6,6 +6,7 @@ The server's temporary directory (TMPDIR) is a folder of the test, so its per-re
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -41,6 +42,12 @@ def reset_peak(pid: int) -> None:
 @pytest.fixture(scope="module")
 def server(serve_run, tmp_path_factory):
     """(base URL, the server's TMPDIR, its process): `python -m medclf serve` with a 2 s upload timeout."""
+    with _serve(serve_run, tmp_path_factory, "--upload-timeout", str(UPLOAD_TIMEOUT_S)) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def _serve(serve_run, tmp_path_factory, *options: str):
     tmp = tmp_path_factory.mktemp("server-tmp")
     log_path = tmp_path_factory.mktemp("server-log") / "serve.log"
     src = str(Path(medclf.__file__).resolve().parents[1])  # the sources under test, not another install
@@ -48,8 +55,7 @@ def server(serve_run, tmp_path_factory):
            "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "medclf", "serve", str(serve_run), "--host", HOST, "--port",
-                                 "0", "--device", "cpu", "--upload-timeout", str(UPLOAD_TIMEOUT_S)],
-                                stdout=log, stderr=subprocess.STDOUT, env=env)
+                                 "0", "--device", "cpu", *options], stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         yield f"http://{HOST}:{_wait_for_port(proc, log_path)}", tmp, proc
     finally:
@@ -182,3 +188,59 @@ def _read_answer(s: socket.socket) -> bytes:
         if not more:
             return data
         data += more
+
+
+HEADER_TIMEOUT_S = 3  # --header-timeout, short for the test (default 10 s)
+MAX_CONNECTIONS = 150  # --max-connections, below the flood so the cap is exercised too
+
+
+@pytest.mark.slow
+def test_a_flood_of_unfinished_headers_is_closed_within_the_bound_while_clients_are_answered(
+        serve_run, sample_files, tmp_path_factory):
+    """200 sockets that send a request line and one header, then nothing (slow-loris): /api/health and a DICOM
+    prediction still answer 200 meanwhile, and every one of the 200 is closed by the server within the bound."""
+    with _serve(serve_run, tmp_path_factory, "--header-timeout", str(HEADER_TIMEOUT_S),
+                "--max-connections", str(MAX_CONNECTIONS)) as (base, _, _):
+        port = int(base.rsplit(":", 1)[1])
+        start = time.monotonic()
+        flood = []
+        for _ in range(200):
+            s = socket.create_connection((HOST, port), timeout=10)
+            s.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\n")
+            flood.append(s)
+        with httpx.Client(base_url=base) as client:
+            assert client.get("/api/health", timeout=30).status_code == 200
+            answer = post(client, "chest.dcm", sample_files["dicom"].read_bytes())
+            assert answer.status_code == 200, answer.text
+            assert 0.0 <= answer.json()["results"][0]["probability"] <= 1.0
+        answered = time.monotonic() - start
+        closed_at = _wait_until_closed(flood, start, deadline_s=HEADER_TIMEOUT_S + 10)
+        for s in flood:
+            s.close()
+        assert len(closed_at) == 200, f"{200 - len(closed_at)} sockets still open after {HEADER_TIMEOUT_S + 10} s"
+        assert max(closed_at) < HEADER_TIMEOUT_S + 3, (answered, sorted(closed_at)[::20])
+        assert answered < HEADER_TIMEOUT_S + 3  # the clients were served while the flood was open
+
+
+def _wait_until_closed(sockets: list[socket.socket], start: float, deadline_s: float) -> list[float]:
+    """Seconds after `start` at which the server closed each socket (EOF or reset); open ones are left out."""
+    import selectors
+
+    sel = selectors.DefaultSelector()
+    for s in sockets:
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ)
+    closed = []
+    while len(closed) < len(sockets) and time.monotonic() - start < deadline_s:
+        for key, _ in sel.select(timeout=0.2):
+            try:
+                data = key.fileobj.recv(4096)
+            except BlockingIOError:  # woken without data: still open
+                continue
+            except ConnectionResetError:  # closed with a reset
+                data = b""
+            if not data:
+                closed.append(time.monotonic() - start)
+                sel.unregister(key.fileobj)
+    sel.close()
+    return closed

@@ -81,6 +81,9 @@ def mlflow_overrides(uri: str | None) -> list[str]:
     return [] if uri is None else ["track.mlflow=true", f"track.mlflow_uri={uri}"]
 
 
+FORCE_OUT_HELP = "Replace an existing --out file (a symbolic link is refused either way)."
+
+
 def echo_skipped(path: str, error: str) -> None:
     """'skipped PATH: REASON' on stderr. The readers' errors already start with 'PATH: ', which is not repeated."""
     reason = error if error.startswith(f"{path}: ") else f"{path}: {error}"

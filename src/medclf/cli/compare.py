@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from medclf.cli.common import examples
+from medclf.cli.common import FORCE_OUT_HELP, examples
 
 
 def register(app: typer.Typer) -> None:
@@ -25,6 +25,8 @@ def register(app: typer.Typer) -> None:
         out: Optional[Path] = typer.Option(None, "--out", help="Markdown file to write (with .csv and .html "
                                            "beside it); the table is printed either way."),
         n_boot: int = typer.Option(1000, "--n-boot", help="Paired bootstrap resamples."),
+        force: bool = typer.Option(False, "--force", help="Replace existing --out files (a symbolic link is "
+                                   "refused either way)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the paired bootstrap."),
     ) -> None:
         """Compare runs evaluated on the same images.
@@ -34,7 +36,7 @@ def register(app: typer.Typer) -> None:
         """
         from medclf.compare import compare_runs, comparison_markdown
 
-        frame = compare_runs(runs, split=split, out=out, n_boot=n_boot, seed=seed, data=data)
+        frame = compare_runs(runs, split=split, out=out, n_boot=n_boot, seed=seed, data=data, force=force)
         typer.echo(comparison_markdown(frame), nl=False)
         if out is not None:
             typer.echo(f"comparison: {out} (+ {out.with_suffix('.csv').name}, {out.with_suffix('.html').name})")

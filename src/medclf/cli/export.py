@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from medclf.cli.common import examples
+from medclf.cli.common import FORCE_OUT_HELP, examples
 
 
 def register(app: typer.Typer) -> None:
@@ -22,6 +22,7 @@ def register(app: typer.Typer) -> None:
                                                                  "RUN/model.torchscript.pt)."),
         check: int = typer.Option(8, "--check", min=1, help="Images for the parity check against eager PyTorch."),
         tolerance: float = typer.Option(1e-3, "--tolerance", help="Max allowed |probability difference|."),
+        force: bool = typer.Option(False, "--force", help=FORCE_OUT_HELP),
     ) -> None:
         """Export a run as ONNX or TorchScript.
 
@@ -29,5 +30,6 @@ def register(app: typer.Typer) -> None:
         """
         from medclf.export import export_run
 
-        result = export_run(run, format=format, out=out, n_check=check, tolerance=tolerance, progress=True)
+        result = export_run(run, format=format, out=out, n_check=check, tolerance=tolerance, progress=True,
+                            force=force)
         typer.echo(result.summary())

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from medclf.cli.common import echo_skipped, examples
+from medclf.cli.common import FORCE_OUT_HELP, echo_skipped, examples
 
 
 def register(app: typer.Typer) -> None:
@@ -19,6 +19,7 @@ def register(app: typer.Typer) -> None:
         run: Path = typer.Argument(..., metavar="RUN", help="Run directory."),
         inputs: List[Path] = typer.Argument(..., metavar="INPUT", help="Files or folders (DICOM, PNG, JPEG)."),
         out: Optional[Path] = typer.Option(None, "--out", help="CSV to write (default: print)."),
+        force: bool = typer.Option(False, "--force", help=FORCE_OUT_HELP),
         batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass."),
         engine: str = typer.Option("torch", "--engine",
                                    help="torch (eager PyTorch) or onnx (ONNX Runtime; uses RUN/model.onnx when "
@@ -30,7 +31,7 @@ def register(app: typer.Typer) -> None:
         """
         from medclf.engine.predict import predict_files
 
-        table = predict_files(run, inputs, out=out, batch_size=batch_size, engine=engine)
+        table = predict_files(run, inputs, out=out, batch_size=batch_size, engine=engine, force=force)
         if out is None:
             typer.echo(table.to_csv(index=False), nl=False)
         else:

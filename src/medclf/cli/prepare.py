@@ -134,7 +134,8 @@ def folder_cmd(
     shard: Optional[str] = _SHARD,
     allow_outside_images: bool = typer.Option(
         False, "--allow-outside-images",
-        help="Read CSV paths that leave --images (../x.png, absolute paths elsewhere); refused by default."),
+        help="Read CSV paths that leave --images (../x.png, absolute paths elsewhere, symbolic links inside "
+             "--images that lead outside it); refused by default."),
     task: Optional[str] = typer.Option(
         None, "--task", help="binary, multiclass or multilabel  [default: multilabel when a label holds '|' or "
         "--label-columns is given, else by the class count]"),

@@ -24,6 +24,8 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
         out: Optional[Path] = typer.Option(None, "--out",
                                            help="Write OUT.md and OUT.csv (the table is printed either way)."),
+        force: bool = typer.Option(False, "--force", help="Replace existing OUT.md / OUT.csv (a symbolic link is "
+                                   "refused either way)."),
     ) -> None:
         """Size and speed of models.
 
@@ -31,7 +33,8 @@ def register(app: typer.Typer) -> None:
         """
         from medclf.profile import profile_models, to_markdown
 
-        table = profile_models(models.split(","), size=size, batch=batch, steps=steps, device=device, out=out)
+        table = profile_models(models.split(","), size=size, batch=batch, steps=steps, device=device, out=out,
+                               force=force)
         typer.echo(to_markdown(table), nl=False)
         if out is not None:
             typer.echo(f"written: {Path(out).with_suffix('.md')} and {Path(out).with_suffix('.csv')}", err=True)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from medclf.cli.common import examples
+from medclf.cli.common import FORCE_OUT_HELP, examples
 
 
 def register(app: typer.Typer) -> None:
@@ -18,6 +18,7 @@ def register(app: typer.Typer) -> None:
     def report_cmd(
         run: Path = typer.Argument(..., metavar="RUN", help="Run directory."),
         out: Optional[Path] = typer.Option(None, "--out", help="HTML file (default RUN/report.html)."),
+        force: bool = typer.Option(False, "--force", help=FORCE_OUT_HELP),
     ) -> None:
         """One self-contained HTML report of a run.
 
@@ -29,5 +30,5 @@ def register(app: typer.Typer) -> None:
 
         if not RunDir(run).config_path.exists():
             raise MedclfError(f"{run}: not a run directory (no {RunDir.CONFIG})")
-        path = build_report(run, out)
+        path = build_report(run, out, force=force)
         typer.echo(f"report: {path}")

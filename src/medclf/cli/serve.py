@@ -29,6 +29,10 @@ def register(app: typer.Typer) -> None:
                                              "whole request body; a slower or stalled upload gets HTTP 408."),
         max_mpx: float = typer.Option(24.0, "--max-mpx", help="Largest image accepted, in megapixels (2^20 "
                                       "pixels), checked from the file's header before decoding."),
+        header_timeout: float = typer.Option(10.0, "--header-timeout", help="Seconds a connection has to send its "
+                                             "request line and headers; a slower one is closed (slow-loris)."),
+        max_connections: int = typer.Option(256, "--max-connections", help="Open connections at most; beyond "
+                                            "that the one waiting longest for its headers is closed."),
     ) -> None:
         """A web page and JSON API over a run.
 
@@ -36,7 +40,9 @@ def register(app: typer.Typer) -> None:
         """
         from medclf.serve.server import check_options, serve
 
-        check_options(host, port, max_upload_mb, max_concurrent, upload_timeout, max_mpx)
+        check_options(host, port, max_upload_mb, max_concurrent, upload_timeout, max_mpx, header_timeout,
+                      max_connections)
         serve(run, host=host, port=port, max_upload_mb=max_upload_mb, device=device, max_concurrent=max_concurrent,
-              upload_timeout_s=upload_timeout, max_mpx=max_mpx, on_loaded=lambda: typer.echo(
+              upload_timeout_s=upload_timeout, max_mpx=max_mpx, header_timeout_s=header_timeout,
+              max_connections=max_connections, on_loaded=lambda: typer.echo(
                   f"medclf serve: http://{host}:{port}/  (API: /api/predict, /api/model, /api/health)"))

@@ -26,7 +26,8 @@ from medclf.data.splits import SPLITS, leakage_audit
 from medclf.errors import DataError
 from medclf.labelsets import coding, label_texts, task_of
 from medclf.io import make_temp_dir, read_json, write_json, write_text
-from medclf.outdirs import MARKER, claim_output_dir, folder_kind, folder_lock, register_own_files, write_marker
+from medclf.outdirs import (MARKER, claim_output_dir, folder_kind, folder_lock, refuse_foreign_files,
+                            register_recogniser, write_marker)
 
 FORMAT_VERSION = 1
 # A cache's files, named here only (prepare, shards and the rest use these names)
@@ -34,7 +35,19 @@ IMAGES = "images.npy"  # uint8 N x S x S, memory-mapped
 MANIFEST = "manifest.csv"
 META = "cache.json"
 STAGED_IMAGES = "images.kept.npy"  # the kept rows while skipped images are dropped (CacheWriter.drop)
-register_own_files("cache", (META,))  # how medclf.outdirs recognises a cache made before markers
+_META_KEYS = {"format_version", "size", "n", "label_names", "content_hash"}  # what every cache.json holds
+
+
+def _proves_cache(path: Path) -> bool:
+    """A cache made before markers: a cache.json with medclf's keys beside the images and manifest it names
+    (another program's cache.json proves nothing)."""
+    if not (path / META).is_file():
+        return False
+    meta = read_json(path / META)
+    return isinstance(meta, dict) and _META_KEYS <= set(meta) and all((path / n).is_file() for n in (IMAGES, MANIFEST))
+
+
+register_recogniser("cache", _proves_cache)  # how medclf.outdirs recognises a cache made before markers
 MANIFEST_COLUMNS = ["index", "id", "patient_id", "label", "label_name", "split", "boxes", "view", "sex", "age",
                     "source"]
 HASHED_COLUMNS = ["id", "patient_id", "label", "split", "boxes"]
@@ -225,6 +238,8 @@ def cache_writer(out_dir: str | Path, n: int, size: int, overwrite: bool = False
     if out_dir.exists() and not overwrite:
         raise DataError(f"{out_dir}: already exists")
     claim_output_dir(out_dir, "cache", replace=True)  # even with overwrite: never someone else's folder
+    if out_dir.exists():  # replaced whole: only while it holds nothing but a cache's own files
+        refuse_foreign_files(out_dir, _WRITER_FILES)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = make_temp_dir(f"{out_dir.name}.tmp-", out_dir.parent)
     try:
@@ -275,6 +290,7 @@ def _replace_dir(src: Path, dst: Path) -> None:
     if not dst.exists():
         os.rename(src, dst)
         return
+    refuse_foreign_files(dst, _WRITER_FILES)  # again: a file may have been put there while this cache was built
     old = make_temp_dir(f"{dst.name}.old-", dst.parent)
     os.rename(dst, old / "cache")
     os.rename(src, dst)

@@ -4,8 +4,9 @@ Any other column (`view`, `sex`, `age`, or your own such as `site` or `scanner`)
 so `evaluate --by` can report results per group of it; a CSV `view`/`sex`/`age` value fills the manifest's own
 column (ahead of what a DICOM header says). Columns named like the manifest's bookkeeping (`index`, `id`,
 `label_name`, `split`, `boxes`, `source`) are ignored, as before.
-`path` is relative to the folder; a path that leaves it (`../x.png`, or an absolute path elsewhere) is refused
-unless the caller allows it (`--allow-outside-images`), so a labels file cannot pull other files into a cache.
+`path` is relative to the folder; a path that leaves it (`../x.png`, an absolute path elsewhere, or a symbolic
+link inside the folder that resolves outside it) is refused unless the caller allows it
+(`--allow-outside-images`), so neither a labels file nor a planted link can pull other files into a cache.
 `label` is an integer class index or a class name. The patient column may also be spelled `patient`,
 `PatientID`, `subject` or `subject_id` (any case; `patient_column`); a near miss such as `patent_id` is refused
 with "did you mean patient_id?". Without one every image is its own patient (the split cannot then guard
@@ -177,17 +178,21 @@ def _check_single_task(declared: str | None, names: list[str], csv: Path) -> str
 
 
 def _refuse_outside(frame: pd.DataFrame, labels_csv: Path, images_dir: Path, given: Path) -> None:
-    """Every listed path must stay inside the image folder (judged on the path as written: `..` and absolute
-    paths; a symlink the user placed inside the folder is theirs to make)."""
-    def inside(text: str) -> bool:
-        full = Path(os.path.normpath(text if os.path.isabs(text) else images_dir / text))
-        return full.is_relative_to(images_dir) or full.is_relative_to(given)
+    """Every listed path must stay inside the image folder, judged on the file it resolves to: `..`, an
+    absolute path elsewhere, and a symbolic link inside the folder (to a file or a folder) that leads out of it
+    are all refused alike. `images_dir` is resolved; `given` is --images as typed (it may itself be a link)."""
+    def resolved(text: str) -> Path:
+        return Path(os.path.realpath(text if os.path.isabs(text) else given / text))
 
-    outside = [(ln, p) for ln, p in zip(frame["line"], frame["path"]) if p and not inside(p)]
+    outside = [(ln, p) for ln, p in zip(frame["line"], frame["path"]) if p and
+               not resolved(p).is_relative_to(images_dir)]
     if outside:
         line, path = outside[0]
         more = f" (and {len(outside) - 1} more)" if len(outside) > 1 else ""
-        raise DataError(f"{labels_csv.name}:{line}: path {path!r} is outside --images {images_dir}{more}; "
+        written = Path(os.path.normpath(path if os.path.isabs(path) else given / path))
+        link = "" if not (written.is_relative_to(given) or written.is_relative_to(images_dir)) else \
+            f" (a symbolic link to {resolved(path)})"  # inside as written: a link leads out
+        raise DataError(f"{labels_csv.name}:{line}: path {path!r}{link} is outside --images {images_dir}{more}; "
                         "pass --allow-outside-images to read files there")
 
 

@@ -11,6 +11,7 @@ from medclf.data.imageio import INPUT_SUFFIXES
 from medclf.device import pick_device
 from medclf.errors import MedclfError
 from medclf.io import atomic_path
+from medclf.outdirs import check_output_file
 from medclf.runs import open_run
 
 
@@ -38,13 +39,16 @@ def predict_files(
     device: str = "auto",
     progress: bool = True,
     engine: str = "torch",
+    force: bool = False,
 ) -> pd.DataFrame:
     """Returns (and writes to `out`) a table `path,prob,predicted,threshold,...,error`, one row per file: the
     columns of `evaluate`'s predictions table (see `Predictor.columns`), and the reason a file was not read.
 
     `engine`: "torch" (eager PyTorch) or "onnx" (ONNX Runtime on RUN/model.onnx when it is current, else on the
-    run exported on the fly into a temp dir).
+    run exported on the fly into a temp dir). An `out` that exists is replaced only with `force`.
     """
+    if out is not None:
+        check_output_file(out, force)
     run = open_run(run_dir, pick_device(device))
     predictor = run.predictor(engine=engine)
     table = predictor.predict_files(expand_inputs(inputs), batch_size=batch_size, progress=progress)

@@ -130,16 +130,17 @@ def read_train_state(path: Path, mmap: bool = False) -> dict:
 def _read_last(path: Path, mmap: bool) -> dict:
     import torch
 
+    from medclf.models.checkpoint import load_refusal
+
     if not path.exists():
         raise MedclfError(f"--resume: {path} does not exist (nothing to resume)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:  # weights_only refuses anything but tensors and plain types
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise MedclfError(f"--resume: {path}: refused ({first}); medclf checkpoints hold only tensors and plain "
-                          "values, so this file was not written by medclf train") from None
+        raise MedclfError(f"--resume: {path}: refused ({load_refusal(err)}); medclf checkpoints hold only tensors "
+                          "and plain values, so this file was not written by medclf train") from None
     except (RuntimeError, EOFError, ValueError, OSError) as err:  # truncated (killed while copying), not a zip
-        raise MedclfError(f"--resume: {path}: cannot read it ({' '.join(str(err).split())[:160]}); the file is "
+        raise MedclfError(f"--resume: {path}: cannot read it ({load_refusal(err)[:160]}); the file is "
                           "truncated or not a checkpoint, so this run cannot be resumed: train into a new "
                           "--out") from None
     if not isinstance(payload, dict):

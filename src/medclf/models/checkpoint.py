@@ -7,6 +7,7 @@ a checkpoint never runs pickled code. The model is rebuilt from its registry nam
 
 from __future__ import annotations
 
+import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,9 @@ FORMAT = "medclf-checkpoint"
 FORMAT_VERSION = 1
 _SCALARS = (str, int, float, bool, type(None))
 _ANSI_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# the refused global in torch's weights-only message, whatever its wording ("Unsupported global: GLOBAL a.b",
+# "Trying to load unsupported GLOBAL a.b whose module a is blocked"): only the dotted name is taken from it
+_REFUSED_GLOBAL = re.compile(r"GLOBAL\s+([A-Za-z_][\w.]*)")
 
 
 def unwrap_model(model: nn.Module) -> ClassifierModel:
@@ -80,14 +84,37 @@ def save_checkpoint(path: str | Path, model: nn.Module, contract: DataContract, 
         torch.save(payload, tmp)
 
 
-def _torch_reason(err: Exception) -> str:
-    """One plain line of why torch.load failed: for pickled code, the global it refused (torch's first line
-    only says the file "can still be loaded", and is bolded with terminal colour codes)."""
+def refused_global(err: Exception) -> str | None:
+    """The pickled callable or class (`posix.system`) that `torch.load(weights_only=True)` refused, or None."""
+    if not isinstance(err, pickle.UnpicklingError):
+        return None
+    found = _REFUSED_GLOBAL.search(_ANSI_CODES.sub("", str(err)))
+    return found.group(1) if found else None
+
+
+def load_refusal(err: Exception) -> str:
+    """Why `torch.load(weights_only=True)` failed, in medclf's words, on one line. A refused pickle (any
+    `pickle.UnpicklingError`, however torch words it) is described by medclf alone: torch's text advises
+    re-loading with `weights_only=False`, i.e. running the code of a file that was just refused for holding
+    code. Other failures (truncated, not a zip) give torch's first line, unless it gives that advice too."""
     text = _ANSI_CODES.sub("", str(err)).strip()
-    found = re.search(r"WeightsUnpickler error: (Unsupported global: GLOBAL \S+)", text)
-    if found:
-        return f"pickled code refused: {found.group(1)}"
-    return " ".join(text.splitlines()[0].split()) if text else type(err).__name__
+    if isinstance(err, pickle.UnpicklingError):
+        name = refused_global(err)
+        if name:
+            return f"it holds pickled code or objects ({name}), not only tensors and plain values"
+        return "the weights-only reader refused its contents: damaged, or pickled objects rather than tensors"
+    first = " ".join(text.splitlines()[0].split())[:200] if text else ""
+    return type(err).__name__ if not first or "weights_only" in first else first
+
+
+def is_medclf_checkpoint(path: str | Path) -> bool:
+    """Whether `path` is a checkpoint medclf wrote (its format and data contract), read weights-only and
+    memory-mapped (cheap however large); anything unreadable or refused is simply not one."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - any file that torch cannot read weights-only is no proof
+        return False
+    return isinstance(payload, dict) and payload.get("format") == FORMAT and isinstance(payload.get("contract"), dict)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -97,9 +124,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise MedclfError(f"checkpoint not found: {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated/corrupt zip, not a torch file, or pickled code
-        first = _torch_reason(e)
-        raise MedclfError(f"cannot read checkpoint {path}: corrupt or not a weights-only torch file ({first})") from e
+    except Exception as e:  # pickled code, truncated/corrupt zip, not a torch file; torch's advice is not passed on
+        if refused_global(e):
+            raise MedclfError(f"{path}: refused: {load_refusal(e)}, so medclf does not load it (a medclf checkpoint "
+                              "holds nothing else)") from None
+        raise MedclfError(f"cannot read checkpoint {path}: corrupt or not a weights-only torch file "
+                          f"({load_refusal(e)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise MedclfError(f"{path} is not a medclf checkpoint (no 'format': '{FORMAT}'); a plain state dict "
                           f"can start training with model.weights={path}")

@@ -200,9 +200,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             obj = load_file(str(path), device="cpu")
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise MedclfError(f"model.weights: cannot read {path} as a weights file ({first})") from e
+    except Exception as e:  # noqa: BLE001 - safetensors and torch raise many kinds; each is one line here
+        from medclf.models.checkpoint import load_refusal
+
+        raise MedclfError(f"model.weights: cannot read {path} as a weights file ({load_refusal(e)})") from None
     if isinstance(obj, dict) and obj.get("format") == "medclf-checkpoint":
         obj = obj["state_dict"]
     else:

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from medclf.errors import MedclfError
 from medclf.io import write_text
+from medclf.outdirs import check_output_file
 from medclf.report import notices
 from medclf.runs.freshness import current_evaluations
 from medclf.runs.layout import RunDir
@@ -133,11 +134,14 @@ def fmt_ci(ci: Any) -> str:
 # ---------------------------------------------------------------- building the page
 
 
-def build_report(run_dir: str | Path, out_path: str | Path | None = None) -> Path:
-    """Write the HTML report for `run_dir` (default RUN/report.html) and return its path."""
+def build_report(run_dir: str | Path, out_path: str | Path | None = None, force: bool = False) -> Path:
+    """Write the HTML report for `run_dir` (default RUN/report.html) and return its path. An `out_path` that
+    exists is replaced only with `force`."""
     run_dir = Path(run_dir)
     if not RunDir(run_dir).config_path.is_file():
         raise MedclfError(f"{run_dir}: not a run directory ({RunDir.CONFIG} not found)")
+    if out_path:
+        check_output_file(out_path, force)
     _load_plugin_sections()
     out_path = Path(out_path) if out_path else RunDir(run_dir) / RunDir.REPORT
     parts, nav = [], []

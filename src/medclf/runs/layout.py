@@ -15,7 +15,7 @@ import yaml
 from medclf.config import Config, config_from_dict
 from medclf.errors import MedclfError
 from medclf.io import read_json
-from medclf.outdirs import register_own_files
+from medclf.outdirs import folder_kind, register_recogniser
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -248,10 +248,46 @@ class RunDir:
         return pd.read_csv(self.history_path)
 
 
-# how `medclf.outdirs` recognises these folders when they carry no marker (a run never does)
-register_own_files("ensemble", (RunDir.ENSEMBLE,), (RunDir.PLAN,))
-register_own_files("run", (RunDir.LAST,), (RunDir.BEST,), (RunDir.CONFIG, RunDir.DATA_SUMMARY), (RunDir.TRAIN_ROWS,))
-register_own_files("study", (RunDir.STUDY,))
+# How `medclf.outdirs` recognises these folders when they carry no marker (a run never does): by what their
+# files hold, never by their names alone (another program's best.pt or config.yaml proves nothing).
+_SUMMARY_KEYS = {"content_hash", "label_names", "task", "split_counts"}  # medclf.data.summary.data_summary's
+_CONFIG_SECTIONS = {"model", "data", "train"}  # a saved config holds every section (an empty one proves nothing)
+
+
+def _proves_run(path: Path) -> bool:
+    """A medclf checkpoint (format and data contract), or the two files `train` writes first: a valid medclf
+    config beside medclf's data summary; or an ensemble member's folder inside a medclf ensemble."""
+    from medclf.models.checkpoint import is_medclf_checkpoint  # torch: only when a folder is judged
+
+    rd = RunDir(path)
+    if any(p.is_file() and is_medclf_checkpoint(p) for p in (rd.last, rd.best)):
+        return True
+    if rd.config_path.is_file() and rd.data_summary_path.is_file():
+        summary = read_json(rd.data_summary_path)
+        if isinstance(summary, dict) and _SUMMARY_KEYS <= set(summary):
+            try:
+                stored = yaml.safe_load(rd.config_path.read_text(encoding="utf-8"))
+                return _CONFIG_SECTIONS <= set(stored) and isinstance(config_from_stored(stored), Config)
+            except (MedclfError, TypeError, AttributeError, yaml.YAMLError):
+                return False
+    return path.parent.name == RunDir.MEMBERS and folder_kind(path.parent.parent) == "ensemble"
+
+
+def _proves_ensemble(path: Path) -> bool:
+    """An ensemble made before markers: its ensemble.json in medclf's format."""
+    spec = read_json(path / RunDir.ENSEMBLE) if (path / RunDir.ENSEMBLE).is_file() else None
+    return isinstance(spec, dict) and spec.get("format") == ENSEMBLE_FORMAT
+
+
+def _proves_study(path: Path) -> bool:
+    """A study made before markers: its study.json as `medclf study` writes it."""
+    summary = read_json(path / RunDir.STUDY) if (path / RunDir.STUDY).is_file() else None
+    return isinstance(summary, dict) and {"study", "data", "split"} <= set(summary)
+
+
+register_recogniser("ensemble", _proves_ensemble)
+register_recogniser("run", _proves_run)
+register_recogniser("study", _proves_study)
 
 
 def tag_order(tag: str) -> tuple[int, str]:

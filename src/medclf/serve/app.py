@@ -71,11 +71,16 @@ class ErrorAnswer(BaseModel):
 
 
 # The body is parsed by `receive_uploads` from the raw stream (so the size cap holds while reading), not by a
-# FastAPI `File` parameter: its shape and the refusals are declared here so the OpenAPI schema shows them.
-PREDICT_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object", "required": ["files"],
-    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"},
-                             "description": "DICOM (Part 10), PNG or JPEG files; any field name is accepted"}}}}}}
+# FastAPI `File` parameter: its shape and the refusals are declared here so the OpenAPI schema shows them, with
+# the bounds the server enforces (no file, or more than `max_files`, is a 400), so the schema allows no body
+# that the server refuses for its file count.
+def predict_body(max_files: int) -> dict[str, Any]:
+    files = {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1, "maxItems": max_files,
+             "description": "DICOM (Part 10), PNG or JPEG files; any field name is accepted"}
+    return {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["files"], "properties": {"files": files}}}}}
+
+
 PREDICT_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorAnswer, "description": "a file that cannot be decoded, is empty or too large in pixels; "
                                                "too many files; a malformed multipart body"},
@@ -147,7 +152,7 @@ def create_app(predictor: ServeModel, max_upload_mb: float = DEFAULT_MAX_UPLOAD_
     def model() -> dict[str, Any]:
         return info
 
-    @app.post("/api/predict", openapi_extra={"requestBody": PREDICT_BODY}, responses=PREDICT_ERRORS)
+    @app.post("/api/predict", openapi_extra={"requestBody": predict_body(max_files)}, responses=PREDICT_ERRORS)
     async def predict(request: Request, heatmap: bool = True, image: bool = True) -> Any:
         """Probability, decision, heatmap and OOD score for each uploaded file (multipart/form-data)."""
         start = time.perf_counter()
