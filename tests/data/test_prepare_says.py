@@ -99,3 +99,13 @@ def test_multiclass_needs_no_positive(tmp_path, capsys):
     assert ("note: 4 classes and no --positive: the binary keys of metrics.json (recall, specificity, roc_auc, "
             "...) compare 'tumour' (the last class) against the rest; the per-class metrics cover every class; "
             "--positive NAME picks another") in capsys.readouterr().err
+
+
+def test_the_patient_line_is_said_again_when_the_cache_is_up_to_date(tmp_path, capsys):
+    root, labels = _two_images_per_patient(tmp_path, "patient")
+    prepare_folder(root, labels, tmp_path / "cache", size=16, workers=1, progress=False)
+    capsys.readouterr()
+    prepare_folder(root, labels, tmp_path / "cache", size=16, workers=1, progress=False)
+    assert capsys.readouterr().err.splitlines() == [
+        f"nothing to do: {tmp_path / 'cache'} is up to date (same inputs and parameters)",
+        "patients: grouped by column 'patient' of labels.csv (20 patients, 40 images)"]

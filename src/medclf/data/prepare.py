@@ -89,6 +89,7 @@ class FileJob:
     shard: tuple[int, int] | None = None  # (i, n): only block i of n of the table (shards.py)
     extra_columns: Sequence[str] = ()  # columns of `items` copied into the manifest (a folder CSV's own)
     task: str | None = None  # medclf.tasks; None: binary or multiclass by the class count
+    notes: Sequence[str] = ()  # said once the cache is written (never before an error: a bad input stays one line)
 
 
 def check_params(size: int | None, val: float, test: float, norm: str, workers: int | None) -> None:
@@ -308,6 +309,8 @@ def _run_file_job(job: FileJob) -> Path:
     started = time.perf_counter()
     out = job.out
     if up_to_date(out, job_fingerprint(job.fingerprint, job.shard), job.force, job.params):
+        for note in job.notes:  # the cache made earlier rests on the same facts: say them again
+            say(note)
         return out
     if job.items.empty:
         raise DataError(f"{out}: no labelled images to prepare")
@@ -347,6 +350,8 @@ def _run_file_job(job: FileJob) -> Path:
         meta["timings"] = {"seconds": round(time.perf_counter() - started, 2)}
         full = writer.finish(manifest, meta)
     shutil.rmtree(partial, ignore_errors=True)
+    for note in job.notes:
+        say(note)
     _summary(out, full, manifest["split"], len(skipped), time.perf_counter() - started)
     return out
 
@@ -424,29 +429,34 @@ def prepare_rsna(images: str | Path, labels: str | Path, out: str | Path, *, cla
     job = FileJob("rsna", src.items, out, size, norm, src.label_names, src.positive_index, label_mode,
                   {**params, "workers": workers}, fp, val, test, seed, workers, skip_bad, force, progress,
                   {"label_check": report, "skipped": unlabelled, **_synthetic(synthetic_marker(labels)),
-                   "leakage_note": patient_grouping(Path(labels), "patientId", src.items)},
-                  shard=shard)
+                   "leakage_note": patient_grouping("patientId")},
+                  shard=shard, notes=[patient_note(Path(labels), "patientId", src.items)])
     return run_file_job(job)
 
 
-def patient_grouping(labels: Path, column: str | None, items: pd.DataFrame) -> dict[str, Any]:
-    """Say on the terminal, every time, which column grouped the patients of the split (or that none did: one
-    patient's images may then sit in train and test); returns the `leakage_audit` entries saying the same."""
+def patient_grouping(column: str | None) -> dict[str, Any]:
+    """The `leakage_audit` entries saying which column grouped the patients of the split (or that none did)."""
     if column:
-        say(f"patients: grouped by column {column!r} of {labels.name} "
-            f"({items['patient_id'].nunique()} patients, {len(items)} images)")
         return {"patient_column": column}
-    say(f"patients: {labels.name} has no patient_id column, so each image is its own patient and one patient's "
-        "images may land in more than one split")
     return {"patient_column": None, "note": "no patient_id column: each image is its own patient"}
 
 
-def _say_default_positive(task: str | None, names: Sequence[str], positive_index: int,
-                          positive: str | int | None) -> None:
+def patient_note(labels: Path, column: str | None, items: pd.DataFrame) -> str:
+    """The line prepare says every time it makes a cache: which column grouped the patients, or that none did
+    (one patient's images may then sit in train and test)."""
+    if column:
+        return (f"patients: grouped by column {column!r} of {labels.name} "
+                f"({items['patient_id'].nunique()} patients, {len(items)} images)")
+    return (f"patients: {labels.name} has no patient_id column, so each image is its own patient and one "
+            "patient's images may land in more than one split")
+
+
+def default_positive_note(task: str | None, names: Sequence[str], positive_index: int,
+                          positive: str | int | None) -> str | None:
+    """What the positive class chosen without --positive means for a multiclass set (None otherwise)."""
     from medclf.data.folder import positive_note
 
-    if task == "multiclass" and positive is None:
-        say(positive_note(names, positive_index))
+    return positive_note(names, positive_index) if task == "multiclass" and positive is None else None
 
 
 def _synthetic(marker: dict | None) -> dict[str, Any]:
@@ -473,7 +483,6 @@ def prepare_folder(images: str | Path, labels: str | Path, out: str | Path, *, s
     src = folder_source(images, labels, label_names, positive, allow_outside_images, task=task,
                         label_columns=label_columns, uncertain=uncertain)
     label_problems(src.report, Path(labels), out, skip_missing)
-    _say_default_positive(src.task, src.label_names, src.positive_index, positive)
     params = {"images": str(Path(images).resolve()), "labels": str(Path(labels).resolve()), "size": size,
               "val": val, "test": test, "seed": seed, "norm": norm, "label_names": src.label_names,
               "positive_index": src.positive_index, "skip_missing": skip_missing, "skip_bad": skip_bad}
@@ -490,11 +499,13 @@ def prepare_folder(images: str | Path, labels: str | Path, out: str | Path, *, s
     if src.uncertain_dropped:
         say(f"--uncertain drop: left out {len(src.uncertain_dropped)} images with an uncertain (-1) label")
     fp = fingerprint(params, [labels], src.items["path"].tolist(), report)
-    extra: dict[str, Any] = {"label_check": report,
-                             "leakage_note": patient_grouping(Path(labels), src.patient_column, src.items)}
+    extra: dict[str, Any] = {"label_check": report, "leakage_note": patient_grouping(src.patient_column)}
     job = FileJob("folder", src.items, out, size, norm, src.label_names, src.positive_index, src.task,
                   {**params, "workers": workers}, fp, val, test, seed, workers, skip_bad, force, progress, extra,
-                  shard=shard, extra_columns=src.extra_columns, task=src.task)
+                  shard=shard, extra_columns=src.extra_columns, task=src.task,
+                  notes=[patient_note(Path(labels), src.patient_column, src.items),
+                         *filter(None, [default_positive_note(src.task, src.label_names, src.positive_index,
+                                                              positive)])])
     return run_file_job(job)
 
 
@@ -515,7 +526,8 @@ def prepare_medmnist(npz: str | Path, out: str | Path, *, size: int | None = Non
         started = time.perf_counter()
         src = medmnist_source(npz, label_names, positive)
         say(f"note: {LEAKAGE_NOTE}; the file's own splits are kept")
-        _say_default_positive(src.task, src.label_names, src.positive_index, positive)
+        if note := default_positive_note(src.task, src.label_names, src.positive_index, positive):
+            say(note)
         upscale_note(size, [src.images.shape[1:3]] * len(src.images))
         images = resize_images(src.images, size, progress)
         audit = leakage_audit(src.items["patient_id"], src.items["split"]) | {"note": LEAKAGE_NOTE}
