@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from medclf.config import Config, save_config
@@ -288,6 +287,3 @@ def _epoch_line(row: dict, improved: bool) -> str:
             f"val_auc {fmt(row['val_auc'])} val_f1 {fmt(row['val_f1'])} ({row['seconds']:.1f}s)"
             + (" *best*" if improved else ""))
 
-
-def load_history(run_dir: str | Path) -> pd.DataFrame:
-    return RunDir(run_dir).history()
