@@ -42,6 +42,14 @@ class CacheDataset(Dataset):
         return torch.from_numpy(images), torch.from_numpy(self.labels[items_arr]), torch.from_numpy(items_arr)
 
 
+def seeded_subset(dataset: CacheDataset, limit: int | None, seed: int) -> CacheDataset:
+    """At most `limit` items of `dataset`, drawn without replacement (seeded), in cache order."""
+    if limit is None or len(dataset) <= limit:
+        return dataset
+    pick = np.sort(np.random.default_rng(seed).choice(len(dataset), size=limit, replace=False))
+    return CacheDataset(dataset.cache, indices=dataset.indices[pick])
+
+
 def _collate_batch(batch):
     # __getitems__ already returns a collated batch
     return batch

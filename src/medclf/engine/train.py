@@ -34,7 +34,7 @@ from medclf.evaluation.multilabel import average_rates
 from medclf.evaluation.thresholds import SOURCE_DATA, SOURCE_DEFAULT, OperatingThreshold, operating_threshold
 from medclf.contract import DataContract
 from medclf.models.checkpoint import read_checkpoint
-from medclf.models.outputs import logits_of
+from medclf.models.outputs import PROB_EPS, logits_of
 from medclf.runs import Predictor, RunDir, open_checkpoint
 from medclf.runs.ood import fit_detector
 from medclf.tasks import multi_hot
@@ -191,7 +191,7 @@ def validate(s: TrainingSetup, model: torch.nn.Module) -> dict:
     probs = predict_sharded(predictor, s.val_set, s.dist, batch_size=s.cfg.eval.batch_size)
     if s.contract.multilabel:
         return validate_multilabel(s, probs)
-    logp = torch.log(torch.from_numpy(probs).clamp_min(1e-7))
+    logp = torch.log(torch.from_numpy(probs).clamp_min(PROB_EPS))
     # val loss with the training loss function, so the two curves are comparable (the seed deck's graph)
     val_loss = float(s.loss_fn(logp.to(s.device), torch.from_numpy(s.val_set.labels).to(s.device)))
     y = (s.val_set.labels == s.contract.positive_index).astype(int)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import torch
 
-_TINY = 1e-12  # log(0) would give -inf logits (and infinite gradients for attacks)
+# The one floor (and, as 1 - PROB_EPS, ceiling) for a probability before a log or a logit: log(0) would give
+# -inf logits (and infinite gradients for attacks). Logits are taken in float64, where 1 - 1e-12 exists
+# (float32 rounds it to 1.0).
+PROB_EPS = 1e-12
 
 
 def probabilities(logits: torch.Tensor, task: str | None) -> torch.Tensor:
@@ -21,5 +24,5 @@ def probabilities(logits: torch.Tensor, task: str | None) -> torch.Tensor:
 def logits_of(probs: torch.Tensor, task: str | None) -> torch.Tensor:
     """Logits whose `probabilities` are `probs`: log p (softmax renormalises) or log(p / (1 - p))."""
     if task == "multilabel":
-        return torch.logit(probs.clamp(_TINY, 1.0 - 1e-7))
-    return torch.log(probs.clamp_min(_TINY))
+        return torch.logit(probs.double().clamp(PROB_EPS, 1.0 - PROB_EPS)).to(probs.dtype)
+    return torch.log(probs.clamp_min(PROB_EPS))

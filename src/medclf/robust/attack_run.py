@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from medclf.data.dataset import CacheDataset, make_loader
+from medclf.data.dataset import CacheDataset, make_loader, seeded_subset
 from medclf.device import pick_device
 from medclf.errors import DataError, MedclfError
 from medclf.evaluation.macro_auc import macro_roc_auc
@@ -27,6 +27,7 @@ from medclf.evaluation.metrics import binary_metrics
 from medclf.evaluation.multilabel import multilabel_metrics
 from medclf.io import atomic_path, read_json, write_json
 from medclf.losses import multi_hot_target
+from medclf.models.outputs import PROB_EPS
 from medclf.robust.attacks import get_attack
 from medclf.runs import LogProbs, Predictor, RunDir, open_run_and_cache
 from medclf.tasks import multi_hot
@@ -47,9 +48,7 @@ def attack_run(run_dir: str | Path, method: str = "pgd", eps: list[float] | tupl
     dataset = CacheDataset(cache, split=split)
     if len(dataset) == 0:
         raise DataError(f"{cache.path}: split '{split}' is empty")
-    if max_images is not None and len(dataset) > max_images:
-        pick = np.sort(np.random.default_rng(seed).choice(len(dataset), size=max_images, replace=False))
-        dataset = CacheDataset(cache, indices=dataset.indices[pick])
+    dataset = seeded_subset(dataset, max_images, seed)
 
     predictor = run.predictor()  # attack the predictor as `evaluate` runs it (test-time flip included)
     eps_list = sorted({0.0, *map(float, eps)})
@@ -104,7 +103,7 @@ def _multilabel_rows(c, labels: np.ndarray, probs: dict[float, np.ndarray], n_bo
     rows = []
     for e, p in probs.items():
         m = multilabel_metrics(labels, p, c.label_names, thresholds, n_boot=n_boot, seed=seed)
-        clipped = np.clip(p, 1e-12, 1 - 1e-7)
+        clipped = np.clip(p.astype(np.float64), PROB_EPS, 1 - PROB_EPS)
         bce = -(y * np.log(clipped) + (1 - y) * np.log(1 - clipped)).sum(axis=1).mean()
         calls = p >= thresholds
         rows.append({"eps": e, "eps_255": round(e * 255, 6), **{k: m["macro"][k] for k in ROW_KEYS if k in m["macro"]},

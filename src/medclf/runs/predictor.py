@@ -27,6 +27,7 @@ from tqdm import tqdm
 from medclf.contract import DataContract
 from medclf.device import autocast, pick_device
 from medclf.errors import MedclfError
+from medclf.models.ensemble import is_ensemble
 from medclf.runs.graph import InferenceModule
 from medclf.tasks import encode_multi_hot, label_set_name
 
@@ -121,6 +122,10 @@ class Predictor:
         return len(self.module.members)
 
     @property
+    def is_ensemble(self) -> bool:
+        return is_ensemble(self.module.model)
+
+    @property
     def has_ood(self) -> bool:
         return self.module.has_ood
 
@@ -128,7 +133,7 @@ class Predictor:
     def ood_threshold(self) -> float | None:
         if not self.has_ood:
             return None
-        return float(self.detectors[0]["threshold"]) if self.n_members == 1 else 1.0
+        return float(self.detectors[0]["threshold"]) if not self.is_ensemble else 1.0
 
     # ------------------------------------------------------------------ predicting
     def predict_arrays(self, images: np.ndarray | torch.Tensor, batch_size: int = 64) -> Prediction:
@@ -177,7 +182,7 @@ class Predictor:
             names = [f"prob_{n}" for n in c.label_names] + [f"pred_{n}" for n in c.label_names] + ["predicted"]
         else:
             names = ["prob", "predicted", "threshold"]
-        if self.n_members > 1:
+        if self.is_ensemble:
             names.append("std")
         if c.num_classes > 2 and not c.multilabel:
             names += [f"prob_{n}" for n in c.label_names]
@@ -201,7 +206,7 @@ class Predictor:
         else:
             out = {"prob": p.probs[:, c.positive_index], "predicted": self.decisions(p.probs),
                    "threshold": np.full(len(p.probs), self.threshold)}
-        if self.n_members > 1:
+        if self.is_ensemble:
             out["std"] = self.spread(p)
         if c.num_classes > 2 and not c.multilabel:
             out.update({f"prob_{n}": p.probs[:, k] for k, n in enumerate(c.label_names)})
@@ -234,7 +239,7 @@ class Predictor:
         if p.ood_scores is None:
             raise MedclfError(f"{self.name}: no out-of-distribution detector in this run (retrain, or run "
                               "`medclf ood RUN --ood CACHE` to fit one)")
-        if self.n_members == 1:
+        if not self.is_ensemble:
             score = p.ood_scores[:, 0].astype(np.float64)
         else:
             thresholds = np.array([float(d["threshold"]) for d in self.detectors])
