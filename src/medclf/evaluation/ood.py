@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from medclf.errors import MedclfError
+from medclf.registry import Registry
 
 DETECTOR_VERSION = 2  # 2: arrays as float32 tensors (1: nested lists)
 
@@ -40,12 +41,18 @@ class Outputs:
 # ----------------------------------------------------------------------------------------------- scores
 
 
+ScoreFn = Callable[[Outputs, dict | None], np.ndarray]
+OOD_SCORES: Registry[ScoreFn] = Registry("OOD score", order=("msp", "energy", "mahalanobis"))
+
+
+@OOD_SCORES.register("msp")
 def score_msp(out: Outputs, detector: dict | None = None) -> np.ndarray:
     logits = torch.from_numpy(out.logits).double()
     probs = torch.sigmoid(logits) if out.multilabel else torch.softmax(logits, dim=1)
     return -probs.max(dim=1).values.numpy()
 
 
+@OOD_SCORES.register("energy")
 def score_energy(out: Outputs, detector: dict | None = None) -> np.ndarray:
     if out.multilabel:
         return -torch.nn.functional.softplus(torch.from_numpy(out.logits).double()).sum(dim=1).numpy()
@@ -55,6 +62,7 @@ def score_energy(out: Outputs, detector: dict | None = None) -> np.ndarray:
     return energy
 
 
+@OOD_SCORES.register("mahalanobis")
 def score_mahalanobis(out: Outputs, detector: dict | None) -> np.ndarray:
     if out.features is None:
         raise MedclfError("mahalanobis score needs penultimate features; this model has no embed()")
@@ -63,15 +71,8 @@ def score_mahalanobis(out: Outputs, detector: dict | None) -> np.ndarray:
     return mahalanobis_scores(out.features, np.asarray(detector["means"]), np.asarray(detector["precision"]))
 
 
-OOD_SCORES: dict[str, Callable[[Outputs, dict | None], np.ndarray]] = {
-    "msp": score_msp, "energy": score_energy, "mahalanobis": score_mahalanobis,
-}
-
-
-def get_score(name: str) -> Callable[[Outputs, dict | None], np.ndarray]:
-    if name not in OOD_SCORES:
-        raise MedclfError(f"unknown OOD score '{name}' (valid: {', '.join(OOD_SCORES)})")
-    return OOD_SCORES[name]
+def get_score(name: str) -> ScoreFn:
+    return OOD_SCORES.lookup(name)
 
 
 # ----------------------------------------------------------------------------------------------- Mahalanobis
