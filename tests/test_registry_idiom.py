@@ -28,7 +28,8 @@ def test_unknown_name_is_one_line_with_field_close_matches_and_valid_names():
         reg.register(name, object())
     with pytest.raises(ConfigError) as err:
         reg.lookup("focl")
-    assert str(err.value) == "loss.name: unknown loss 'focl' (did you mean focal?); valid: ce, focal, soft_f1, or your own"
+    assert str(err.value) == ("loss.name: unknown loss 'focl' (did you mean focal?); "
+                              "valid: ce, focal, soft_f1, or your own")
     with pytest.raises(ConfigError) as err:  # 'dice' is not close enough to 'ce' to suggest it
         reg.lookup("dice")
     assert str(err.value) == "loss.name: unknown loss 'dice'; valid: ce, focal, soft_f1, or your own"

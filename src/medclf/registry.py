@@ -42,7 +42,8 @@ class Registry(Generic[T]):
     """
 
     def __init__(self, kind: str, *, field: str | None = None, error: type[MedclfError] = MedclfError,
-                 order: Sequence[str] | None = None, load: Callable[[], None] | None = None, valid_tail: str = "") -> None:
+                 order: Sequence[str] | None = None, load: Callable[[], None] | None = None,
+                 valid_tail: str = "") -> None:
         self.kind = kind
         self.field = field
         self.error = error

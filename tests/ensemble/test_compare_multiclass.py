@@ -135,6 +135,7 @@ def test_the_command_prints_the_macro_auc_columns(tmp_path):
     assert pd.read_csv(tmp_path / "c.csv")["d_macro_auc"].iloc[1] == pytest.approx(diff)
 
 
+@pytest.mark.slow
 def test_two_evaluated_three_class_runs(tiny_multiclass_run, tmp_path):
     """A trained 3-class run and its copy, both evaluated on test: the macro AUC is evaluate's, the difference 0."""
     import shutil

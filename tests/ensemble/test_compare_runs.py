@@ -82,6 +82,7 @@ def test_same_folder_names_are_told_apart(tmp_path):
     assert compare_runs([a, b], n_boot=50)["run"].tolist() == ["study1/run", "study2/run"]
 
 
+@pytest.mark.slow
 def test_cli_error_is_one_line_naming_the_runs(tmp_path):
     a = fake_run(tmp_path, "a", PROB_A)
     b = fake_run(tmp_path, "b", PROB_B[:8], labels=LABELS[:8])

@@ -128,7 +128,7 @@ def test_gallery_and_report_section(scored):
     run, _ = scored
     gallery = json.loads((run / "explain_scores.json").read_text())["gallery"]
     assert gallery and set(gallery) <= {"tp", "fp", "fn", "tn"}
-    for outcome, info in gallery.items():
+    for info in gallery.values():
         picture = np.asarray(Image.open(run / "explain" / info["png"]))
         assert picture.shape == (192, 3 * 192 + 2 * 4, 3)  # one image: radiograph + 2 methods
         assert len(info["images"]) == 1
@@ -159,6 +159,7 @@ def test_report_has_no_explanations_section_before_scoring(run_factory, model_fa
     assert 'id="explanations"' not in build_report(run).read_text()
 
 
+@pytest.mark.slow
 def test_an_ensemble_run_is_explained_through_its_members(run_factory, model_factory, pngs, tmp_path):
     _, write_ensemble_run = run_factory
     run = write_ensemble_run(tmp_path / "ens", [model_factory("resnet18", 64, seed=s) for s in (1, 2)])

@@ -50,7 +50,8 @@ def test_every_model_builds_and_splits_features_and_head(built, name, kw, dim, f
     assert model.is_vit == (len(feat_shape) == 3)
     assert model.cam_target_layers() == [cam_layer(model, name)]
     c = model.contract
-    assert (c.model_name, c.num_classes, c.label_names, c.positive_index) == (name, 3, ["class_0", "class_1", "class_2"], 1)
+    assert (c.model_name, c.num_classes, c.label_names, c.positive_index) == (name, 3, ["class_0", "class_1",
+                                                                                       "class_2"], 1)
     assert (c.input_size, c.in_chans, c.threshold, c.ood) == (size, 3, 0.5, None)
     assert c.mean == ([0.5, 0.5, 0.5] if name == "timm:vit_tiny_patch16_224" else IMAGENET_MEAN)
     assert model.build_kwargs["input_size"] == size

@@ -71,6 +71,7 @@ def test_fgsm_moves_every_free_pixel_by_eps(setup):
     assert per_sample_loss(model, transform, adv, y).mean() > per_sample_loss(model, transform, x, y).mean()
 
 
+@pytest.mark.slow
 def test_frozen_bn_stats_keeps_running_averages():
     model = small_cnn().train()
     bn = model[1]

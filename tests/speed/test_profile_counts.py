@@ -87,6 +87,7 @@ def test_unknown_model_is_a_user_error():
     assert isinstance(result.exception, MedclfError)
 
 
+@pytest.mark.slow
 def test_cli_profile_help_lists_options():
     proc = subprocess.run([sys.executable, "-m", "medclf", "profile", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0

@@ -36,7 +36,8 @@ ROW_KEYS = ("accuracy", "f1", "roc_auc", "recall", "specificity", "precision", "
 CLASS_KEYS = ("class_accuracy", "macro_roc_auc")
 
 
-def attack_run(run_dir: str | Path, method: str = "pgd", eps: list[float] | tuple[float, ...] = (0.5 / 255, 1 / 255, 2 / 255),
+def attack_run(run_dir: str | Path, method: str = "pgd",
+               eps: list[float] | tuple[float, ...] = (0.5 / 255, 1 / 255, 2 / 255),
                steps: int = 10, split: str = "test", data: str | Path | None = None, batch_size: int = 32,
                max_images: int | None = None, n_boot: int = 1000, n_examples: int = 4, device: str = "auto",
                seed: int = 0, progress: bool = True) -> dict:
