@@ -15,7 +15,7 @@ class CacheDataset(Dataset):
     """Rows `indices` of a cache. `labels` is a numpy array so samplers never iterate the images (a bit mask
     per image for a multilabel cache, `task` says which: medclf.tasks)."""
 
-    def __init__(self, cache: Cache, split: str | None = None, indices: Sequence[int] | None = None):
+    def __init__(self, cache: Cache, split: str | None = None, indices: Sequence[int] | np.ndarray | None = None):
         self.cache = cache
         if indices is None:
             indices = cache.indices(split) if split else np.arange(len(cache.manifest))
