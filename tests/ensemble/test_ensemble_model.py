@@ -29,6 +29,7 @@ def _members(n=3, size=32, seed=0):
     return models, [m.contract for m in models]
 
 
+@pytest.mark.slow  # ~2 s CPU on the loaded 2-core machine: too slow for make test-fast
 def test_mean_ensemble_equals_mean_of_members_on_a_cache_split(tiny_cache):
     models, contracts = _members()
     ens = Ensemble(models, contracts, ensemble_contract(contracts[0], 0.5, "ens"))

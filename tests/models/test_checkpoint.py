@@ -49,6 +49,7 @@ def test_roundtrip_gives_identical_outputs_and_reads_weights_only(tmp_path):
         assert torch.equal(loaded(x), model(x))
 
 
+@pytest.mark.slow  # ~3 s CPU on the loaded 2-core machine: too slow for make test-fast
 def test_roundtrip_grey_timm_vit_and_ema_wrapper(tmp_path):
     torch.manual_seed(1)
     model = create_model("timm:vit_tiny_patch16_224", 2, in_chans=1, input_size=32).eval()

@@ -60,6 +60,7 @@ def test_attention_flops_by_hand():
     assert count_flops(MHA().eval(), torch.randn(1, 10, 16)) == projections + 2 * 2 * (10 * 10 * 8) * 2
 
 
+@pytest.mark.slow  # ~22 s CPU on the loaded 2-core machine: too slow for make test-fast
 def test_resnet18_row_is_sane(tmp_path):
     table = profile_models(["resnet18"], size=32, batch=2, steps=1, device="cpu", out=tmp_path / "prof.md",
                            progress=False)
