@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench clean browser
+.PHONY: install test test-fast lint demo bench clean browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,13 @@ browser:  ## headless Chromium for the web viewer's end-to-end test (skipped by 
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)  ## no training, no subprocesses (tests marked slow are skipped): under 2 minutes
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(STAMP)  ## ruff (lint + import order) and mypy, configured in pyproject.toml
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy
 
 demo: $(STAMP)
 	$(BIN)/medclf demo --out demo_out

@@ -101,6 +101,7 @@ def test_batch_size_has_a_description():
     assert "--batch-size <int> Images per forward pass. [default: 32]" in text
 
 
+@pytest.mark.slow
 def test_config_help_and_not_found_error_list_the_presets(tmp_path):
     assert f"one of {PRESETS}." in " ".join(help_of("train").split())
     proc = subprocess.run([sys.executable, "-m", "medclf", "train", "--data", str(tmp_path), "--out",

@@ -9,6 +9,10 @@ import re
 import tempfile
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # both examples train a tiny model (make test-fast skips them)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

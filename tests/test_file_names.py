@@ -31,8 +31,8 @@ def literal_offenders(source: str, names: set[str], prefixes: set[str]) -> list[
                   if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
                   and node.body and isinstance(node.body[0], ast.Expr)
                   and isinstance(node.body[0].value, ast.Constant)}
-    named = re.compile(r"(?:^|/)(?:%s)$" % "|".join(map(re.escape, sorted(names))))
-    tagged = re.compile(r"(?:^|/)(?:%s)[\w*@{}.-]*$" % "|".join(map(re.escape, sorted(prefixes))) if prefixes
+    named = re.compile(r"(?:^|/)(?:{})$".format("|".join(map(re.escape, sorted(names)))))
+    tagged = re.compile(r"(?:^|/)(?:{})[\w*@{{}}.-]*$".format("|".join(map(re.escape, sorted(prefixes)))) if prefixes
                         else r"(?!)")  # no prefixes: matches nothing
     return sorted((node.lineno, node.value) for node in ast.walk(tree)
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings

@@ -150,6 +150,7 @@ def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path):
     assert lock_path(tmp_path / "cache", "cache") == tmp_path / "cache.lock"  # caches are renamed: beside
 
 
+@pytest.mark.slow
 def test_a_dead_processs_lock_is_taken_over(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)  # exited and reaped: no process has this pid now (reuse within the test is unlikely)

@@ -40,6 +40,7 @@ def tracked_run(tiny_cache, store):
     return RunDir(run_dir), metrics, f"sqlite:///{store / 'mlflow.db'}"
 
 
+@pytest.mark.slow
 def test_tensorboard_events_equal_history_and_metrics(tracked_run, tensorboard_scalars):
     rd, metrics, _ = tracked_run
     history = pd.read_csv(rd.history_path)
@@ -62,6 +63,7 @@ def test_tensorboard_events_equal_history_and_metrics(tracked_run, tensorboard_s
     assert {"curves", "test/confusion", "test/roc"} <= images
 
 
+@pytest.mark.slow
 def test_mlflow_run_holds_params_history_metrics_and_artifacts(tracked_run):
     rd, metrics, uri = tracked_run
     client = mlflow.tracking.MlflowClient(tracking_uri=uri)
@@ -86,6 +88,7 @@ def test_mlflow_run_holds_params_history_metrics_and_artifacts(tracked_run):
     assert json.loads(rd.tracking_path.read_text())["mlflow"]["run_id"] == run.info.run_id
 
 
+@pytest.mark.slow
 def test_mlflow_model_gives_the_predictors_probabilities(tracked_run, tiny_cache):
     rd, _, uri = tracked_run
     model_uri = json.loads(rd.tracking_path.read_text())["mlflow"]["model_uri"]
@@ -101,6 +104,7 @@ def test_mlflow_model_gives_the_predictors_probabilities(tracked_run, tiny_cache
     assert set(table["predicted"]) <= {"normal", "pneumonia"}
 
 
+@pytest.mark.slow
 def test_study_logs_one_parent_with_a_child_per_variant(tiny_cache, store, tmp_path):
     from medclf.study import run_study
 
@@ -137,6 +141,7 @@ def test_mlflow_store_is_the_config_then_the_environment_then_a_sqlite_file_in_h
     assert tracking_uri(load_config(None, ["track.mlflow_uri=sqlite:///x.db"])) == "sqlite:///x.db"
 
 
+@pytest.mark.slow
 def test_evaluate_mlflow_option_logs_to_the_named_store(tracked_run, store, tmp_path):
     """`evaluate RUN --mlflow URI`: the metrics go to that store (here a new one, so a new MLflow run)."""
     import shutil

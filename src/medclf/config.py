@@ -236,7 +236,8 @@ def merge(obj: Any, data: dict[str, Any], origin: str, prefix: str = "") -> Any:
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
+    union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+    options = typing.get_args(hint) if union else (hint,)
     if value is None:
         if type(None) in options:
             return None

@@ -44,7 +44,8 @@ class DataContract:
         if self.thresholds is not None and len(self.thresholds) != self.num_classes:
             raise ConfigError(f"contract: {len(self.thresholds)} thresholds for {self.num_classes} labels")
         if self.num_classes < 2:
-            raise ConfigError(f"contract: num_classes must be >= 2 (models output K >= 2 logits), got {self.num_classes}")
+            raise ConfigError(f"contract: num_classes must be >= 2 (models output K >= 2 logits), "
+                              f"got {self.num_classes}")
         if len(self.label_names) != self.num_classes:
             raise ConfigError(
                 f"contract: {len(self.label_names)} label_names {self.label_names} for num_classes={self.num_classes}"

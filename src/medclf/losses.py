@@ -21,25 +21,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from medclf.errors import ConfigError
+from medclf.registry import Registry
 
 LossFactory = Callable[..., nn.Module]
-LOSSES: dict[str, LossFactory] = {}
-MULTILABEL_LOSSES: dict[str, LossFactory] = {}  # see "multilabel" below
+LOSSES: Registry[LossFactory] = Registry("loss", field="loss.name", error=ConfigError)
+MULTILABEL_LOSSES: Registry[LossFactory] = Registry("multilabel loss", field="loss.name",
+                                                    error=ConfigError)  # see "multilabel" below
 
 
-def register_loss(name: str, registry: dict[str, LossFactory] = LOSSES) -> Callable[[LossFactory], LossFactory]:
-    """Add a factory `f(num_classes, class_counts, **params) -> nn.Module` to `LOSSES` under `name` (or
-    `f(num_labels, pos_weights, **params)` to `MULTILABEL_LOSSES`)."""
-
-    def add(factory: LossFactory) -> LossFactory:
-        registry[name] = factory
-        return factory
-
-    return add
+def register_loss(name: str, registry: Registry[LossFactory] = LOSSES) -> Callable[[LossFactory], LossFactory]:
+    """Decorator: add a factory `f(num_classes, class_counts, **params) -> nn.Module` to `LOSSES` under `name`
+    (or `f(num_labels, pos_weights, **params)` to `MULTILABEL_LOSSES`)."""
+    return registry.register(name)
 
 
 def list_losses() -> list[str]:
-    return sorted(LOSSES)
+    return LOSSES.names()
 
 
 def create_loss(
@@ -50,11 +47,9 @@ def create_loss(
     `class_counts` (per class, from the training split) is needed only with `class_balanced=True`.
     Unknown names and unknown parameters raise `ConfigError` listing what is valid.
     """
-    if name not in LOSSES:
-        raise ConfigError(f"loss.name: unknown loss {name!r}; valid: {', '.join(list_losses())}")
+    factory = LOSSES.lookup(name)
     if num_classes < 2:
         raise ConfigError(f"loss: num_classes must be >= 2 (models output K >= 2 logits), got {num_classes}")
-    factory = LOSSES[name]
     valid = [p for p in inspect.signature(factory).parameters if p not in ("num_classes", "class_counts")]
     unknown = sorted(set(params) - set(valid))
     if unknown:
@@ -227,10 +222,10 @@ def create_multilabel_loss(name: str, num_labels: int, label_counts: Sequence[in
                            n_images: int | None = None, **params: object) -> nn.Module:
     """The loss `name` for `num_labels` independent sigmoids; `label_counts` (images holding each label) and
     `n_images` from the training split are needed only with `pos_weight=True`."""
-    if name not in MULTILABEL_LOSSES:
+    if name in LOSSES and name not in MULTILABEL_LOSSES:  # a single-label loss: say why it is refused here
         raise ConfigError(f"loss.name: {name!r} is not defined for a multilabel task; valid: "
-                          f"{', '.join(sorted(MULTILABEL_LOSSES))}")
-    factory = MULTILABEL_LOSSES[name]
+                          f"{', '.join(MULTILABEL_LOSSES.names())}")
+    factory = MULTILABEL_LOSSES.lookup(name)
     valid = [p for p in inspect.signature(factory).parameters if p not in ("num_labels", "pos_weights")]
     unknown = sorted(set(params) - set(valid) - {"pos_weight"})
     if unknown:

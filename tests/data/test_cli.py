@@ -81,6 +81,7 @@ def test_help_lists_the_sources(app):
         assert name in result.output
 
 
+@pytest.mark.slow
 def test_real_entry_point_exits_2_with_one_line(bad_folder, tmp_path):
     try:
         import medclf.cli.main  # noqa: F401  (other commands may not exist yet)
@@ -96,6 +97,7 @@ def test_real_entry_point_exits_2_with_one_line(bad_folder, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_missing_npz_is_a_one_line_error_naming_it(tmp_path):
     missing, out = tmp_path / "absent.npz", tmp_path / "cache"
     proc = subprocess.run([sys.executable, "-m", "medclf", "prepare", "medmnist", "--npz", str(missing),

@@ -157,7 +157,8 @@ def test_skip_bad_skips_an_invalid_header_value(dicom_writer, tmp_path):
 
 def test_image_flat_after_its_window_is_refused(dicom_writer, tmp_path):
     # every stored value lies below the window (centre 1000, width 10), so the VOI LUT maps all of them to 0
-    path = dicom_writer(tmp_path / "flat.dcm", np.tile(np.arange(0, 256, 4, dtype=np.uint8), (4, 1)), WindowCenter=1000, WindowWidth=10)
+    path = dicom_writer(tmp_path / "flat.dcm", np.tile(np.arange(0, 256, 4, dtype=np.uint8), (4, 1)),
+                        WindowCenter=1000, WindowWidth=10)
     with pytest.raises(DataError) as err:
         load_image(path, 32)
     assert str(err.value) == f"{path}: image is flat after windowing (all pixels 0)"

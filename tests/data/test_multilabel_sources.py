@@ -299,6 +299,7 @@ def test_cli_label_columns_with_drop(app, column_folder, tmp_path):
     assert cache.task == "multilabel" and _masks(cache) == {"a.png": 1, "c.png": 4, "d.png": 0, "f.png": 2}
 
 
+@pytest.mark.slow
 def test_cli_bad_label_cell_is_one_line_exit_2(column_folder, tmp_path):
     root, _ = column_folder
     bad = _csv(tmp_path / "bad.csv", "path,A,B", ["a.png,1,yes", "c.png,0,1"])

@@ -150,6 +150,7 @@ def test_out_the_current_folder_or_above_is_refused_leaving_nothing(folder, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs", "labels.csv", "work"]
 
 
+@pytest.mark.slow
 def test_cli_out_dot_is_one_line_exit_2(folder, tmp_path):
     root, labels = folder
     work = tmp_path / "work"
@@ -195,6 +196,7 @@ def test_leftovers_of_a_killed_prepare_are_removed_by_the_next_run(folder, tmp_p
     assert (mine / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_unwritable_out_is_one_line(folder, tmp_path):
     root, labels = folder
     (tmp_path / "file.txt").write_text("x")
@@ -244,6 +246,7 @@ def test_label_paths_must_stay_inside_images_unless_allowed(folder, tmp_path):
     assert len(Cache.open(_prepare((root, inside), tmp_path / "cache2")).manifest) == 8
 
 
+@pytest.mark.slow
 def test_cli_allow_outside_images_flag(folder, tmp_path):
     root, labels = folder
     outside = tmp_path / "x.png"

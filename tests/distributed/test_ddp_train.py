@@ -72,6 +72,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
+pytestmark = pytest.mark.slow  # trains a model or starts a subprocess (make test-fast skips it)
+
 
 def _env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1"}

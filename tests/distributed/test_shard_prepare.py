@@ -89,6 +89,7 @@ def test_merge_refuses_incomplete_or_foreign_sets(synthetic, tmp_path):
     assert not (tmp_path / "merged").exists()
 
 
+@pytest.mark.slow  # ~2 s CPU on the loaded 2-core machine: too slow for make test-fast
 def test_real_rsna_sample_two_shards_through_the_cli(tmp_path, shared):
     root = shared("rsna-sample")
     from medclf.cli.main import app

@@ -17,6 +17,8 @@ from medclf.engine.evaluate import evaluate_run
 from medclf.engine.train import train
 from medclf.report.html import build_report
 
+pytestmark = pytest.mark.slow  # trains a model or starts a subprocess (make test-fast skips it)
+
 CLASSES = ["Lung Opacity", "No Lung Opacity / Not Normal", "Normal"]
 
 

@@ -20,6 +20,8 @@ from medclf.errors import DataError
 from medclf.evaluation.metrics import binary_metrics
 from medclf.report.html import build_report
 
+pytestmark = pytest.mark.slow  # trains a model or starts a subprocess (make test-fast skips it)
+
 
 @pytest.fixture(scope="module")
 def run(tiny_cache, scratch, request):

@@ -17,6 +17,8 @@ from medclf.data.cache import Cache
 from medclf.data.prepare import prepare_rsna
 from medclf.engine.train import train
 
+pytestmark = pytest.mark.slow  # trains a model or starts a subprocess (make test-fast skips it)
+
 
 @pytest.fixture(scope="module")
 def rsna_run(shared, scratch, request):

@@ -31,6 +31,7 @@ def event_data(log_dir):
     return scalars, images
 
 
+@pytest.mark.slow
 def test_group_auc_and_counts_reach_tensorboard(run):
     result = CliRunner().invoke(app, ["evaluate", str(run), "--split", "train", "--by", "view,sex", "--min-group",
                                       "3", "--n-boot", "50"])
@@ -61,6 +62,7 @@ def test_metric_names_are_mlflow_safe():
         "40-60", "80-200", "unknown", "AP", "_80", "a_b"]
 
 
+@pytest.mark.slow
 def test_group_auc_and_files_reach_mlflow(tiny_cache, tmp_path):
     mlflow = pytest.importorskip("mlflow")
     from medclf.config import load_config

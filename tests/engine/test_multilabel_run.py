@@ -20,6 +20,8 @@ from medclf.evaluation.thresholds import operating_threshold
 from medclf.runs import open_run
 from medclf.tasks import multi_hot
 
+pytestmark = pytest.mark.slow  # trains a model or starts a subprocess (make test-fast skips it)
+
 NAMES = ["disc", "square", "bar"]
 TINY = ["model.name=resnet18", "model.input_size=48", "data.batch_size=16", "train.lr=0.003", "train.epochs=3",
         "train.warmup_epochs=0", "train.device=cpu", "eval.n_boot=0", "eval.ood_detector=false"]

@@ -17,6 +17,8 @@ from medclf.engine.evaluate import evaluate_run
 from medclf.engine.predict import predict_files
 from medclf.engine.train import train
 
+pytestmark = pytest.mark.slow  # trains a model or starts a subprocess (make test-fast skips it)
+
 
 @pytest.fixture(scope="module")
 def tta_run(tmp_path_factory):
@@ -43,7 +45,8 @@ def tta_run(tmp_path_factory):
 
 
 def evaluated(run: Path) -> pd.DataFrame:
-    return pd.read_csv(run / "predictions_val.csv", dtype={"id": str, "predicted": str}).sort_values("id").reset_index(drop=True)
+    table = pd.read_csv(run / "predictions_val.csv", dtype={"id": str, "predicted": str})
+    return table.sort_values("id").reset_index(drop=True)
 
 
 def test_flip_changes_the_probabilities_so_the_check_means_something(tta_run):

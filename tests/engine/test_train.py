@@ -20,6 +20,8 @@ from medclf.engine.evaluate import evaluate_run
 from medclf.engine.predict import predict_files
 from medclf.engine.train import train
 
+pytestmark = pytest.mark.slow  # trains a model or starts a subprocess (make test-fast skips it)
+
 TINY = ["model.name=resnet18", "model.input_size=32", "data.batch_size=8", "train.lr=0.003",
         "train.warmup_epochs=0", "train.weight_decay=0.0",
         "eval.threshold_min_class=4"]  # the tiny cache's val split has 4 positives: a fitted threshold
@@ -36,7 +38,8 @@ def test_run_directory_contents(trained_run):
     for name in ("config.yaml", "history.csv", "curves.png", "best.pt", "last.pt", "data_summary.json"):
         assert (trained_run / name).stat().st_size > 0, name
     history = pd.read_csv(trained_run / "history.csv")
-    assert list(history.columns) == ["epoch", "train_loss", "val_loss", "val_auc", "val_f1", "val_accuracy", "lr", "seconds"]
+    assert list(history.columns) == ["epoch", "train_loss", "val_loss", "val_auc", "val_f1", "val_accuracy", "lr",
+                                     "seconds"]
     assert history["epoch"].tolist() == [1, 2, 3]
     assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
     payload = torch.load(trained_run / "best.pt", weights_only=True)  # no pickled code in checkpoints

@@ -52,6 +52,7 @@ def _stamps(run: Path) -> dict:
     return {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in run.iterdir()}
 
 
+@pytest.mark.slow
 def test_train_refuses_a_folder_medclf_did_not_make(tiny_cache, tmp_path):
     out = tmp_path / "out"
     (out / "sub").mkdir(parents=True)
@@ -76,6 +77,7 @@ def test_train_refuses_a_folder_holding_another_projects_best_pt(tiny_cache, tmp
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # best.pt untouched, nothing added
 
 
+@pytest.mark.slow
 def test_ensemble_and_study_refuse_a_users_folder(tiny_cache, tmp_path):
     from medclf.ensemble import train_ensemble
     from medclf.study import run_study
@@ -92,6 +94,7 @@ def test_ensemble_and_study_refuse_a_users_folder(tiny_cache, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
 
 
+@pytest.mark.slow
 def test_ensemble_and_study_refuse_a_second_writer(tiny_cache, tmp_path):
     from medclf.ensemble import train_ensemble
     from medclf.study import run_study
@@ -109,6 +112,7 @@ def test_ensemble_and_study_refuse_a_second_writer(tiny_cache, tmp_path):
         assert sorted(p.name for p in (tmp_path / "study").iterdir()) == [LOCK]
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_changed_recipe_naming_the_keys(run2, tiny_cache, tmp_path):
     run = _copy(run2, tmp_path)
     before = _stamps(run)
@@ -131,6 +135,7 @@ def test_resume_refuses_a_changed_recipe_naming_the_keys(run2, tiny_cache, tmp_p
         train(_cfg("train.epochs=2"), other, run, resume=True, progress=False)
 
 
+@pytest.mark.slow
 def test_resume_of_a_finished_run_says_so_and_speed_keys_may_change(run2, tiny_cache, tmp_path, capsys):
     run = _copy(run2, tmp_path)
     history = (run / "history.csv").read_bytes()
@@ -140,6 +145,7 @@ def test_resume_of_a_finished_run_says_so_and_speed_keys_may_change(run2, tiny_c
     assert (run / "history.csv").read_bytes() == history
 
 
+@pytest.mark.slow
 def test_resume_says_where_it_continues_and_a_constant_schedule_may_grow(tiny_cache, tmp_path, capsys):
     run = tmp_path / "run"
     train(_cfg("train.epochs=1", "train.schedule=constant"), tiny_cache, run, progress=False)
@@ -151,6 +157,7 @@ def test_resume_says_where_it_continues_and_a_constant_schedule_may_grow(tiny_ca
         train(_cfg("train.epochs=2", "train.schedule=constant"), tiny_cache, run, resume=True, progress=False)
 
 
+@pytest.mark.slow
 def test_failed_resume_on_a_new_folder_leaves_nothing(tiny_cache, tmp_path):
     out = tmp_path / "new"
     with pytest.raises(MedclfError, match=f"^--resume: {out} holds no last.pt \\(nothing to resume\\); drop --resume"):
@@ -158,6 +165,7 @@ def test_failed_resume_on_a_new_folder_leaves_nothing(tiny_cache, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_missing_data_folder_says_no_such_folder_and_creates_nothing(tmp_path):
     with pytest.raises(MedclfError) as err:
         train(_cfg("train.epochs=1"), tmp_path / "nope", tmp_path / "run", progress=False)
@@ -165,6 +173,7 @@ def test_missing_data_folder_says_no_such_folder_and_creates_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_second_writer_of_the_run_is_refused(tiny_cache, tmp_path):
     run = tmp_path / "run"
     with folder_lock(run, "run"):  # as a first `medclf train --out run` holds it
@@ -175,6 +184,7 @@ def test_a_second_writer_of_the_run_is_refused(tiny_cache, tmp_path):
     assert not (run / LOCK).exists() and (run / "best.pt").is_file()
 
 
+@pytest.mark.slow
 def test_two_cli_trains_into_one_out(tiny_cache, tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
@@ -194,6 +204,7 @@ def test_two_cli_trains_into_one_out(tiny_cache, tmp_path):
         first.wait()
 
 
+@pytest.mark.slow
 def test_ctrl_c_says_how_to_resume_exit_130(tiny_cache, tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
@@ -212,6 +223,7 @@ def test_ctrl_c_says_how_to_resume_exit_130(tiny_cache, tmp_path):
     assert "Traceback" not in err and not (run / LOCK).exists()
 
 
+@pytest.mark.slow
 def test_unwritable_places_are_one_line(run2, tiny_cache, tmp_path):
     from PIL import Image
 
@@ -237,7 +249,8 @@ def test_unwritable_places_are_one_line(run2, tiny_cache, tmp_path):
     (run / "predictions_test.csv").mkdir()  # a folder where evaluate writes its table
     with pytest.raises(MedclfError) as err:
         evaluate_run(run, n_boot=0, progress=False)
-    assert str(err.value) == f"{run / 'predictions_test.csv'}: cannot write ({run / 'predictions_test.csv'} is a folder)"
+    table = run / "predictions_test.csv"
+    assert str(err.value) == f"{table}: cannot write ({table} is a folder)"
     r = _cli("evaluate", str(run), "--n-boot", "0")
     assert (r.returncode, r.stderr.strip().splitlines()[-1]) == (2, f"error: {err.value}")  # after the bar
     assert "Traceback" not in r.stderr
@@ -252,6 +265,7 @@ def test_an_os_error_is_one_line_naming_the_path():
     assert os_error_line(OSError(5, "Input/output error")) == "input/output error"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated", "refused"])
 def test_resume_with_a_broken_last_pt_is_one_line(run2, tiny_cache, tmp_path, damage):
     run = _copy(run2, tmp_path)

@@ -20,6 +20,8 @@ from medclf.engine.train import train
 from medclf.evaluation.metrics import METRIC_KEYS
 from medclf.report.html import build_report
 
+pytestmark = pytest.mark.slow  # trains a model or starts a subprocess (make test-fast skips it)
+
 # the tiny cache's val split: 12 images, 4 positives and 8 negatives, both below the default minimum of 10
 REASON = "default 0.5: validation has 4 positives and 8 negatives (< 10)"
 FALLBACK = f"the operating threshold is not fitted to data ({REASON})"

@@ -13,6 +13,8 @@ import pytest
 from medclf.compare import compare_runs
 from medclf.errors import MedclfError
 
+pytestmark = pytest.mark.slow  # trains a model or starts a subprocess (make test-fast skips it)
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -67,6 +67,7 @@ def fake_multiclass_run(root, name, y, probs, threshold=0.5):
     return run
 
 
+@pytest.mark.slow  # ~3 s CPU on the loaded 2-core machine: too slow for make test-fast
 def test_compare_two_three_class_runs_adds_the_macro_auc_test(tmp_path):
     y, weak = softmax(90, 2, signal=0.5)
     _, strong = softmax(90, 3, signal=3.0)
@@ -120,6 +121,7 @@ def test_binary_comparisons_have_no_macro_columns(tmp_path):
     assert not [c for c in frame.columns if "macro" in c] and "macro" not in comparison_markdown(frame)
 
 
+@pytest.mark.slow  # ~3 s CPU on the loaded 2-core machine: too slow for make test-fast
 def test_the_command_prints_the_macro_auc_columns(tmp_path):
     from typer.testing import CliRunner
 
@@ -135,6 +137,7 @@ def test_the_command_prints_the_macro_auc_columns(tmp_path):
     assert pd.read_csv(tmp_path / "c.csv")["d_macro_auc"].iloc[1] == pytest.approx(diff)
 
 
+@pytest.mark.slow
 def test_two_evaluated_three_class_runs(tiny_multiclass_run, tmp_path):
     """A trained 3-class run and its copy, both evaluated on test: the macro AUC is evaluate's, the difference 0."""
     import shutil

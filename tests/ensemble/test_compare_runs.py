@@ -55,6 +55,7 @@ def test_table_has_intervals_and_paired_differences(tmp_path):
     assert "<table>" in html and "ΔAUC vs single" in html
 
 
+@pytest.mark.slow  # ~2 s CPU on the loaded 2-core machine: too slow for make test-fast
 def test_refuses_runs_evaluated_on_different_images(tmp_path):
     a = fake_run(tmp_path, "on_test", PROB_A)
     other_ids = [f"ext{i:02d}" for i in range(10)]
@@ -66,6 +67,7 @@ def test_refuses_runs_evaluated_on_different_images(tmp_path):
         compare_runs([a, flipped])
 
 
+@pytest.mark.slow  # ~2 s CPU on the loaded 2-core machine: too slow for make test-fast
 def test_val_split_and_missing_evaluation(tmp_path):
     a = fake_run(tmp_path, "a", PROB_A, split="val")
     b = fake_run(tmp_path, "b", PROB_B, split="val")
@@ -82,6 +84,7 @@ def test_same_folder_names_are_told_apart(tmp_path):
     assert compare_runs([a, b], n_boot=50)["run"].tolist() == ["study1/run", "study2/run"]
 
 
+@pytest.mark.slow
 def test_cli_error_is_one_line_naming_the_runs(tmp_path):
     a = fake_run(tmp_path, "a", PROB_A)
     b = fake_run(tmp_path, "b", PROB_B[:8], labels=LABELS[:8])

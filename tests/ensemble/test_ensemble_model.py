@@ -29,6 +29,7 @@ def _members(n=3, size=32, seed=0):
     return models, [m.contract for m in models]
 
 
+@pytest.mark.slow  # ~2 s CPU on the loaded 2-core machine: too slow for make test-fast
 def test_mean_ensemble_equals_mean_of_members_on_a_cache_split(tiny_cache):
     models, contracts = _members()
     ens = Ensemble(models, contracts, ensemble_contract(contracts[0], 0.5, "ens"))
@@ -74,7 +75,8 @@ def test_member_with_another_input_size_sees_its_own_transform(tiny_cache):
     test = CacheDataset(Cache.open(tiny_cache), split="test")
     both = Predictor(ens, ens.contract).predict_dataset(test)
     members, combined = both.member_probs, both.probs
-    alone = Predictor(small[0], small[0].contract).predict_dataset(test).probs  # 32 px cache resized to 16 by its own transform
+    # the 32 px cache resized to 16 by the member's own transform
+    alone = Predictor(small[0], small[0].contract).predict_dataset(test).probs
     np.testing.assert_allclose(members[0], alone, atol=1e-5)
     np.testing.assert_allclose(combined, members.mean(axis=0), atol=1e-6)
 

@@ -37,6 +37,7 @@ def _member_probs(run_dir, split):
     return data, np.stack(probs)
 
 
+@pytest.mark.slow
 def test_partition_members_see_disjoint_patients(partition_run, tiny_cache):
     cache = Cache.open(tiny_cache)
     patients = cache.manifest["patient_id"].to_numpy()
@@ -55,6 +56,7 @@ def test_partition_members_see_disjoint_patients(partition_run, tiny_cache):
         assert int((cache.manifest["label"].to_numpy()[rows[i]] == 1).sum()) == 4
 
 
+@pytest.mark.slow
 def test_ensemble_threshold_is_chosen_on_val_with_combined_probabilities(partition_run):
     spec = json.loads((partition_run / "ensemble.json").read_text())
     assert spec["members"] == ["members/0", "members/1", "members/2"]
@@ -91,12 +93,14 @@ def test_a_weighted_ensembles_threshold_is_chosen_on_the_probabilities_it_is_app
     assert spec["threshold"] == choose_threshold((val.labels == 1).astype(int), probs[:, 1], method="f1")
 
 
+@pytest.mark.slow
 def test_evaluate_writes_mean_and_member_std(partition_run, tmp_path):
     run = tmp_path / "ens"
     shutil.copytree(partition_run, run)
     metrics = evaluate_run(run, split="test", n_boot=0, progress=False)
     table = pd.read_csv(run / "predictions_test.csv")
-    assert list(table.columns) == ["id", "label", "prob", "predicted", "threshold", "split", "model", "std", "ood", "ood_score"]
+    assert list(table.columns) == ["id", "label", "prob", "predicted", "threshold", "split", "model", "std", "ood",
+                                   "ood_score"]
     test, probs = _member_probs(run, "test")
     assert table["id"].tolist() == list(test.ids)
     np.testing.assert_allclose(table["prob"], probs.mean(axis=0), atol=1e-6)
@@ -121,6 +125,7 @@ def test_evaluate_writes_mean_and_member_std(partition_run, tmp_path):
     assert "3 members (partition mode)" in page and "Member disagreement" in page
 
 
+@pytest.mark.slow
 def test_rerun_keeps_finished_members_and_resumes_the_rest(partition_run, tmp_path, tiny_cache, tiny_cfg):
     run = tmp_path / "ens"
     shutil.copytree(partition_run, run)
@@ -141,6 +146,7 @@ def test_rerun_keeps_finished_members_and_resumes_the_rest(partition_run, tmp_pa
         train_ensemble(tiny_cfg(), tiny_cache, run, members=2, mode="partition", progress=False)
 
 
+@pytest.mark.slow
 def test_kfold_members_validate_on_their_held_out_fold(tiny_cache, tmp_path, tiny_cfg):
     run = train_ensemble(tiny_cfg(), tiny_cache, tmp_path / "kfold", members=2, mode="kfold", progress=False)
     cache = Cache.open(tiny_cache)
@@ -175,6 +181,7 @@ def test_bootstrap_plan_resamples_patients_per_class(tiny_cache):
     assert [(p.model, p.seed, len(p.train_rows)) for p in models] == [("resnet18", 0, 36), ("efficientnet_b0", 1, 36)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kwargs, message", [
     ({"mode": "stacking"}, "unknown ensemble mode 'stacking'"),
     ({"mode": "models"}, "--mode models needs --models"),
@@ -188,6 +195,7 @@ def test_bad_requests_fail_before_training(tiny_cache, tmp_path, tiny_cfg, kwarg
     assert not (tmp_path / "ens").exists()
 
 
+@pytest.mark.slow
 def test_cli_reports_a_bad_mode_on_one_line(tiny_cache, tmp_path):
     r = subprocess.run([sys.executable, "-m", "medclf", "ensemble", "--data", str(tiny_cache), "--out",
                         str(tmp_path / "e"), "--mode", "nope"], capture_output=True, text=True)
@@ -195,6 +203,7 @@ def test_cli_reports_a_bad_mode_on_one_line(tiny_cache, tmp_path):
     assert r.stderr == "error: unknown ensemble mode 'nope'; choose one of partition, kfold, bootstrap, models\n"
 
 
+@pytest.mark.slow
 def test_the_ensemble_and_each_member_log_to_tensorboard(partition_run, tensorboard_scalars):
     """The ensemble's own log holds its threshold and each member's validation AUC, as ensemble.json says; each
     member's log holds its epochs, as its history.csv says."""

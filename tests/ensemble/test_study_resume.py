@@ -11,6 +11,8 @@ import yaml
 from medclf.errors import ConfigError, MedclfError
 from medclf.study import load_study, run_study
 
+pytestmark = pytest.mark.slow  # trains a model or starts a subprocess (make test-fast skips it)
+
 REPO = Path(__file__).resolve().parents[2]
 TINY_BASE = {"model.name": "resnet18", "model.input_size": 32, "data.batch_size": 8, "train.epochs": 1,
              "train.lr": 0.003, "train.warmup_epochs": 0, "train.weight_decay": 0.0, "train.device": "cpu"}

@@ -97,6 +97,7 @@ def test_bad_inputs_raise(y, p, message):
         binary_metrics(y, p, 0.5)
 
 
+@pytest.mark.slow  # ~2 s CPU on the loaded 2-core machine: too slow for make test-fast
 def test_bootstrap_is_fast_on_30k_predictions():
     y, p = _data(30_000)
     start = time.perf_counter()
@@ -106,6 +107,7 @@ def test_bootstrap_is_fast_on_30k_predictions():
     assert elapsed < 10.0, elapsed  # about 1 s on 2 shared cores; generous for a busy CI machine
 
 
+@pytest.mark.slow  # ~2 s CPU on the loaded 2-core machine: too slow for make test-fast
 def test_write_evaluation_writes_files(tmp_path):
     # three classes, positive_index 2: binary y = (label == 2)
     df = pd.DataFrame({"id": [f"im{i}" for i in range(10)], "label": np.where(Y == 1, 2, [0, 1] * 5),

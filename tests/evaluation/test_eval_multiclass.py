@@ -83,6 +83,7 @@ def test_bad_shapes_are_one_line_errors():
         multiclass_metrics([0, 1], np.ones((2, 2)) / 2, NAMES)
 
 
+@pytest.mark.slow
 def test_a_three_class_run_evaluates_to_scikit_learns_ovr_auc(tmp_path):
     """Train a tiny 3-class run end to end; metrics_test.json's per-class and macro AUC are scikit-learn's on the
     predictions table it wrote, and the binary keys (positive class against the rest) are still there."""

@@ -23,7 +23,8 @@ def make_model(name: str = "resnet18", size: int = 64, seed: int = 0):
 def write_run(run: Path, model, cache_size: int = 32) -> Path:
     """A run directory holding `best.pt` and `config.yaml`, as `medclf train` leaves it."""
     run.mkdir(parents=True, exist_ok=True)
-    cfg = load_config(None, [f"model.name={model.contract.model_name}", f"model.input_size={model.contract.input_size}"])
+    cfg = load_config(None, [f"model.name={model.contract.model_name}",
+                             f"model.input_size={model.contract.input_size}"])
     save_config(cfg, run / "config.yaml")
     save_checkpoint(run / "best.pt", model, model.contract, config={}, extra={"cache_size": cache_size})
     return run

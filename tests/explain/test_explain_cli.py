@@ -47,6 +47,7 @@ def scored(cnn_run, tiny_cache):
     return cnn_run, r.output
 
 
+@pytest.mark.slow  # ~2 s CPU on the loaded 2-core machine: too slow for make test-fast
 def test_overlays_are_written_with_the_predicted_probability(cnn_run, pngs, tmp_path):
     r = _invoke("explain", cnn_run, pngs, "--method", "gradcam++", "--out", tmp_path)
     assert r.exit_code == 0, r.output
@@ -97,6 +98,7 @@ def test_bad_requests_fail_with_one_line_naming_the_problem(cnn_run, pngs, tiny_
     assert "add --score" in str(r.exception)
 
 
+@pytest.mark.slow  # the `scored` fixture scores two methods with ROAD over the test split (~30 s CPU)
 def test_scores_cover_the_boxed_positives_of_the_split(scored, tiny_cache):
     run, output = scored
     result = json.loads((run / "explain_scores.json").read_text())
@@ -114,6 +116,7 @@ def test_scores_cover_the_boxed_positives_of_the_split(scored, tiny_cache):
     assert per_image["id"].tolist() == ["img009", "img024", "img039", "img054"] * 2
 
 
+@pytest.mark.slow  # the `scored` fixture scores two methods with ROAD over the test split (~30 s CPU)
 def test_scores_are_computed_on_maps_resized_to_the_cache(scored, tiny_cache):
     run, _ = scored
     per_image = pd.read_csv(run / "explain_scores_per_image.csv")
@@ -124,11 +127,12 @@ def test_scores_are_computed_on_maps_resized_to_the_cache(scored, tiny_cache):
     assert row["energy_in_box"] == pytest.approx(energy_in_box(heat, cache.boxes(9)), abs=1e-6)
 
 
+@pytest.mark.slow  # the `scored` fixture scores two methods with ROAD over the test split (~30 s CPU)
 def test_gallery_and_report_section(scored):
     run, _ = scored
     gallery = json.loads((run / "explain_scores.json").read_text())["gallery"]
     assert gallery and set(gallery) <= {"tp", "fp", "fn", "tn"}
-    for outcome, info in gallery.items():
+    for info in gallery.values():
         picture = np.asarray(Image.open(run / "explain" / info["png"]))
         assert picture.shape == (192, 3 * 192 + 2 * 4, 3)  # one image: radiograph + 2 methods
         assert len(info["images"]) == 1
@@ -138,6 +142,7 @@ def test_gallery_and_report_section(scored):
     assert section.count("data:image/png;base64,") == len(gallery)
 
 
+@pytest.mark.slow  # scores every split twice (~4 s CPU)
 def test_every_split_can_be_scored(cnn_run, tiny_cache, tmp_path):
     r = _invoke("explain", cnn_run, "--data", tiny_cache, "--split", "all", "--score", "--methods", "featuremaps",
                 "--no-road", "--gallery", 0, "--n-boot", 20, "--out", tmp_path)
@@ -159,6 +164,7 @@ def test_report_has_no_explanations_section_before_scoring(run_factory, model_fa
     assert 'id="explanations"' not in build_report(run).read_text()
 
 
+@pytest.mark.slow
 def test_an_ensemble_run_is_explained_through_its_members(run_factory, model_factory, pngs, tmp_path):
     _, write_ensemble_run = run_factory
     run = write_ensemble_run(tmp_path / "ens", [model_factory("resnet18", 64, seed=s) for s in (1, 2)])
@@ -167,6 +173,7 @@ def test_an_ensemble_run_is_explained_through_its_members(run_factory, model_fac
     assert np.asarray(Image.open(run / "explain" / "img009_gradcam.png")).shape == (192, 192, 3)
 
 
+@pytest.mark.slow  # builds and explains a ViT (~6 s CPU)
 def test_a_vit_run_is_explained_with_rollout(run_factory, vit, pngs, tmp_path):
     write_run, _ = run_factory
     run = write_run(tmp_path / "vit", vit)
@@ -180,6 +187,7 @@ def _caption_rows(picture: np.ndarray) -> int:
     return int(np.argmax((picture[:, 0] != 0).any(axis=1)))
 
 
+@pytest.mark.slow  # explains every test image (~5 s CPU)
 def test_a_flat_map_is_said_on_the_picture_and_in_the_table(cnn_run, model_factory, run_factory, pngs, tmp_path):
     write_run, _ = run_factory
     flat_run = write_run(tmp_path / "flat-run", model_factory("resnet18", 32))  # layer4 is 1 x 1: Grad-CAM is constant

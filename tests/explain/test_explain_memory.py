@@ -11,6 +11,8 @@ import torch
 from medclf.explain.hooks import hook_counts
 from medclf.explain.registry import compute_maps
 
+pytestmark = pytest.mark.slow  # explains 500 images per method (~25 s CPU)
+
 NO_HOOKS = {"forward": 0, "forward_pre": 0, "backward": 0}
 
 

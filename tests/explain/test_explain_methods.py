@@ -45,12 +45,17 @@ def _check_method(model, method: str, n: int, size: int) -> None:
     assert all(p.grad is None for p in model.parameters())  # gradients are not left behind
 
 
-@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "eigencam", "featuremaps", "scorecam"])
+# ScoreCAM runs one forward pass per channel (~8 s CPU each), Grad-CAM++ ~4 s on the CNN: the fast lane leaves them out
+SCORECAM = pytest.param("scorecam", marks=pytest.mark.slow)
+
+
+@pytest.mark.parametrize("method", ["gradcam", pytest.param("gradcam++", marks=pytest.mark.slow), "eigencam",
+                                    "featuremaps", SCORECAM])
 def test_cnn_methods_give_input_sized_maps(cnn, method):
     _check_method(cnn, method, 1 if method == "scorecam" else 2, 64)  # ScoreCAM: one forward per channel (512)
 
 
-@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "eigencam", "featuremaps", "scorecam", "rollout"])
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "eigencam", "featuremaps", SCORECAM, "rollout"])
 def test_vit_methods_give_input_sized_maps(vit, method):
     _check_method(vit, method, 2, 32)
     assert [blk.attn.fused_attn for blk in vit.model.blocks] == _fused_flags(vit)
@@ -81,6 +86,7 @@ def test_vit_map_depends_on_the_image(vit):
     assert not np.allclose(maps[0], maps[1])
 
 
+@pytest.mark.slow  # ~2 s CPU on the loaded 2-core machine: too slow for make test-fast
 def test_torchvision_vit_rollout_reads_per_head_weights(model_factory):
     model = model_factory("vit_b_16", 32)
     with attention_probs(model) as probs:
@@ -136,6 +142,7 @@ def test_hooks_are_released_when_the_block_raises(cnn, vit):
     assert [b.attn.fused_attn for b in vit.model.blocks] == _fused_flags(vit)
 
 
+@pytest.mark.slow  # ~3 s CPU on the loaded 2-core machine: too slow for make test-fast
 def test_ensemble_map_is_the_normalised_mean_of_member_maps(model_factory):
     members = [model_factory("resnet18", 64, seed=s) for s in (1, 2)]
     ens = Ensemble(members, [m.contract for m in members], ensemble_contract(members[0].contract, 0.5, "ens"))

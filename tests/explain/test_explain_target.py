@@ -50,6 +50,7 @@ def test_resolve_targets_per_task():
         resolve_targets(probs, NAMES, "multilabel", 0, "Nodule")
 
 
+@pytest.mark.slow
 def test_default_target_is_the_predicted_class_with_its_map(tiny_multiclass_run, pngs, tmp_path):
     r = _invoke("explain", tiny_multiclass_run, pngs, "--out", tmp_path)
     assert r.exit_code == 0, r.output
@@ -69,6 +70,7 @@ def test_default_target_is_the_predicted_class_with_its_map(tiny_multiclass_run,
     assert maps.shape == (3, 32, 32) and maps.max() == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_target_by_name_draws_that_class(tiny_multiclass_run, pngs, tmp_path):
     r = _invoke("explain", tiny_multiclass_run, pngs, "--target", "Lung Opacity", "--out", tmp_path)
     assert r.exit_code == 0, r.output
@@ -78,6 +80,7 @@ def test_target_by_name_draws_that_class(tiny_multiclass_run, pngs, tmp_path):
     np.testing.assert_allclose(table["prob"], expected, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_an_unknown_target_is_a_one_line_error_listing_the_classes(tiny_multiclass_run, pngs, tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, ["src", os.environ.get("PYTHONPATH")]))}
     r = subprocess.run([sys.executable, "-m", "medclf", "explain", str(tiny_multiclass_run), str(pngs),

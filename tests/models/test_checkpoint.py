@@ -22,6 +22,7 @@ def trained_resnet():
     return model.eval()
 
 
+@pytest.mark.slow
 def test_roundtrip_gives_identical_outputs_and_reads_weights_only(tmp_path):
     model = trained_resnet()
     model.contract.threshold = 0.37
@@ -48,6 +49,7 @@ def test_roundtrip_gives_identical_outputs_and_reads_weights_only(tmp_path):
         assert torch.equal(loaded(x), model(x))
 
 
+@pytest.mark.slow  # ~3 s CPU on the loaded 2-core machine: too slow for make test-fast
 def test_roundtrip_grey_timm_vit_and_ema_wrapper(tmp_path):
     torch.manual_seed(1)
     model = create_model("timm:vit_tiny_patch16_224", 2, in_chans=1, input_size=32).eval()
@@ -60,6 +62,7 @@ def test_roundtrip_grey_timm_vit_and_ema_wrapper(tmp_path):
         assert torch.equal(loaded(x), model(x))
 
 
+@pytest.mark.slow
 def test_extra_buffers_fail_loading_with_a_clear_error(tmp_path):
     model = trained_resnet()
     model.model.layer1[0].register_buffer("aux_bn_mean", torch.zeros(64))  # e.g. an auxiliary BatchNorm

@@ -71,6 +71,7 @@ def test_cnn_layer_decay_per_stage():
     assert lr["model.fc.weight"] == (1.0, 0.01)
 
 
+@pytest.mark.slow  # ~2 s CPU on the loaded 2-core machine: too slow for make test-fast
 def test_groups_drive_an_optimizer_step():
     model = create_model("resnet18", 2)
     opt = torch.optim.AdamW(param_groups(model, lr=1e-3, weight_decay=0.05, layer_decay=0.7))

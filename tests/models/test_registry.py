@@ -17,6 +17,9 @@ CASES = [
     ("timm:resnet10t", {}, 512, (2, 512, 2, 2), 176),  # timm's pretrained_cfg input size
     ("timm:vit_tiny_patch16_224", {"input_size": 64}, 192, (2, 17, 192), 64),
 ]
+# ~2-13 s CPU each to build on the loaded 2-core machine: left out of `make test-fast`
+HEAVY = {"resnet50", "densenet121", "efficientnet_b0"}
+CASE_PARAMS = [pytest.param(*c, id=c[0], marks=pytest.mark.slow if c[0] in HEAVY else ()) for c in CASES]
 
 
 def cam_layer(model, name):
@@ -33,7 +36,7 @@ def test_list_models():
     assert list_models() == ["densenet121", "efficientnet_b0", "resnet18", "resnet34", "resnet50", "vit_b_16"]
 
 
-@pytest.mark.parametrize("name, kw, dim, feat_shape, size", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("name, kw, dim, feat_shape, size", CASE_PARAMS)
 def test_every_model_builds_and_splits_features_and_head(built, name, kw, dim, feat_shape, size):
     model = built(name, **kw)
     assert isinstance(model, ClassifierModel)
@@ -50,13 +53,14 @@ def test_every_model_builds_and_splits_features_and_head(built, name, kw, dim, f
     assert model.is_vit == (len(feat_shape) == 3)
     assert model.cam_target_layers() == [cam_layer(model, name)]
     c = model.contract
-    assert (c.model_name, c.num_classes, c.label_names, c.positive_index) == (name, 3, ["class_0", "class_1", "class_2"], 1)
+    assert (c.model_name, c.num_classes, c.label_names, c.positive_index) == (name, 3, ["class_0", "class_1",
+                                                                                       "class_2"], 1)
     assert (c.input_size, c.in_chans, c.threshold, c.ood) == (size, 3, 0.5, None)
     assert c.mean == ([0.5, 0.5, 0.5] if name == "timm:vit_tiny_patch16_224" else IMAGENET_MEAN)
     assert model.build_kwargs["input_size"] == size
 
 
-@pytest.mark.parametrize("name, kw, dim, feat_shape, size", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("name, kw, dim, feat_shape, size", CASE_PARAMS)
 def test_cam_target_output_and_reshape(built, name, kw, dim, feat_shape, size):
     """What a CAM sees: the target layer's output, made a B x C x h x w map; for ViTs with gradients on
     the patch tokens (which is why the target is the last block's norm1, not the final norm)."""
@@ -135,6 +139,7 @@ def test_bad_arguments(kw, message):
         create_model("resnet18", **args)
 
 
+@pytest.mark.slow  # ~2 s CPU on the loaded 2-core machine: too slow for make test-fast
 def test_vit_input_size_must_fit_the_patch_grid():
     with pytest.raises(ConfigError, match="multiple of its patch size 16, got 40"):
         create_model("vit_b_16", 2, input_size=40)

@@ -84,6 +84,7 @@ def test_pretrained_from_the_hugging_face_cache(no_network_env):
     assert model.model.fc.weight.shape == (2, 512)
 
 
+@pytest.mark.slow  # ~2 s CPU on the loaded 2-core machine: too slow for make test-fast
 def test_timm_vit_pretrained_from_the_cache_at_another_size(no_network_env):
     """timm loads the cached file itself (resampling the 14x14 position grid to 2x2) although this model's
     original release is a custom .npz: the Hub copy is a plain state dict."""
@@ -120,6 +121,7 @@ def test_weights_file_drops_and_reports_a_head_of_another_size(tmp_path, caplog)
     assert load_weights(model, tmp_path / "r18.pth") == ["fc.bias", "fc.weight"]
 
 
+@pytest.mark.slow  # ~2 s CPU on the loaded 2-core machine: too slow for make test-fast
 def test_weights_file_with_the_same_head_loads_fully(tmp_path):
     torch.manual_seed(6)
     src = create_model("resnet18", 2).eval()
@@ -140,6 +142,7 @@ def test_weights_from_a_medclf_checkpoint(tmp_path):
         assert torch.equal(model(x), src(x))
 
 
+@pytest.mark.slow  # ~4 s CPU on the loaded 2-core machine: too slow for make test-fast
 def test_safetensors_vit_weights_at_another_size(tmp_path):
     """A timm ViT state dict for 32 px loads into a 64 px model: position embeddings resampled, class kept."""
     from safetensors.torch import save_file

@@ -149,7 +149,8 @@ def test_ensemble_section_says_why_its_threshold_is_the_default(tmp_path):
     (run / "ensemble.json").write_text(json.dumps({
         "format": "medclf-ensemble", "mode": "partition", "combine": "mean", "members": ["members/0"],
         "weights": [1.0], "threshold": 0.5, "threshold_method": "f1", "threshold_source": "default",
-        "threshold_reason": reason, "threshold_warnings": [f"the operating threshold is not fitted to data ({reason})"]}))
+        "threshold_reason": reason,
+        "threshold_warnings": [f"the operating threshold is not fitted to data ({reason})"]}))
     page = build_report(run).read_text(encoding="utf-8")
     assert "operating threshold 0.5 is not fitted to data: default 0.5: validation has 1 positive (&lt; 10)." in page
     assert "<strong>The ensemble&#x27;s threshold may mean nothing</strong>" in page
@@ -196,6 +197,7 @@ def test_overlapping_curves_differ_in_line_style_and_marker():
     assert len(looks) == len(CURVE_STYLES) >= len(METRIC_COLUMNS)
 
 
+@pytest.mark.slow
 def test_report_prints_on_a4_pages(run_dir, tmp_path):
     """Printed to PDF by a real browser: A4 portrait pages (the pages were also looked at; docs/evaluation.md)."""
     import shutil

@@ -12,6 +12,8 @@ from medclf.engine.evaluate import evaluate_run
 from medclf.report.html import build_report
 from medclf.runs import RunDir
 
+pytestmark = pytest.mark.slow  # trains a model or starts a subprocess (make test-fast skips it)
+
 
 @pytest.fixture(scope="module")
 def run(tiny_cache, scratch, request, train_tiny):

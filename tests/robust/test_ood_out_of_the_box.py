@@ -16,6 +16,8 @@ from medclf.data.prepare import prepare_medmnist
 from medclf.engine.predict import predict_files
 from medclf.engine.train import train
 
+pytestmark = pytest.mark.slow  # trains a model or starts a subprocess (make test-fast skips it)
+
 @pytest.fixture(scope="module")
 def pmnist_run(shared, scratch, request):
     npz = shared("pneumoniamnist", "pneumoniamnist_trainval.npz")

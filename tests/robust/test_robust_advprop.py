@@ -16,6 +16,7 @@ def make(seed=0):
     return create_model("resnet18", num_classes=2, input_size=32)
 
 
+@pytest.mark.slow
 def test_advprop_step_separates_aux_statistics_and_saves_a_clean_checkpoint(tmp_path):
     plain_keys = list(make().state_dict())
     wrapper = AdvPropModel(make())

@@ -71,6 +71,7 @@ def test_fgsm_moves_every_free_pixel_by_eps(setup):
     assert per_sample_loss(model, transform, adv, y).mean() > per_sample_loss(model, transform, x, y).mean()
 
 
+@pytest.mark.slow
 def test_frozen_bn_stats_keeps_running_averages():
     model = small_cnn().train()
     bn = model[1]
@@ -82,6 +83,7 @@ def test_frozen_bn_stats_keeps_running_averages():
     assert not torch.equal(bn.running_mean, before)
 
 
+@pytest.mark.slow  # ~2 s CPU on the loaded 2-core machine: too slow for make test-fast
 def test_pgd_attacks_an_ensemble_through_all_members(setup):
     from medclf.models.ensemble import Ensemble
 

@@ -20,6 +20,8 @@ from medclf.engine.train import train
 from medclf.models import load_checkpoint
 from medclf.runs import open_run
 
+pytestmark = pytest.mark.slow  # trains a model or starts a subprocess (make test-fast skips it)
+
 TINY = ["model.name=resnet18", "model.input_size=32", "data.batch_size=8", "train.epochs=1", "train.lr=0.003",
         "train.warmup_epochs=0"]
 
@@ -82,7 +84,8 @@ def test_attack_rejects_grey_level_eps_with_one_line(ce_run):
     r = subprocess.run([sys.executable, "-m", "medclf", "attack", str(ce_run), "--eps", "3"],
                        capture_output=True, text=True)
     assert r.returncode == 2
-    assert r.stderr.strip() == "error: --eps: 3 is outside [0, 1]; eps is in unit grey range, write grey levels as N/255"
+    assert r.stderr.strip() == ("error: --eps: 3 is outside [0, 1]; eps is in unit grey range, "
+                                "write grey levels as N/255")
 
 
 def test_ood_command_stores_a_detector_that_predict_uses(ce_run, tiny_cache, tmp_path):

@@ -14,6 +14,8 @@ from medclf.robust.attack_run import attack_run
 from medclf.robust.ood_run import ood_run
 from medclf.runs import open_run
 
+pytestmark = pytest.mark.slow  # trains a model or starts a subprocess (make test-fast skips it)
+
 
 @pytest.fixture
 def run(tiny_multiclass_run, tmp_path):

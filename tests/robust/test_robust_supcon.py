@@ -32,6 +32,7 @@ def test_supcon_prefers_embeddings_that_cluster_by_class():
     assert supcon_loss(clustered, labels).item() < supcon_loss(mixed, labels).item()
 
 
+@pytest.mark.slow
 def test_linear_probe_trains_only_the_head_and_keeps_bn_statistics():
     torch.manual_seed(0)
     model = create_model("resnet18", num_classes=2, input_size=32)

@@ -54,6 +54,7 @@ def png_array(b64: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))))
 
 
+@pytest.mark.slow
 def test_health_and_model_describe_the_run(client, serve_run):
     assert client.get("/api/health").json() == {"status": "ok", "model": "run"}
     response = client.get("/api/model")
@@ -75,6 +76,7 @@ def test_health_and_model_describe_the_run(client, serve_run):
     assert client.get("/static/app.js").status_code == 200
 
 
+@pytest.mark.slow
 def test_dicom_answer_matches_the_predict_command(client, serve_run, sample_files, upload_root):
     response = post(client, read_file(sample_files["dicom"]))
     assert response.status_code == 200, response.text
@@ -103,6 +105,7 @@ def test_dicom_answer_matches_the_predict_command(client, serve_run, sample_file
     assert list(upload_root.iterdir()) == []  # the request's temporary folder is gone
 
 
+@pytest.mark.slow
 def test_several_files_of_each_type_in_one_request(client, serve_run, sample_files):
     paths = [sample_files["dicom"], sample_files["png"], sample_files["jpeg"]]
     response = post(client, *map(read_file, paths), heatmap="false")
@@ -116,6 +119,7 @@ def test_several_files_of_each_type_in_one_request(client, serve_run, sample_fil
     assert results[1]["heatmap"] is None and results[1]["heatmap_reason"] == "not requested"
 
 
+@pytest.mark.slow
 def test_client_file_names_never_become_paths(client, sample_files, upload_root):
     data = sample_files["dicom"].read_bytes()
     response = post(client, ("../../../escape.dcm", data), ("C:\\Users\\x\\win.dcm", data), heatmap="false")
@@ -125,6 +129,7 @@ def test_client_file_names_never_become_paths(client, sample_files, upload_root)
     assert list(upload_root.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_model_says_why_its_threshold_is_the_default(client):
     # the tiny cache's val split has 4 positives and 8 negatives, below eval.threshold_min_class (10)
     m = client.get("/api/model").json()
@@ -135,6 +140,7 @@ def test_model_says_why_its_threshold_is_the_default(client):
     assert 'id="model-warning"' in client.get("/").text  # where the page shows them
 
 
+@pytest.mark.slow
 def test_ensemble_run_of_identical_members_answers_like_one_member(ensemble_run, client, sample_files):
     single = post(client, read_file(sample_files["dicom"])).json()["results"][0]
     with TestClient(create_app(ServeModel.load(ensemble_run, "cpu"))) as ens:
@@ -149,6 +155,7 @@ def test_ensemble_run_of_identical_members_answers_like_one_member(ensemble_run,
     assert r["model"].startswith("ensemble[mean]") and r["heatmap"] is not None
 
 
+@pytest.mark.slow
 def test_ood_score_and_flag_when_the_checkpoint_has_a_detector(serve_run, tmp_path, sample_files):
     from medclf.robust.ood_run import ood_run
     from medclf.runs import open_run
@@ -169,6 +176,7 @@ def test_ood_score_and_flag_when_the_checkpoint_has_a_detector(serve_run, tmp_pa
         assert r["ood"]["flag"] == (r["ood"]["score"] > run.contract.ood["threshold"])
 
 
+@pytest.mark.slow
 def test_malformed_files_get_400_and_the_server_keeps_serving(client, sample_files, make_dicom, make_png,
                                                               tmp_path, upload_root):
     good = sample_files["dicom"].read_bytes()
@@ -199,6 +207,7 @@ def test_malformed_files_get_400_and_the_server_keeps_serving(client, sample_fil
     assert list(upload_root.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_wrong_types_get_415(client, make_dicom, tmp_path):
     raw_dataset = make_dicom(tmp_path / "x.dcm", np.zeros((8, 8))).read_bytes()[132:]  # valid, but no preamble
     for name, data in {"notes.txt": b"hello, not an image", "anim.gif": b"GIF89a" + b"\0" * 200,
@@ -213,6 +222,7 @@ def test_wrong_types_get_415(client, make_dicom, tmp_path):
     assert no_files.status_code == 400 and "no file" in no_files.json()["detail"]
 
 
+@pytest.mark.slow
 def test_oversize_gets_413_and_too_many_files_400(client, sample_files, upload_root):
     big = b"\x89PNG\r\n\x1a\n" + b"\0" * (MB + 10)
     response = post(client, ("big.png", big))
@@ -226,6 +236,7 @@ def test_oversize_gets_413_and_too_many_files_400(client, sample_files, upload_r
     assert list(upload_root.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_patient_fields_never_returned_nor_logged(predictor, make_dicom, tmp_path, caplog, capsys):
     pixels = np.add.outer(np.arange(48), np.arange(64)) * 40
     path = make_dicom(tmp_path / "p.dcm", pixels, PatientName="Doe^Jane", PatientID="PID-7731-SECRET",
@@ -249,6 +260,7 @@ def test_patient_fields_never_returned_nor_logged(predictor, make_dicom, tmp_pat
     assert "predict: 1 file(s)" in caplog.text  # the service does log, just not patient data
 
 
+@pytest.mark.slow
 def test_concurrent_requests_from_threads_agree(client, sample_files):
     data = read_file(sample_files["dicom"])
     expected = post(client, data).json()["results"][0]["probability"]
@@ -316,6 +328,7 @@ def test_cli_serve_errors_are_one_line(tmp_path, monkeypatch, capsys):
         check_options("127.0.0.1", 8000, 1, max_mpx=-1)
 
 
+@pytest.mark.slow
 def test_image_false_leaves_the_picture_out(client, sample_files):
     full = post(client, read_file(sample_files["dicom"])).json()["results"][0]
     response = post(client, read_file(sample_files["dicom"]), image="false")
@@ -327,6 +340,7 @@ def test_image_false_leaves_the_picture_out(client, sample_files):
     assert len(response.content) < len(json.dumps(full)) - len(full["image"]) + 100
 
 
+@pytest.mark.slow
 def test_refusals_never_quote_values_read_from_the_file(client, make_dicom, tmp_path):
     """A header value can hold any text (here a patient name where a number belongs): the answer names the
     problem without it."""
@@ -344,6 +358,7 @@ def test_refusals_never_quote_values_read_from_the_file(client, make_dicom, tmp_
     assert response.json() == {"detail": "slope.dcm: invalid RescaleSlope"}  # ... the service does not
 
 
+@pytest.mark.slow
 def test_openapi_schema_declares_the_upload_and_its_refusals(client):
     op = client.get("/api/openapi.json").json()["paths"]["/api/predict"]["post"]
     body = op["requestBody"]["content"]["multipart/form-data"]["schema"]
@@ -361,6 +376,7 @@ def test_openapi_schema_declares_the_upload_and_its_refusals(client):
     assert [p["name"] for p in op["parameters"]] == ["heatmap", "image"]
 
 
+@pytest.mark.slow
 def test_predict_cli_names_an_unreadable_file_once(serve_run, sample_files, tmp_path):
     from typer.testing import CliRunner
 

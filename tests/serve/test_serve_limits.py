@@ -24,6 +24,8 @@ import pytest
 
 import medclf
 
+pytestmark = pytest.mark.slow  # trains a model or starts a subprocess (make test-fast skips it)
+
 HOST = "127.0.0.1"  # loopback only
 UPLOAD_TIMEOUT_S = 2
 MIB = 2**20

@@ -19,6 +19,8 @@ from medclf.export import export_run, load_torchscript
 from medclf.runs.onnx import source_fingerprint
 from medclf.runs import open_run
 
+pytestmark = pytest.mark.slow  # trains a model or starts a subprocess (make test-fast skips it)
+
 TOL = 1e-4
 
 
@@ -37,7 +39,8 @@ def test_onnx_matches_eager_with_dynamic_batch(run_copy, tiny_cache):
     assert (result.n_inputs, result.image_size) == (8, 32)  # 8 parity images from the run's cache
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
     (inp,), outs = session.get_inputs(), session.get_outputs()
-    assert (inp.name, inp.type) == ("images", "tensor(uint8)") and [o.name for o in outs][:2] == ["probs", "member_probs"]
+    assert (inp.name, inp.type) == ("images", "tensor(uint8)")
+    assert [o.name for o in outs][:2] == ["probs", "member_probs"]
     assert isinstance(inp.shape[0], str) and inp.shape[1:] == [32, 32]  # symbolic batch axis
     x, eager, run = eager_and_inputs(run_copy, tiny_cache)
     for batch in (1, 5):
@@ -46,7 +49,8 @@ def test_onnx_matches_eager_with_dynamic_batch(run_copy, tiny_cache):
         np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-6)
         assert np.abs(got - eager[:batch]).max() < TOL
     meta = session.get_modelmeta().custom_metadata_map
-    assert json.loads(meta["medclf.contract"]) == {**run.contract.to_dict(), "ood": None}  # the detector's arrays stay out
+    # the detector's arrays stay out
+    assert json.loads(meta["medclf.contract"]) == {**run.contract.to_dict(), "ood": None}
     assert (meta["medclf.image_size"], meta["medclf.norm"]) == ("32", "robust")
     assert meta["medclf.source"] == source_fingerprint(run)
 

@@ -18,6 +18,8 @@ from medclf.runs.onnx import export_metadata, export_onnx
 from medclf.models import create_model
 from medclf.runs import open_run
 
+pytestmark = pytest.mark.slow  # trains a model or starts a subprocess (make test-fast skips it)
+
 
 @pytest.fixture()
 def pngs(tiny_cache, tmp_path):

@@ -60,6 +60,7 @@ def test_attention_flops_by_hand():
     assert count_flops(MHA().eval(), torch.randn(1, 10, 16)) == projections + 2 * 2 * (10 * 10 * 8) * 2
 
 
+@pytest.mark.slow  # ~22 s CPU on the loaded 2-core machine: too slow for make test-fast
 def test_resnet18_row_is_sane(tmp_path):
     table = profile_models(["resnet18"], size=32, batch=2, steps=1, device="cpu", out=tmp_path / "prof.md",
                            progress=False)
@@ -87,6 +88,7 @@ def test_unknown_model_is_a_user_error():
     assert isinstance(result.exception, MedclfError)
 
 
+@pytest.mark.slow
 def test_cli_profile_help_lists_options():
     proc = subprocess.run([sys.executable, "-m", "medclf", "profile", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0

@@ -20,7 +20,8 @@ def register(app: typer.Typer) -> None:
         ood: str = typer.Option(..., "--ood", help="Prepared cache of OOD images, or 'noise' / 'natural' (synthetic)."),
         split: str = typer.Option("test", "--split", help="In-distribution split to compare with (train, val, test)."),
         data: Optional[Path] = typer.Option(None, "--data", help="In-distribution cache (default: the run's cache)."),
-        accept_rate: float = typer.Option(0.95, "--accept-rate", help="Share of validation images the threshold accepts."),
+        accept_rate: float = typer.Option(0.95, "--accept-rate",
+                                          help="Share of validation images the threshold accepts."),
         store: bool = typer.Option(True, "--store/--no-store",
                                    help="Refit the Mahalanobis detector on the run's training split and save it "
                                         "into best.pt (training already stored one)."),

@@ -15,7 +15,7 @@ class CacheDataset(Dataset):
     """Rows `indices` of a cache. `labels` is a numpy array so samplers never iterate the images (a bit mask
     per image for a multilabel cache, `task` says which: medclf.tasks)."""
 
-    def __init__(self, cache: Cache, split: str | None = None, indices: Sequence[int] | None = None):
+    def __init__(self, cache: Cache, split: str | None = None, indices: Sequence[int] | np.ndarray | None = None):
         self.cache = cache
         if indices is None:
             indices = cache.indices(split) if split else np.arange(len(cache.manifest))
@@ -40,6 +40,14 @@ class CacheDataset(Dataset):
         images = np.empty((len(rows),) + self.cache.images.shape[1:], dtype=np.uint8)
         images[order] = self.cache.images[rows[order]]
         return torch.from_numpy(images), torch.from_numpy(self.labels[items_arr]), torch.from_numpy(items_arr)
+
+
+def seeded_subset(dataset: CacheDataset, limit: int | None, seed: int) -> CacheDataset:
+    """At most `limit` items of `dataset`, drawn without replacement (seeded), in cache order."""
+    if limit is None or len(dataset) <= limit:
+        return dataset
+    pick = np.sort(np.random.default_rng(seed).choice(len(dataset), size=limit, replace=False))
+    return CacheDataset(dataset.cache, indices=dataset.indices[pick])
 
 
 def _collate_batch(batch):

@@ -301,11 +301,6 @@ def resize_long_side(values: np.ndarray, size: int | None) -> np.ndarray:
     return np.asarray(Image.fromarray(arr).resize((cols, rows), Image.Resampling.BILINEAR))
 
 
-def percentile_window(arr: np.ndarray, percentiles: tuple[float, float] = PERCENTILES) -> np.ndarray:
-    """Map [p_lo, p_hi] linearly to [0, 255] (float32), clipping outside; a flat image becomes all zeros."""
-    return window(arr, *image_percentiles(arr, percentiles))
-
-
 def window(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
     arr = np.asarray(arr, dtype=np.float32)
     if not hi > lo:

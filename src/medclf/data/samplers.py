@@ -28,6 +28,7 @@ from torch.utils.data import ConcatDataset, Dataset, Sampler, Subset
 
 from medclf.errors import ConfigError, DataError
 from medclf.data.splits import split_strata
+from medclf.registry import Registry
 
 
 def dataset_labels(dataset: Dataset) -> np.ndarray:
@@ -132,11 +133,13 @@ class BalancedSampler(EpochSampler):
 
 
 SamplerFactory = Callable[..., EpochSampler]
-SAMPLERS: dict[str, SamplerFactory] = {"shuffle": ShuffleSampler, "balanced": BalancedSampler}
+SAMPLERS: Registry[SamplerFactory] = Registry("sampler", field="data.sampler", error=ConfigError)
+SAMPLERS.register("shuffle", ShuffleSampler)
+SAMPLERS.register("balanced", BalancedSampler)
 
 
 def list_samplers() -> list[str]:
-    return sorted(SAMPLERS)
+    return SAMPLERS.names()
 
 
 def create_sampler(
@@ -148,6 +151,4 @@ def create_sampler(
     rank: int = 0,
 ) -> EpochSampler:
     """Build the sampler `name` over `dataset`; call `set_epoch(epoch)` before each epoch."""
-    if name not in SAMPLERS:
-        raise ConfigError(f"data.sampler: unknown sampler {name!r}; valid: {', '.join(list_samplers())}")
-    return SAMPLERS[name](dataset, num_samples=num_samples, seed=seed, num_replicas=num_replicas, rank=rank)
+    return SAMPLERS.lookup(name)(dataset, num_samples=num_samples, seed=seed, num_replicas=num_replicas, rank=rank)

@@ -3,9 +3,10 @@
 `make_synthetic_rsna(out)` writes `stage_2_train_images/<id>.dcm` (8-bit MONOCHROME2, JPEG Baseline like the
 real files, 128 px by default), `stage_2_train_labels.csv` (one row per box, several per positive patient) and
 `stage_2_detailed_class_info.csv`, and `SYNTHETIC.json` beside them, which `prepare rsna` records in the cache
-(`cache.json` -> `synthetic`) so that every run and report made from it says its data are made up. Each picture is chest-like: a body, two darker lung fields with rib
-texture, a bright mediastinum and heart, noise. Positives carry one or two bright, soft opacities inside the
-lungs, large enough that a tiny CNN learns them at 64 px in a few epochs. Same arguments, same bytes.
+(`cache.json` -> `synthetic`) so that every run and report made from it says its data are made up. Each
+picture is chest-like: a body, two darker lung fields with rib texture, a bright mediastinum and heart, noise.
+Positives carry one or two bright, soft opacities inside the lungs, large enough that a tiny CNN learns them at
+64 px in a few epochs. Same arguments, same bytes.
 
 `write_synthetic_multilabel(out)` writes a multi-label cache directly (task `multilabel`, medclf.tasks): three
 findings drawn as clearly different bright shapes (a filled "disc", a "square" outline, a horizontal "bar"),

@@ -28,7 +28,8 @@ class Augment:
 
 
 class BatchTransform:
-    """uint8 `B x S x S` (or `B x 1 x S x S`) -> float `B x C x H x W`, normalised; random only when `augment` is set."""
+    """uint8 `B x S x S` (or `B x 1 x S x S`) -> float `B x C x H x W`, normalised; random only when `augment` is
+    set."""
 
     def __init__(self, contract: DataContract, augment: Augment | None = None):
         self.size = contract.input_size

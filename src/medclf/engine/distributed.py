@@ -72,7 +72,8 @@ def init_distributed(device: str = "auto") -> DistContext:
         dev = torch.device("cuda", index)
         torch.cuda.set_device(dev)  # NCCL and all_gather_object use the current device
     elif dev.type != "cpu":
-        raise ConfigError(f"train.device={device}: distributed training runs on CUDA (NCCL) or CPU (gloo), not {dev.type}")
+        raise ConfigError(f"train.device={device}: distributed training runs on CUDA (NCCL) or CPU (gloo), "
+                          f"not {dev.type}")
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
         atexit.register(_destroy)  # train() may run several times (ensemble members) on the same group

@@ -18,11 +18,13 @@ def create_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.dev
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True, **fused)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True,
+                               **fused)
     raise ConfigError(f"train.optimizer: unknown '{cfg.optimizer}' (valid: adamw, sgd)")
 
 
-def create_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+def create_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+                     steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step schedule: linear warm-up, then cosine to zero, step decay, or constant."""
     total = max(1, cfg.epochs * steps_per_epoch)
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))

@@ -123,7 +123,8 @@ def build_setup(cfg: Config, data_dir: str | Path, out_dir: str | Path, dist: Di
         train_set=train_set, val_set=val_set, sampler=sampler, loader=loader, train_transform=train_transform,
         loss_fn=loss_fn, objective=objective, optimizer=optimizer,
         scheduler=create_scheduler(optimizer, cfg.train, steps), steps_per_epoch=steps,
-        train_model=compiled(wrap_model(model, dist, sync_bn=cfg.train.sync_bn), cfg), dist=dist,  # wraps the final model
+        # wraps the final model
+        train_model=compiled(wrap_model(model, dist, sync_bn=cfg.train.sync_bn), cfg), dist=dist,
     )
 
 

@@ -172,8 +172,8 @@ def check_resume(out_dir: Path, cfg: Config, cache_hash: str | None) -> tuple[in
         listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in changed[:5])
         more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
         raise MedclfError(f"--resume: {out_dir} was trained with other settings ({listed}{more}); they change the "
-                          f"result, so resume with the run's own settings ({RunDir(out_dir).config_path}) or train into "
-                          "a new --out")
+                          f"result, so resume with the run's own settings ({RunDir(out_dir).config_path}) or train "
+                          "into a new --out")
     old_hash = _summary_hash(out_dir)
     if old_hash and cache_hash and old_hash != cache_hash:
         raise MedclfError(f"--resume: {out_dir} was trained on another cache (content hash {old_hash[:12]}, this "

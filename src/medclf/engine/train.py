@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from medclf.config import Config, save_config
@@ -90,7 +89,8 @@ def _train(cfg: Config, data_dir: str | Path, out_dir: Path, resume: bool, progr
                    "lr": s.optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - t0}
             history.append(row)
             improved = stopper.update(row)  # every rank holds the same row, so all stop at the same epoch
-            run_on_main(lambda: save_epoch(s, eval_model, ema, stopper, history, epoch, improved), dist)
+            # B023 is a false alarm here: run_on_main calls the lambda at once, in this iteration
+            run_on_main(lambda: save_epoch(s, eval_model, ema, stopper, history, epoch, improved), dist)  # noqa: B023
             run_on_main(lambda: write_history(out_dir, history, stopper.metric), dist)
             tracker.log_epoch(row)
             if progress:
@@ -233,6 +233,3 @@ def _epoch_line(row: dict, improved: bool) -> str:
             f"val_auc {fmt(row['val_auc'])} val_f1 {fmt(row['val_f1'])} ({row['seconds']:.1f}s)"
             + (" *best*" if improved else ""))
 
-
-def load_history(run_dir: str | Path) -> pd.DataFrame:
-    return RunDir(run_dir).history()

@@ -119,7 +119,8 @@ def paired_bootstrap(
     ``a``/``b`` are the point estimates on all images; undefined values are None.
     """
     if metric not in PAIRED_METRICS:
-        raise MedclfError(f"unknown metric {metric!r} for a paired bootstrap; choose one of {', '.join(PAIRED_METRICS)}")
+        raise MedclfError(f"unknown metric {metric!r} for a paired bootstrap; "
+                          f"choose one of {', '.join(PAIRED_METRICS)}")
     if n_boot < 1:
         raise MedclfError(f"n_boot must be at least 1, got {n_boot}")
     y, prob_a = check_binary_inputs(y, prob_a)

@@ -30,7 +30,7 @@ def plot_forest(columns: Mapping[str, Sequence[Mapping[str, Any]]], overall_auc:
     fig = Figure(figsize=(7.0, 1.2 + ROW_INCHES * len(lines)), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for y, (label, row) in enumerate(lines):
+    for y, (_label, row) in enumerate(lines):
         auc = (row.get("metrics") or {}).get("roc_auc") if row else None
         if row is None:
             continue

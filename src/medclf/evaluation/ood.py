@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from medclf.errors import MedclfError
+from medclf.registry import Registry
 
 DETECTOR_VERSION = 2  # 2: arrays as float32 tensors (1: nested lists)
 
@@ -45,10 +46,16 @@ class Outputs:
 # ----------------------------------------------------------------------------------------------- scores
 
 
+ScoreFn = Callable[[Outputs, dict | None], np.ndarray]
+OOD_SCORES: Registry[ScoreFn] = Registry("OOD score", order=("msp", "energy", "mahalanobis"))
+
+
+@OOD_SCORES.register("msp")
 def score_msp(out: Outputs, detector: dict | None = None) -> np.ndarray:
     return -np.asarray(out.probs, dtype=np.float64).max(axis=1)
 
 
+@OOD_SCORES.register("energy")
 def score_energy(out: Outputs, detector: dict | None = None) -> np.ndarray:
     if out.logits is None:
         raise MedclfError("energy score needs logits; an ensemble gives only combined probabilities")
@@ -58,6 +65,7 @@ def score_energy(out: Outputs, detector: dict | None = None) -> np.ndarray:
     return -torch.logsumexp(logits, dim=1).numpy()
 
 
+@OOD_SCORES.register("mahalanobis")
 def score_mahalanobis(out: Outputs, detector: dict | None) -> np.ndarray:
     if out.features is None:
         raise MedclfError("mahalanobis score needs penultimate features; this model has no embed()")
@@ -66,15 +74,8 @@ def score_mahalanobis(out: Outputs, detector: dict | None) -> np.ndarray:
     return mahalanobis_scores(out.features, np.asarray(detector["means"]), np.asarray(detector["precision"]))
 
 
-OOD_SCORES: dict[str, Callable[[Outputs, dict | None], np.ndarray]] = {
-    "msp": score_msp, "energy": score_energy, "mahalanobis": score_mahalanobis,
-}
-
-
-def get_score(name: str) -> Callable[[Outputs, dict | None], np.ndarray]:
-    if name not in OOD_SCORES:
-        raise MedclfError(f"unknown OOD score '{name}' (valid: {', '.join(OOD_SCORES)})")
-    return OOD_SCORES[name]
+def get_score(name: str) -> ScoreFn:
+    return OOD_SCORES.lookup(name)
 
 
 # ----------------------------------------------------------------------------------------------- Mahalanobis

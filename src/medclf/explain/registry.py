@@ -8,7 +8,6 @@ built from a `ClassifierModel`'s own description of itself (`cam_target_layers`,
 
 from __future__ import annotations
 
-import difflib
 from typing import Callable, Protocol
 
 import numpy as np
@@ -17,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from medclf.errors import MedclfError
+from medclf.models.ensemble import is_ensemble, members_of
+from medclf.registry import Registry
 
 
 class Explainer(Protocol):
@@ -26,32 +27,31 @@ class Explainer(Protocol):
     def __call__(self, model: nn.Module, x: torch.Tensor, class_index: int) -> np.ndarray: ...
 
 
-_METHODS: dict[str, Callable[[], Explainer]] = {}
+def _load_builtin() -> None:
+    """Import the built-in method modules; each registers its names."""
+    from medclf.explain import cams, featuremaps, rollout  # noqa: F401
+
+
 BUILTIN_ORDER = ("gradcam", "gradcam++", "scorecam", "eigencam", "featuremaps", "rollout")
+METHODS: Registry[Callable[[], Explainer]] = Registry("explanation method", order=BUILTIN_ORDER, load=_load_builtin)
 
 
 def register_method(name: str, factory: Callable[[], Explainer]) -> None:
     """Add (or replace) a method; `factory()` returns an Explainer."""
-    _METHODS[name] = factory
+    METHODS.register(name, factory)
 
 
 def list_methods(model: nn.Module | None = None) -> list[str]:
     """Method names in registration order; with `model`, only those that apply to it (rollout needs a ViT)."""
-    _load_builtin()
-    names = sorted(_METHODS, key=lambda n: BUILTIN_ORDER.index(n) if n in BUILTIN_ORDER else len(BUILTIN_ORDER))
+    names = METHODS.names()
     if model is None:
         return names
-    return [n for n in names if _applies(_METHODS[n](), model)]
+    return [n for n in names if _applies(METHODS.lookup(n)(), model)]
 
 
 def create_explainer(name: str) -> Explainer:
     """The explainer registered as `name`; an unknown name lists the valid ones."""
-    _load_builtin()
-    if name not in _METHODS:
-        close = difflib.get_close_matches(name, list(_METHODS), n=2, cutoff=0.6)
-        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
-        raise MedclfError(f"unknown explanation method '{name}'{hint}; valid: {', '.join(list_methods())}")
-    return _METHODS[name]()
+    return METHODS.lookup(name)()
 
 
 def parse_methods(text: str | None, model: nn.Module) -> list[str]:
@@ -62,12 +62,6 @@ def parse_methods(text: str | None, model: nn.Module) -> list[str]:
     for name in names:
         check_applies(create_explainer(name), model)
     return list(dict.fromkeys(names))
-
-
-def members_of(model: nn.Module) -> list[nn.Module]:
-    """The member models of an ensemble (anything with a `members` list), or `[model]`."""
-    members = getattr(model, "members", None)
-    return list(members) if members else [model]
 
 
 def is_vit(model: nn.Module) -> bool:
@@ -121,7 +115,7 @@ def compute_class_maps(model: nn.Module, x: torch.Tensor, method: str | Explaine
 
 def member_input(model: nn.Module, i: int, x: torch.Tensor) -> torch.Tensor:
     """The input member `i` of an ensemble sees for the ensemble's input `x` (itself for a single model)."""
-    if getattr(model, "members", None) is None:
+    if not is_ensemble(model):
         return x
     # the Ensemble re-expresses x in each member's own contract (size, channels, mean/std), as the graph runs it
     adapt = getattr(model, "member_input")
@@ -144,16 +138,3 @@ def normalise_maps(maps: torch.Tensor) -> torch.Tensor:
     span = (flat.max(dim=1).values.view(-1, 1, 1) - lo)
     out = (maps - lo) / span.clamp_min(1e-12)
     return torch.where(span > 1e-12, out, torch.zeros_like(maps)).clamp_(0.0, 1.0)
-
-
-_LOADED = False
-
-
-def _load_builtin() -> None:
-    """Import the built-in method modules once; each registers its names."""
-    global _LOADED
-    if _LOADED:
-        return
-    from medclf.explain import cams, featuremaps, rollout  # noqa: F401
-
-    _LOADED = True

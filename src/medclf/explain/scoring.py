@@ -29,7 +29,7 @@ from medclf.explain.gallery import write_gallery
 from medclf.explain.registry import compute_maps, parse_methods, resize_maps
 from medclf.explain.scores import box_area_fraction, energy_in_box, is_flat, mean_ci, pointing_hit, road_scores
 from medclf.io import atomic_path, write_json, write_text
-from medclf.runs import Predictor, Probabilities, Run, RunDir, model_input, open_run
+from medclf.runs import Predictor, Probabilities, Run, RunDir, model_input, open_run, open_run_and_cache
 from medclf.tasks import task_for
 
 ALL_SPLITS = "all"
@@ -44,21 +44,13 @@ def select_rows(cache: Cache, split: str) -> np.ndarray:
     return cache.indices(split)
 
 
-def check_labels(run: Run, cache: Cache) -> None:
-    if list(cache.label_names) != list(run.contract.label_names):
-        raise MedclfError(f"{cache.path}: labels {cache.label_names} differ from the run's "
-                          f"{run.contract.label_names}; explain scores need the same classes")
-
-
 def score_run(run_dir: str | Path, data: str | Path, split: str = "test", methods: str | Sequence[str] | None = None,
               out: str | Path | None = None, n_boot: int = 1000, faithfulness: bool = True, gallery: int = 3,
               batch_size: int = 16, max_images: int | None = None, device: str = "auto", seed: int = 0,
               progress: bool = True) -> dict:
     """Score each method against the boxes; returns (and writes) the explain_scores.json dict."""
     dev = pick_device(device)
-    run = open_run(run_dir, dev)
-    cache = Cache.open(data)
-    check_labels(run, cache)
+    run, cache = open_run_and_cache(run_dir, data, dev)  # refuses a cache whose labels differ from the run's
     names = parse_methods(",".join(methods) if isinstance(methods, (list, tuple)) else methods, run.model)
     rows = select_rows(cache, split)
     predictor = run.predictor()

@@ -24,10 +24,9 @@ from torch import nn
 from medclf.contract import DataContract
 from medclf.data.transforms import make_transform, resize
 from medclf.errors import MedclfError
-from medclf.models.outputs import logits_of, probabilities
+from medclf.models.outputs import PROB_EPS, logits_of, probabilities
 
 COMBINES = ("mean", "vote", "weighted")
-_TINY = 1e-12  # log(0) would give -inf logits (and infinite gradients for attacks); softmax renormalises
 
 
 class Ensemble(nn.Module):
@@ -71,7 +70,7 @@ class Ensemble(nn.Module):
         votes = (member_probs[:, :, pos] >= t).float().mean(dim=0)  # B
         others = member_probs.mean(dim=0)
         others[:, pos] = 0.0
-        others = others / others.sum(dim=1, keepdim=True).clamp_min(_TINY)
+        others = others / others.sum(dim=1, keepdim=True).clamp_min(PROB_EPS)
         out = others * (1.0 - votes).unsqueeze(1)
         out[:, pos] = votes
         return out
@@ -90,6 +89,16 @@ class Ensemble(nn.Module):
         member = make_transform(self.member_contracts[i], train=False)
         return member.normalise(resize(unit, self.member_contracts[i].input_size))
 
+
+def is_ensemble(model: nn.Module) -> bool:
+    """The one test for "is this an ensemble": a module with a non-empty `members` list (an `Ensemble`, or a
+    stand-in with the same interface)."""
+    return bool(getattr(model, "members", None))
+
+
+def members_of(model: nn.Module) -> list[nn.Module]:
+    """The member models of an ensemble, or `[model]`."""
+    return list(model.members) if is_ensemble(model) else [model]  # type: ignore[arg-type]
 
 
 def _needs_adapter(member: DataContract, ensemble: DataContract) -> bool:

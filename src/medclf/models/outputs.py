@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from medclf.tasks import task_class
+from medclf.tasks import PROB_EPS, task_class  # noqa: F401  (PROB_EPS: re-exported for callers)
 
 
 def probabilities(logits: torch.Tensor, task: str | None) -> torch.Tensor:

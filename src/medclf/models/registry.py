@@ -5,7 +5,6 @@ Built-in names are torchvision models; any timm model is available as `timm:<nam
 
 from __future__ import annotations
 
-import difflib
 import logging
 from pathlib import Path
 from typing import Callable
@@ -13,6 +12,7 @@ from typing import Callable
 from medclf.errors import ConfigError
 from medclf.contract import DataContract
 from medclf.models.wrappers import ClassifierModel
+from medclf.registry import Registry
 
 log = logging.getLogger("medclf.models")
 
@@ -21,19 +21,22 @@ DEFAULT_INPUT_SIZE = 224
 
 # builder(num_classes, input_size, drop_rate, pretrained) -> a 3-channel ClassifierModel with weights loaded
 Builder = Callable[[int, int | None, float, bool], ClassifierModel]
-_BUILDERS: dict[str, Builder] = {}
+MODELS: Registry[Builder] = Registry(
+    "model", field="model.name", error=ConfigError,
+    valid_tail=f", or any timm model as '{TIMM_PREFIX}<name>' (e.g. {TIMM_PREFIX}vit_small_patch16_224)")
 
 
-def register_model(name: str, builder: Builder) -> None:
-    """Add a model name; `builder(num_classes, input_size, drop_rate, pretrained)` returns a ClassifierModel."""
+def register_model(name: str, builder: Builder | None = None) -> Builder | Callable[[Builder], Builder]:
+    """Add a model name; `builder(num_classes, input_size, drop_rate, pretrained)` returns a ClassifierModel.
+    `register_model(name, builder)`, or `@register_model(name)` above the builder."""
     if name.startswith(TIMM_PREFIX):
         raise ConfigError(f"model names starting with '{TIMM_PREFIX}' are reserved for timm models")
-    _BUILDERS[name] = builder
+    return MODELS.register(name) if builder is None else MODELS.register(name, builder)
 
 
 def list_models() -> list[str]:
     """The built-in names. Any timm model is also available as 'timm:<name>' (see timm.list_models())."""
-    return sorted(_BUILDERS)
+    return MODELS.names()
 
 
 def _torchvision_cnn(name: str) -> Builder:
@@ -77,13 +80,6 @@ def _build_timm(timm_name: str, num_classes: int, input_size: int | None, drop_r
     return build_timm(timm_name, num_classes, input_size, drop_rate, file)
 
 
-def _unknown(name: str) -> ConfigError:
-    close = difflib.get_close_matches(name, list_models(), n=3, cutoff=0.6)
-    hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    return ConfigError(f"model.name: unknown model '{name}'{hint}; valid: {', '.join(list_models())}, "
-                       f"or any timm model as 'timm:<name>' (e.g. timm:vit_small_patch16_224)")
-
-
 def _check_args(num_classes: int, in_chans: int, input_size: int | None, drop_rate: float,
                 label_names: list[str] | None, positive_index: int) -> list[str]:
     if not isinstance(num_classes, int) or num_classes < 2:
@@ -122,10 +118,8 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, weights:
         pretrained = False
     if name.startswith(TIMM_PREFIX):
         model = _build_timm(name[len(TIMM_PREFIX):], num_classes, input_size, drop_rate, pretrained)
-    elif name in _BUILDERS:
-        model = _BUILDERS[name](num_classes, input_size, drop_rate, pretrained)
     else:
-        raise _unknown(name)
+        model = MODELS.lookup(name)(num_classes, input_size, drop_rate, pretrained)
     if input_size is None:
         input_size = _default_input_size(model)
     model.adapt_in_chans(in_chans)

@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable, Sequence
 from medclf.errors import MedclfError
 from medclf.io import write_text
 from medclf.outdirs import check_output_file
+from medclf.registry import Registry
 from medclf.report import notices
 from medclf.runs.freshness import current_evaluations
 from medclf.runs.layout import RunDir
@@ -48,23 +49,23 @@ class Section:
     how_to_read: str | None = None  # one plain sentence for a clinician-researcher, shown under the heading
 
 
-_SECTIONS: dict[str, Section] = {}
+SECTIONS: Registry[Section] = Registry("report section")
 
 
 def register_section(name: str, order: float, fn: SectionFn, how_to_read: str | None = None) -> None:
     """Add (or replace, by name) a report section; `name` is its heading, `order` its place (ascending),
     `how_to_read` a short line saying what its figures mean."""
-    _SECTIONS[name] = Section(name, float(order), fn, how_to_read)
+    SECTIONS.register(name, Section(name, float(order), fn, how_to_read))
 
 
 def unregister_section(name: str) -> None:
     """Remove a section by name (no error when absent)."""
-    _SECTIONS.pop(name, None)
+    SECTIONS.unregister(name)
 
 
 def registered_sections() -> list[Section]:
     """Registered sections in page order."""
-    return sorted(_SECTIONS.values(), key=lambda s: (s.order, s.name))
+    return sorted(SECTIONS.values(), key=lambda s: (s.order, s.name))
 
 
 # ---------------------------------------------------------------- helpers for section authors

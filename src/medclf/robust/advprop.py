@@ -115,7 +115,3 @@ def find_advprop(model: nn.Module) -> AdvPropModel:
     raise MedclfError("train.adversarial=advprop: the training model has no auxiliary batch norms; build_setup must "
                       "wrap it with medclf.robust.advprop.AdvPropModel before creating the optimizer")
 
-
-def wrap_for_training(model: nn.Module, adversarial: str | None) -> nn.Module:
-    """The hook build_setup calls before creating the optimizer: AdvProp's wrapper, otherwise the model."""
-    return AdvPropModel(model) if adversarial == "advprop" else model

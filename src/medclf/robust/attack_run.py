@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from medclf.data.dataset import CacheDataset, make_loader
+from medclf.data.dataset import CacheDataset, make_loader, seeded_subset
 from medclf.device import pick_device
 from medclf.errors import DataError, MedclfError
 from medclf.io import atomic_path, read_json, write_json
@@ -31,7 +31,8 @@ ROW_KEYS = ATTACK_ROW_KEYS
 CLASS_KEYS = ("class_accuracy", "macro_roc_auc")
 
 
-def attack_run(run_dir: str | Path, method: str = "pgd", eps: list[float] | tuple[float, ...] = (0.5 / 255, 1 / 255, 2 / 255),
+def attack_run(run_dir: str | Path, method: str = "pgd",
+               eps: list[float] | tuple[float, ...] = (0.5 / 255, 1 / 255, 2 / 255),
                steps: int = 10, split: str = "test", data: str | Path | None = None, batch_size: int = 32,
                max_images: int | None = None, n_boot: int = 1000, n_examples: int = 4, device: str = "auto",
                seed: int = 0, progress: bool = True) -> dict:
@@ -43,9 +44,7 @@ def attack_run(run_dir: str | Path, method: str = "pgd", eps: list[float] | tupl
     dataset = CacheDataset(cache, split=split)
     if len(dataset) == 0:
         raise DataError(f"{cache.path}: split '{split}' is empty")
-    if max_images is not None and len(dataset) > max_images:
-        pick = np.sort(np.random.default_rng(seed).choice(len(dataset), size=max_images, replace=False))
-        dataset = CacheDataset(cache, indices=dataset.indices[pick])
+    dataset = seeded_subset(dataset, max_images, seed)
 
     predictor = run.predictor()  # attack the predictor as `evaluate` runs it (test-time flip included)
     eps_list = sorted({0.0, *map(float, eps)})

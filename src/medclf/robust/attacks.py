@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medclf.errors import MedclfError
+from medclf.registry import Registry
 
 Normalise = Callable[[torch.Tensor], torch.Tensor]
 
@@ -83,6 +84,10 @@ def _input_grad(model: nn.Module, normalise: Normalise, x: torch.Tensor,
     return loss.detach(), grad
 
 
+ATTACKS: Registry[Callable[..., torch.Tensor]] = Registry("attack")
+
+
+@ATTACKS.register("fgsm")
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, normalise: Normalise,
          steps: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
     """One signed-gradient step of size eps (Goodfellow et al. 2015); `steps`/`generator` are ignored."""
@@ -92,6 +97,7 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, normali
     return (x.detach() + eps * grad.sign()).clamp(0.0, 1.0)
 
 
+@ATTACKS.register("pgd")
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, normalise: Normalise,
         steps: int = 10, generator: torch.Generator | None = None, alpha: float | None = None,
         random_start: bool = True, keep_best: bool = True) -> torch.Tensor:
@@ -134,10 +140,5 @@ def _keep_higher(best: torch.Tensor, best_loss: torch.Tensor | None, cand: torch
     return torch.where(mask, cand, best), torch.where(better, cand_loss, best_loss)
 
 
-ATTACKS: dict[str, Callable[..., torch.Tensor]] = {"fgsm": fgsm, "pgd": pgd}
-
-
 def get_attack(name: str) -> Callable[..., torch.Tensor]:
-    if name not in ATTACKS:
-        raise MedclfError(f"unknown attack '{name}' (valid: {', '.join(ATTACKS)})")
-    return ATTACKS[name]
+    return ATTACKS.lookup(name)

@@ -49,9 +49,11 @@ class ProjectionHead(nn.Module):
 
 def check_contrastive_config(train_cfg) -> None:
     if train_cfg.contrastive not in CONTRASTIVE_METHODS:
-        raise ConfigError(f"train.contrastive: unknown '{train_cfg.contrastive}' (valid: {', '.join(CONTRASTIVE_METHODS)})")
+        raise ConfigError(f"train.contrastive: unknown '{train_cfg.contrastive}' "
+                          f"(valid: {', '.join(CONTRASTIVE_METHODS)})")
     if train_cfg.contrastive_probe not in PROBES:
-        raise ConfigError(f"train.contrastive_probe: unknown '{train_cfg.contrastive_probe}' (valid: {', '.join(PROBES)})")
+        raise ConfigError(f"train.contrastive_probe: unknown '{train_cfg.contrastive_probe}' "
+                          f"(valid: {', '.join(PROBES)})")
     if train_cfg.contrastive_temperature <= 0:
         raise ConfigError(f"train.contrastive_temperature must be positive, got {train_cfg.contrastive_temperature}")
     if train_cfg.contrastive_epochs < 0:

@@ -21,14 +21,14 @@ import torch
 from tqdm import tqdm
 
 from medclf.data.cache import Cache
-from medclf.data.dataset import CacheDataset, make_loader
+from medclf.data.dataset import CacheDataset, make_loader, seeded_subset
 from medclf.device import pick_device
 from medclf.data.samplers import sampling_classes
 from medclf.errors import DataError, MedclfError
 from medclf.evaluation.ood import OOD_SCORES, Outputs, detection_metrics, fit_mahalanobis
 from medclf.io import atomic_path, read_json, write_json
 from medclf.runs import Predictor, Run, RunDir, open_run, open_run_and_cache
-from medclf.runs.ood import fit_detector, model_outputs, subset
+from medclf.runs.ood import fit_detector, model_outputs
 
 SYNTHETIC_SETS = ("noise", "natural")
 
@@ -57,7 +57,7 @@ def ood_run(run_dir: str | Path, ood: str | Path, split: str = "test", data: str
     if len(eval_set) == 0:
         raise DataError(f"{cache.path}: split '{split}' is empty")
     name, ood_images = load_ood_images(ood, cache.size, n=len(eval_set), seed=seed)
-    train_set = subset(CacheDataset(own, split="train"), fit_max, seed)
+    train_set = seeded_subset(CacheDataset(own, split="train"), fit_max, seed)
     if len(train_set) < 2:
         raise DataError(f"{own.path}: the training split has {len(train_set)} images; the detector needs >= 2")
     fit_out = outputs(train_set, "ood: fit on train")

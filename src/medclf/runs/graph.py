@@ -21,6 +21,7 @@ from torch import nn
 from medclf.contract import DataContract
 from medclf.data.transforms import BatchTransform, make_transform
 from medclf.evaluation.ood import detector_arrays
+from medclf.models.ensemble import members_of
 from medclf.models.outputs import logits_of, probabilities
 
 
@@ -50,7 +51,7 @@ class InferenceModule(nn.Module):
 
     @property
     def members(self) -> list[nn.Module]:
-        return list(getattr(self.model, "members", None) or [self.model])
+        return members_of(self.model)
 
     @property
     def has_ood(self) -> bool:

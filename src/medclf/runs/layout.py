@@ -234,14 +234,6 @@ class RunDir:
         prefix = self.PREDICTIONS_PREFIX
         return {p.stem[len(prefix):]: p for p in sorted(self.path.glob(f"{prefix}*.csv"))}
 
-    def read_metrics(self, tag: str) -> dict[str, Any]:
-        return read_json(self.metrics(tag))
-
-    def read_predictions(self, tag: str) -> "pd.DataFrame":
-        import pandas as pd  # only here: the package imports this module, and must stay light
-
-        return pd.read_csv(self.predictions(tag))
-
     def history(self) -> "pd.DataFrame":
         import pandas as pd
 

@@ -13,6 +13,7 @@ from medclf.config import Config
 from medclf.contract import DataContract
 from medclf.errors import DataError, MedclfError
 from medclf.runs.freshness import check_finished
+from medclf.models.ensemble import is_ensemble
 from medclf.runs.layout import RunDir, config_from_stored
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ class Run:
 
     @property
     def is_ensemble(self) -> bool:
-        return hasattr(self.model, "members")
+        return is_ensemble(self.model)
 
     @property
     def member_contracts(self) -> list[DataContract]:

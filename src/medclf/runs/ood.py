@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from medclf.data.dataset import seeded_subset
 from medclf.data.samplers import sampling_classes
 from medclf.errors import DataError, MedclfError
 from medclf.evaluation.ood import Outputs, fit_mahalanobis, make_detector
@@ -24,11 +25,11 @@ from medclf.runs.predictor import Predictor
 def fit_detector(predictor: Predictor, train_set, val_set, accept_rate: float = 0.95, fit_max: int | None = 5000,
                  seed: int = 0, batch_size: int = 64, progress: bool = False, fitted_on: dict | None = None) -> dict:
     """A Mahalanobis detector for the predictor's (single) model; see the module docstring."""
-    if predictor.n_members != 1:
+    if predictor.is_ensemble:
         raise MedclfError("an OOD detector is fitted per model; an ensemble uses its members' detectors")
     if not 0.0 < accept_rate < 1.0:
         raise MedclfError(f"accept rate must be in (0, 1), got {accept_rate}")
-    fit_set = subset(train_set, fit_max, seed)
+    fit_set = seeded_subset(train_set, fit_max, seed)
     if len(fit_set) < 2:
         raise DataError(f"{train_set.cache.path}: {len(fit_set)} training image(s); the OOD detector needs >= 2")
     if len(val_set) == 0:
@@ -77,12 +78,3 @@ def model_outputs(predictor: Predictor, batches: Iterable[torch.Tensor]) -> Outp
     return Outputs(np.concatenate(probs), np.concatenate(logits) if single else None,
                    np.concatenate(feats) if single else None, multilabel=predictor.contract.multilabel)
 
-
-def subset(dataset, limit: int | None, seed: int):
-    """At most `limit` items of a CacheDataset, drawn without replacement (seeded), in cache order."""
-    from medclf.data.dataset import CacheDataset
-
-    if limit is None or len(dataset) <= limit:
-        return dataset
-    pick = np.sort(np.random.default_rng(seed).choice(len(dataset), size=limit, replace=False))
-    return CacheDataset(dataset.cache, indices=dataset.indices[pick])

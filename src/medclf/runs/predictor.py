@@ -27,6 +27,7 @@ from tqdm import tqdm
 from medclf.contract import DataContract
 from medclf.device import autocast, pick_device
 from medclf.errors import MedclfError
+from medclf.models.ensemble import is_ensemble
 from medclf.runs.graph import InferenceModule
 from medclf.tasks import Task, make_task, task_for
 
@@ -126,6 +127,10 @@ class Predictor:
         return len(self.module.members)
 
     @property
+    def is_ensemble(self) -> bool:
+        return is_ensemble(self.module.model)
+
+    @property
     def has_ood(self) -> bool:
         return self.module.has_ood
 
@@ -133,7 +138,7 @@ class Predictor:
     def ood_threshold(self) -> float | None:
         if not self.has_ood:
             return None
-        return float(self.detectors[0]["threshold"]) if self.n_members == 1 else 1.0
+        return float(self.detectors[0]["threshold"]) if not self.is_ensemble else 1.0
 
     # ------------------------------------------------------------------ predicting
     def predict_arrays(self, images: np.ndarray | torch.Tensor, batch_size: int = 64) -> Prediction:
@@ -213,7 +218,7 @@ class Predictor:
         if p.ood_scores is None:
             raise MedclfError(f"{self.name}: no out-of-distribution detector in this run (retrain, or run "
                               "`medclf ood RUN --ood CACHE` to fit one)")
-        if self.n_members == 1:
+        if not self.is_ensemble:
             score = p.ood_scores[:, 0].astype(np.float64)
         else:
             thresholds = np.array([float(d["threshold"]) for d in self.detectors])

@@ -27,6 +27,7 @@ from medclf.device import pick_device
 from medclf.errors import MedclfError
 from medclf.explain.scores import is_flat
 from medclf.explain.targets import map_targets
+from medclf.models.ensemble import members_of
 from medclf.runs import Prediction, Run, RunDir, open_run
 from medclf.serve.adapters import HEATMAP_METHOD, heatmap_maps
 from medclf.serve.render import heat_rgba, png_base64
@@ -72,12 +73,12 @@ class ServeModel:
     def info(self) -> dict[str, Any]:
         """What `/api/model` shows: the model's contract and counts of its training data (no patient data)."""
         c = self.run.contract
-        members = getattr(self.run.model, "members", None)
+        members = members_of(self.run.model)
         return {
             "name": self.run.name,
             "model_name": c.model_name,
-            "kind": "ensemble" if members else "single",
-            "members": len(members) if members else 1,
+            "kind": "ensemble" if self.run.is_ensemble else "single",
+            "members": len(members),
             "labels": list(c.label_names),
             "positive_label": c.label_names[c.positive_index],
             "positive_index": c.positive_index,

@@ -22,15 +22,6 @@ def png_base64(array: np.ndarray) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def resize_grey(image: np.ndarray, size: int) -> np.ndarray:
-    """uint8 square image -> `size x size` (bilinear)."""
-    from PIL import Image
-
-    if image.shape[0] == size:
-        return image
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
-
-
 def heat_rgba(cam: np.ndarray, size: int) -> np.ndarray:
     """A map in [0, 1] -> `size x size x 4` uint8: colour-mapped, opacity growing with the heat."""
     from matplotlib import colormaps

@@ -19,6 +19,11 @@ from medclf.evaluation.metrics import binary_metrics
 from medclf.evaluation.thresholds import OperatingThreshold, operating_threshold
 from medclf.labelsets import ClassIndices
 
+# The one floor (and, as 1 - PROB_EPS, ceiling) for a probability before a log or a logit: log(0) would give
+# -inf logits (and infinite gradients for attacks). Logits are taken in float64, where 1 - 1e-12 exists
+# (float32 rounds it to 1.0).
+PROB_EPS = 1e-12
+
 # the figures each row of `medclf attack` keeps (robustness.json / .csv)
 ATTACK_ROW_KEYS = ("accuracy", "f1", "roc_auc", "recall", "specificity", "precision", "pr_auc")
 

@@ -21,9 +21,7 @@ from medclf.evaluation.multilabel import average_rates, multilabel_metrics
 from medclf.evaluation.thresholds import SOURCE_DATA, SOURCE_DEFAULT, OperatingThreshold
 from medclf.labelsets import BitMasks, encode_multi_hot, label_set_name, multi_hot
 from medclf.losses import create_multilabel_loss, multi_hot_target
-from medclf.tasks.base import ATTACK_ROW_KEYS, ChosenThresholds, Task
-
-_TINY = 1e-12  # log(0) would give -inf logits (and infinite gradients for attacks)
+from medclf.tasks.base import ATTACK_ROW_KEYS, PROB_EPS, ChosenThresholds, Task
 
 
 class MultilabelTask(Task):
@@ -38,7 +36,7 @@ class MultilabelTask(Task):
 
     @staticmethod
     def logits(probs: torch.Tensor) -> torch.Tensor:
-        return torch.logit(probs.clamp(_TINY, 1.0 - 1e-7))
+        return torch.logit(probs.double().clamp(PROB_EPS, 1.0 - PROB_EPS)).to(probs.dtype)
 
     @staticmethod
     def log_odds(logits: torch.Tensor, index: int) -> torch.Tensor:
@@ -196,7 +194,7 @@ class MultilabelTask(Task):
         for e, p in probs.items():
             m = multilabel_metrics(labels, p, self.label_names, list(self.operating_thresholds()), n_boot=n_boot,
                                    seed=seed)
-            clipped = np.clip(p, 1e-12, 1 - 1e-7)
+            clipped = np.clip(p.astype(np.float64), PROB_EPS, 1 - PROB_EPS)
             bce = -(y * np.log(clipped) + (1 - y) * np.log(1 - clipped)).sum(axis=1).mean()
             calls = self.calls(p)
             rows.append({"eps": e, "eps_255": round(e * 255, 6),

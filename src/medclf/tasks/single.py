@@ -19,9 +19,7 @@ from medclf.evaluation.metrics import binary_metrics
 from medclf.evaluation.multiclass import multiclass_metrics
 from medclf.evaluation.thresholds import OperatingThreshold
 from medclf.losses import create_loss
-from medclf.tasks.base import ATTACK_ROW_KEYS, ChosenThresholds, Task
-
-_TINY = 1e-12  # log(0) would give -inf logits (and infinite gradients for attacks); softmax renormalises
+from medclf.tasks.base import ATTACK_ROW_KEYS, PROB_EPS, ChosenThresholds, Task
 
 
 class SingleLabelTask(Task):
@@ -33,7 +31,7 @@ class SingleLabelTask(Task):
 
     @staticmethod
     def logits(probs: torch.Tensor) -> torch.Tensor:
-        return torch.log(probs.clamp_min(_TINY))
+        return torch.log(probs.clamp_min(PROB_EPS))
 
     @staticmethod
     def log_odds(logits: torch.Tensor, index: int) -> torch.Tensor:
@@ -123,7 +121,7 @@ class SingleLabelTask(Task):
                                     title=f"{title}: each class against the rest")
 
     def validation_row(self, labels: np.ndarray, probs: np.ndarray, loss_fn: Any, device: Any) -> dict[str, Any]:
-        logp = self.logits(torch.from_numpy(probs).clamp_min(1e-7))
+        logp = self.logits(torch.from_numpy(probs))
         # val loss with the training loss function, so the two curves are comparable (the seed deck's graph)
         val_loss = float(loss_fn(logp.to(device), torch.from_numpy(labels).to(device)))
         y = self.truth(labels)[:, 0]
@@ -163,7 +161,7 @@ class SingleLabelTask(Task):
         rows = []
         for e, p in probs.items():
             m = binary_metrics(y, p[:, pos], threshold=self.threshold, n_boot=n_boot, seed=seed)
-            nll = -np.log(np.clip(p[np.arange(len(y)), labels], 1e-12, None)).mean()
+            nll = -np.log(np.clip(p[np.arange(len(y)), labels], PROB_EPS, None)).mean()
             rows.append({"eps": e, "eps_255": round(e * 255, 6), **{k: m[k] for k in ATTACK_ROW_KEYS},
                          "loss": float(nll), "flip_rate": float(np.mean(self.calls(p)[:, 0] != clean_call)),
                          "ci": {k: m["ci"].get(k) for k in ATTACK_ROW_KEYS if k in (m.get("ci") or {})},
