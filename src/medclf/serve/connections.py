@@ -38,7 +38,7 @@ class GuardedH11Protocol(H11Protocol):
 
     header_timeout: float = DEFAULT_HEADER_TIMEOUT_S
     max_connections: int = DEFAULT_MAX_CONNECTIONS
-    waiting: dict["GuardedH11Protocol", None]  # insertion-ordered: the longest waiting first
+    waiting: dict[GuardedH11Protocol, None] = {}  # insertion-ordered, longest waiting first; own per subclass
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
