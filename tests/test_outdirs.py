@@ -7,13 +7,12 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 import medclf.data.cache  # noqa: F401  (registers how a cache folder is recognised)
 from medclf.errors import MedclfError
-from pathlib import Path
-
 from medclf.outdirs import LOCK, MARKER, FolderLock, claim_output_dir, folder_kind, folder_lock, lock_path
 
 
@@ -247,6 +246,7 @@ def test_a_symlinked_out_folder_is_refused(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "empty")
     for kind, replace in (("cache", True), ("run", False)):
-        with pytest.raises(MedclfError, match=f"^{tmp_path / 'link'}: is a symbolic link \\(to {tmp_path / 'empty'}\\)"):
+        link_message = f"^{tmp_path / 'link'}: is a symbolic link \\(to {tmp_path / 'empty'}\\)"
+        with pytest.raises(MedclfError, match=link_message):
             claim_output_dir(tmp_path / "link", kind, replace=replace)
     assert (tmp_path / "link").is_symlink() and list((tmp_path / "empty").iterdir()) == []

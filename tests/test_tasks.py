@@ -8,8 +8,15 @@ import pytest
 import torch
 
 from medclf.contract import DataContract
-from medclf.tasks import (BinaryTask, MulticlassTask, MultilabelTask, ThresholdRule, make_task, task_for,
-                          task_for_metrics)
+from medclf.tasks import (
+    BinaryTask,
+    MulticlassTask,
+    MultilabelTask,
+    ThresholdRule,
+    make_task,
+    task_for,
+    task_for_metrics,
+)
 
 NAMES3 = ["disc", "square", "bar"]
 

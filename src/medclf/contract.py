@@ -80,7 +80,7 @@ class DataContract:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DataContract":
+    def from_dict(cls, d: dict[str, Any]) -> DataContract:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:

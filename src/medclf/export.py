@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from medclf.errors import MedclfError
-from medclf.outdirs import check_output_file
 from medclf.io import atomic_path
+from medclf.outdirs import check_output_file
 from medclf.runs import Prediction, Predictor, Run, open_run
 from medclf.runs.onnx import INPUT_NAME, OnnxBackend, _quiet, export_metadata, export_onnx, onnx_session
 

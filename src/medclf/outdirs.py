@@ -204,7 +204,7 @@ class FolderLock:
     def held(self) -> bool:
         return self._token is not None
 
-    def acquire(self) -> "FolderLock":
+    def acquire(self) -> FolderLock:
         try:
             self.file.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:  # named after the folder the user asked for, not its parent
@@ -244,7 +244,7 @@ class FolderLock:
                 self.file.unlink()
         self._token = None
 
-    def __enter__(self) -> "FolderLock":
+    def __enter__(self) -> FolderLock:
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:

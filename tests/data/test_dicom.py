@@ -112,8 +112,8 @@ def test_png_and_jpeg_files(tmp_path):
 def _set_raw(path, keyword, text: bytes):
     """Rewrite one element with raw bytes pydicom would refuse to write (VR IS), as a broken producer does."""
     import pydicom
-    from pydicom.dataelem import RawDataElement
     from pydicom.datadict import tag_for_keyword
+    from pydicom.dataelem import RawDataElement
     from pydicom.tag import Tag
 
     ds = pydicom.dcmread(path)

@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 from medclf.cli.prepare import register
 from medclf.data.cache import Cache
 from medclf.data.prepare import prepare_folder, prepare_medmnist
-from medclf.errors import DataError
 from medclf.data.splits import split_patients, split_strata
 from medclf.data.synthetic import SHAPES, write_synthetic_multilabel
+from medclf.errors import DataError
 from medclf.tasks import label_counts, multi_hot
 
 REPO = Path(__file__).resolve().parents[2]

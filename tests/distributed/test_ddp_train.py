@@ -142,10 +142,10 @@ def test_only_rank0_writes_and_prints(ddp):
 
 def test_checkpoint_in_one_process_gives_the_ddp_validation_metrics(ddp, tiny_cache, tmp_path):
     from medclf.config import load_config
-    from medclf.runs import Predictor
     from medclf.engine.setup import build_setup
     from medclf.engine.train import validate
     from medclf.models.checkpoint import load_checkpoint
+    from medclf.runs import Predictor
 
     run = ddp["out"] / "straight"
     logged = pd.read_csv(run / "history.csv").iloc[-1]

@@ -15,7 +15,6 @@ from medclf.data.shards import merge_shards, parse_shard, shard_rows
 from medclf.errors import DataError
 
 
-
 def _rsna(root: Path, out: Path, **kw) -> Path:
     return prepare_rsna(root / "stage_2_train_images", root / "stage_2_train_labels.csv", out, size=48,
                         workers=1, progress=False, **kw)

@@ -1,7 +1,7 @@
 import torch
 
-from medclf.data.transforms import Augment, make_transform
 from medclf.contract import DataContract
+from medclf.data.transforms import Augment, make_transform
 
 
 def contract(in_chans=3, size=32):

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from medclf.compare import comparison_markdown, compare_runs
+from medclf.compare import compare_runs, comparison_markdown
 from medclf.engine.evaluate import write_evaluation
 from medclf.errors import MedclfError
 from medclf.evaluation.macro_auc import macro_roc_auc, paired_macro_auc

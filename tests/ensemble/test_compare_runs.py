@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from medclf.compare import compare_runs, comparison_markdown
+from medclf.engine.evaluate import write_evaluation
 from medclf.errors import MedclfError
 from medclf.evaluation.bootstrap import paired_bootstrap
-from medclf.engine.evaluate import write_evaluation
 
 LABELS = np.array([0, 0, 0, 0, 1, 1, 0, 1, 0, 1])
 # A ranks one negative (0.6) above one positive (0.55): AUC = 23/24; B ranks perfectly: AUC = 1

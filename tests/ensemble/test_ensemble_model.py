@@ -8,10 +8,10 @@ import torch
 
 from medclf.data.cache import Cache
 from medclf.data.dataset import CacheDataset
-from medclf.runs import Predictor
-from medclf.models.ensemble import Ensemble, ensemble_contract
 from medclf.errors import MedclfError
 from medclf.models import create_model
+from medclf.models.ensemble import Ensemble, ensemble_contract
+from medclf.runs import Predictor
 
 CPU = torch.device("cpu")
 

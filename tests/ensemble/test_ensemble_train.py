@@ -17,13 +17,12 @@ from medclf.data.cache import Cache
 from medclf.data.dataset import CacheDataset
 from medclf.data.splits import partition_indices
 from medclf.engine.evaluate import evaluate_run
-from medclf.runs import Predictor
 from medclf.engine.predict import predict_files
 from medclf.ensemble import plan_members, train_ensemble
 from medclf.errors import MedclfError
 from medclf.evaluation.thresholds import between_scores, choose_threshold
 from medclf.report.html import build_report
-from medclf.runs import open_run
+from medclf.runs import Predictor, open_run
 
 CPU = torch.device("cpu")
 

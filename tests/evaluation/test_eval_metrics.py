@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from medclf.errors import DataError, MedclfError
 from medclf.engine.evaluate import write_evaluation
+from medclf.errors import DataError, MedclfError
 from medclf.evaluation.metrics import METRIC_KEYS, binary_metrics
 
 # 4 positives, 6 negatives; at threshold 0.5: called positive = 0.9, 0.8, 0.6 (pos) and 0.7, 0.55 (neg)

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import (accuracy_score, average_precision_score, balanced_accuracy_score, cohen_kappa_score,
-                             confusion_matrix, f1_score, precision_score, recall_score, roc_auc_score)
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    balanced_accuracy_score,
+    cohen_kappa_score,
+    confusion_matrix,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
 
 from medclf.errors import MedclfError
 from medclf.evaluation.multiclass import _point, _resample_values, multiclass_metrics
@@ -128,5 +137,5 @@ def test_a_three_class_run_evaluates_to_scikit_learns_ovr_auc(tmp_path):
 
     page = build_report(run).read_text(encoding="utf-8")
     auc = saved["per_class"]["Lung Opacity"]["roc_auc"]
-    assert "<h4>Per class</h4>" in page and f"<td>Lung Opacity</td><td class=\"num\">6</td>" in page
+    assert "<h4>Per class</h4>" in page and "<td>Lung Opacity</td><td class=\"num\">6</td>" in page
     assert f"{auc:.3f} [" in page and "Confusion matrix (true class in rows)" in page

@@ -9,8 +9,15 @@ import pytest
 
 from medclf.errors import MedclfError
 from medclf.evaluation.metrics import binary_metrics
-from medclf.evaluation.subgroups import (age_groups, auc_vs_rest, flat_rows, group_labels, group_order, subgroup_rows,
-                                         too_small)
+from medclf.evaluation.subgroups import (
+    age_groups,
+    auc_vs_rest,
+    flat_rows,
+    group_labels,
+    group_order,
+    subgroup_rows,
+    too_small,
+)
 
 
 def test_group_metrics_are_binary_metrics_on_the_groups_rows():

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from medclf.models.ensemble import Ensemble, ensemble_contract
 from medclf.errors import MedclfError
 from medclf.explain.cams import LogOddsTarget
 from medclf.explain.featuremaps import feature_grid
 from medclf.explain.hooks import capture_outputs, hook_counts
 from medclf.explain.registry import compute_maps, list_methods, normalise_maps, parse_methods
 from medclf.explain.rollout import attention_probs, rollout
+from medclf.models.ensemble import Ensemble, ensemble_contract
 
 NO_HOOKS = {"forward": 0, "forward_pre": 0, "backward": 0}
 

@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from medclf.explain.scores import (box_area_fraction, box_mask, energy_in_box, is_flat, mean_ci, peak,
-                                   pointing_hit)
+from medclf.explain.scores import box_area_fraction, box_mask, energy_in_box, is_flat, mean_ci, peak, pointing_hit
 
 
 def test_box_mask_takes_pixels_whose_centres_lie_inside():

@@ -81,7 +81,8 @@ def test_unreadable_files(tmp_path):
     with pytest.raises(MedclfError, match="cannot read checkpoint .*corrupt.pt: corrupt or not a weights-only"):
         load_checkpoint(tmp_path / "corrupt.pt")
     torch.save({"format": "medclf-checkpoint", "thing": NotPlain()}, tmp_path / "pickled.pt")
-    with pytest.raises(MedclfError, match=r"pickled.pt: refused: it holds pickled code or objects \(test_checkpoint.NotPlain\)"):
+    refused = r"pickled.pt: refused: it holds pickled code or objects \(test_checkpoint.NotPlain\)"
+    with pytest.raises(MedclfError, match=refused):
         load_checkpoint(tmp_path / "pickled.pt")
     torch.save(create_model("resnet18", 2).state_dict(), tmp_path / "plain.pt")
     with pytest.raises(MedclfError, match=r"plain.pt is not a medclf checkpoint .* model.weights=.*plain.pt"):

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medclf.errors import MedclfError
 from medclf.engine.evaluate import write_evaluation
+from medclf.errors import MedclfError
 from medclf.evaluation.plots import plot_curves
 from medclf.report.html import build_report, register_section, registered_sections, unregister_section
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from medclf.contract import DataContract
 from medclf.data.transforms import make_transform
 from medclf.errors import MedclfError
-from medclf.contract import DataContract
 from medclf.robust.attacks import fgsm, frozen_bn_stats, parse_eps, pgd
 
 

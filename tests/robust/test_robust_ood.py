@@ -4,8 +4,15 @@ import numpy as np
 import pytest
 
 from medclf.errors import MedclfError
-from medclf.evaluation.ood import (Outputs, detection_metrics, fit_mahalanobis, get_score, mahalanobis_scores,
-                               score_energy, score_msp)
+from medclf.evaluation.ood import (
+    Outputs,
+    detection_metrics,
+    fit_mahalanobis,
+    get_score,
+    mahalanobis_scores,
+    score_energy,
+    score_msp,
+)
 
 
 def test_detection_metrics_by_hand():

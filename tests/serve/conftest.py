@@ -30,9 +30,9 @@ def predictor(serve_run: Path):
 @pytest.fixture(scope="session")
 def ensemble_run(serve_run: Path, scratch, request) -> Path:
     """An ensemble run of two identical members (copies of serve_run): its answers must equal the single run's."""
-    from medclf.runs import ENSEMBLE_FORMAT
     from medclf.io import write_json
     from medclf.models.checkpoint import read_checkpoint
+    from medclf.runs import ENSEMBLE_FORMAT
 
     root = scratch(request, "serve-ens") / "ens"
     for i in range(2):

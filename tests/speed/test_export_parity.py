@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from medclf.cli.main import app
 from medclf.data.cache import Cache
 from medclf.export import export_run, load_torchscript
-from medclf.runs.onnx import source_fingerprint
 from medclf.runs import open_run
+from medclf.runs.onnx import source_fingerprint
 
 pytestmark = pytest.mark.slow  # trains a model or starts a subprocess (make test-fast skips it)
 

@@ -13,10 +13,9 @@ from PIL import Image
 from medclf.data.cache import Cache
 from medclf.engine.predict import predict_files
 from medclf.errors import MedclfError
-from medclf.runs import Predictor
-from medclf.runs.onnx import export_metadata, export_onnx
 from medclf.models import create_model
-from medclf.runs import open_run
+from medclf.runs import Predictor, open_run
+from medclf.runs.onnx import export_metadata, export_onnx
 
 pytestmark = pytest.mark.slow  # trains a model or starts a subprocess (make test-fast skips it)
 

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from medclf.cli.common import FORCE_OUT_HELP, examples
+from medclf.cli.common import examples
 
 
 def register(app: typer.Typer) -> None:

@@ -24,10 +24,17 @@ import pandas as pd
 
 from medclf.data.splits import SPLITS, leakage_audit
 from medclf.errors import DataError
-from medclf.labelsets import coding, label_texts, task_of
 from medclf.io import make_temp_dir, read_json, write_json, write_text
-from medclf.outdirs import (MARKER, claim_output_dir, folder_kind, folder_lock, refuse_foreign_files,
-                            register_recogniser, write_marker)
+from medclf.labelsets import coding, label_texts, task_of
+from medclf.outdirs import (
+    MARKER,
+    claim_output_dir,
+    folder_kind,
+    folder_lock,
+    refuse_foreign_files,
+    register_recogniser,
+    write_marker,
+)
 
 FORMAT_VERSION = 1
 # A cache's files, named here only (prepare, shards and the rest use these names)
@@ -63,7 +70,7 @@ class Cache:
     meta: dict[str, Any]
 
     @classmethod
-    def open(cls, path: str | Path) -> "Cache":
+    def open(cls, path: str | Path) -> Cache:
         path = Path(path)
         if not path.is_dir():
             what = "not a folder" if path.exists() else "no such folder"

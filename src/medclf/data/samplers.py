@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset, Sampler, Subset
 
-from medclf.errors import ConfigError, DataError
 from medclf.data.splits import split_strata
+from medclf.errors import ConfigError, DataError
 from medclf.registry import Registry
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from medclf.data.cache import Cache, split_counts as label_split_counts
+from medclf.data.cache import Cache
+from medclf.data.cache import split_counts as label_split_counts
 from medclf.labelsets import coding
-
 
 UNKNOWN = "unknown"  # the group of empty values, as in `evaluate --by` (docs/evaluation.md)
 

@@ -23,7 +23,7 @@ class Augment:
     contrast: bool = False  # brightness/contrast +-15%: exposure differences between machines
 
     @classmethod
-    def from_config(cls, data_cfg) -> "Augment":
+    def from_config(cls, data_cfg) -> Augment:
         return cls(flip=data_cfg.flip, affine=data_cfg.affine, contrast=data_cfg.contrast)
 
 

@@ -14,8 +14,16 @@ from medclf.device import pick_device
 from medclf.errors import DataError, closest
 from medclf.evaluation.caveats import MIN_CLASS, threshold_warning
 from medclf.evaluation.metrics import CI_KEYS
-from medclf.evaluation.subgroups import (DEFAULT_AGE_BINS, TEST_NAME, UNKNOWN, check_age_bins, flat_rows,
-                                         group_labels, group_order, subgroup_rows)
+from medclf.evaluation.subgroups import (
+    DEFAULT_AGE_BINS,
+    TEST_NAME,
+    UNKNOWN,
+    check_age_bins,
+    flat_rows,
+    group_labels,
+    group_order,
+    subgroup_rows,
+)
 from medclf.io import atomic_path, write_json
 from medclf.runs import Prediction, Predictor, RunDir, open_run_and_cache
 from medclf.runs.freshness import WEIGHTS_KEY, weights_fingerprint

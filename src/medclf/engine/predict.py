@@ -15,7 +15,6 @@ from medclf.outdirs import check_output_file
 from medclf.runs import open_run
 
 
-
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     """Files as given; folders searched recursively for image suffixes (sorted, so output order is stable)."""
     files: list[Path] = []

@@ -12,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 from medclf.config import Config
+from medclf.contract import DataContract
 from medclf.data.cache import Cache
 from medclf.data.dataset import CacheDataset, make_loader
 from medclf.data.samplers import create_sampler
@@ -19,9 +20,8 @@ from medclf.data.transforms import Augment, BatchTransform, make_transform
 from medclf.engine.distributed import DistContext, check_same_cache, wrap_model
 from medclf.engine.optim import create_optimizer, create_scheduler
 from medclf.errors import ConfigError, DataError
-from medclf.tasks import task_for_cache
 from medclf.models import create_model
-from medclf.contract import DataContract
+from medclf.tasks import task_for_cache
 
 # objective(model, x_unit, y) -> loss; x_unit is the augmented batch in [0,1] before normalisation, so
 # adversarial objectives can perturb it in pixel space. Registered by name (train.adversarial).

@@ -16,18 +16,17 @@ import numpy as np
 import torch
 
 from medclf.config import Config, save_config
+from medclf.data.cache import Cache
+from medclf.data.summary import data_summary
 from medclf.device import autocast, epoch_seed, seed_everything
-from medclf.engine.distributed import (DistContext, all_reduce_sum, broadcast_buffers, init_distributed,
-                                      run_on_main)
+from medclf.engine.distributed import DistContext, all_reduce_sum, broadcast_buffers, init_distributed, run_on_main
 from medclf.engine.inference import predict_sharded
 from medclf.engine.setup import TrainingSetup, build_setup
 from medclf.engine.state import EarlyStopper, check_resume, restore_state, save_epoch, write_history
 from medclf.errors import MedclfError
 from medclf.io import write_json
-from medclf.outdirs import FolderLock, claim_output_dir, remove_if_unused
-from medclf.data.cache import Cache
-from medclf.data.summary import data_summary
 from medclf.models.checkpoint import read_checkpoint
+from medclf.outdirs import FolderLock, claim_output_dir, remove_if_unused
 from medclf.runs import Predictor, RunDir, open_checkpoint
 from medclf.runs.ood import fit_detector
 from medclf.tasks import ThresholdRule, task_for

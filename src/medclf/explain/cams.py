@@ -2,7 +2,8 @@
 
 The CAM arithmetic is the library's; this module only supplies what it needs from the model itself: the
 target layer (`model.cam_target_layers()`), the ViT token reshape (`model.cam_reshape_transform`, None for
-CNNs), and the target (the log-odds of the explained class, as the model's task reads its logits). Each CAM object lives inside a `with` block that
+CNNs), and the target (the log-odds of the explained class, as the model's task reads its logits). Each CAM
+object lives inside a `with` block that
 releases its hooks and drops the output it keeps (with its autograd graph) as soon as the maps are out.
 """
 

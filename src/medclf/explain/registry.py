@@ -118,7 +118,7 @@ def member_input(model: nn.Module, i: int, x: torch.Tensor) -> torch.Tensor:
     if not is_ensemble(model):
         return x
     # the Ensemble re-expresses x in each member's own contract (size, channels, mean/std), as the graph runs it
-    adapt = getattr(model, "member_input")
+    adapt: Callable[[int, torch.Tensor], torch.Tensor] = getattr(model, "member_input")  # noqa: B009 (typed for mypy)
     return adapt(i, x)
 
 

@@ -18,14 +18,19 @@ from medclf.device import pick_device
 from medclf.engine.predict import expand_inputs
 from medclf.explain.featuremaps import feature_grid
 from medclf.explain.overlay import render, save_png
-from medclf.explain.registry import (check_applies, compute_class_maps, create_explainer, member_input, members_of,
-                                     resize_maps)
+from medclf.explain.registry import (
+    check_applies,
+    compute_class_maps,
+    create_explainer,
+    member_input,
+    members_of,
+    resize_maps,
+)
 from medclf.explain.scores import is_flat
 from medclf.explain.targets import map_targets, target_index
 from medclf.io import atomic_path
 from medclf.runs import Predictor, Run, RunDir, model_input, open_run, read_images
 from medclf.tasks import task_for
-
 
 # Written under the caption of an overlay whose map is flat: without it a blank overlay looks like a quiet one.
 FLAT_NOTE = "flat map: no region stands out"

@@ -29,7 +29,7 @@ from medclf.explain.gallery import write_gallery
 from medclf.explain.registry import compute_maps, parse_methods, resize_maps
 from medclf.explain.scores import box_area_fraction, energy_in_box, is_flat, mean_ci, pointing_hit, road_scores
 from medclf.io import atomic_path, write_json, write_text
-from medclf.runs import Predictor, Probabilities, Run, RunDir, model_input, open_run, open_run_and_cache
+from medclf.runs import Predictor, Probabilities, Run, RunDir, model_input, open_run_and_cache
 from medclf.tasks import task_for
 
 ALL_SPLITS = "all"

@@ -5,8 +5,8 @@
     logits = model(x)                      # x: B x 3 x 224 x 224 normalised by model.contract
 """
 
-from medclf.models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from medclf.contract import DataContract
+from medclf.models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from medclf.models.param_groups import param_groups
 from medclf.models.registry import create_model, list_models, register_model
 from medclf.models.weights import load_weights

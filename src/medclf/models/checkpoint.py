@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from medclf.contract import DataContract
 from medclf.errors import MedclfError
 from medclf.io import atomic_path
-from medclf.contract import DataContract
 from medclf.models.wrappers import ClassifierModel
 
 FORMAT = "medclf-checkpoint"

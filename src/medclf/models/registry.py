@@ -9,8 +9,8 @@ import logging
 from pathlib import Path
 from typing import Callable
 
-from medclf.errors import ConfigError
 from medclf.contract import DataContract
+from medclf.errors import ConfigError
 from medclf.models.wrappers import ClassifierModel
 from medclf.registry import Registry
 

@@ -14,8 +14,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from medclf.errors import ConfigError
 from medclf.contract import DataContract
+from medclf.errors import ConfigError
 
 
 class ClassifierModel(nn.Module):

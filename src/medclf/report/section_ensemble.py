@@ -7,8 +7,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medclf.report.html import (HOW_TO_READ, esc, fmt, fmt_threshold, html_table,
-                                 read_run_json, register_section, warning_box)
+from medclf.report.html import (
+    HOW_TO_READ,
+    esc,
+    fmt,
+    fmt_threshold,
+    html_table,
+    read_run_json,
+    register_section,
+    warning_box,
+)
 from medclf.runs.layout import RunDir
 
 _COMBINE_TEXT = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medclf.report.html import (HOW_TO_READ, embed_png, esc, fmt, html_table, read_run_json, register_section)
+from medclf.report.html import HOW_TO_READ, embed_png, esc, fmt, html_table, read_run_json, register_section
 from medclf.runs.layout import RunDir
 
 

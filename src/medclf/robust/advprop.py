@@ -31,7 +31,7 @@ class DualBatchNorm2d(nn.BatchNorm2d):
     aux_active: bool = False
 
     @classmethod
-    def from_bn(cls, bn: nn.BatchNorm2d) -> "DualBatchNorm2d":
+    def from_bn(cls, bn: nn.BatchNorm2d) -> DualBatchNorm2d:
         dual = cls(bn.num_features, eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
                    track_running_stats=bn.track_running_stats)
         # share, not copy: the same Parameter/buffer objects keep their identity (and device, dtype)

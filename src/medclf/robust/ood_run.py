@@ -22,12 +22,12 @@ from tqdm import tqdm
 
 from medclf.data.cache import Cache
 from medclf.data.dataset import CacheDataset, make_loader, seeded_subset
-from medclf.device import pick_device
 from medclf.data.samplers import sampling_classes
+from medclf.device import pick_device
 from medclf.errors import DataError, MedclfError
 from medclf.evaluation.ood import OOD_SCORES, Outputs, detection_metrics, fit_mahalanobis
 from medclf.io import atomic_path, read_json, write_json
-from medclf.runs import Predictor, Run, RunDir, open_run, open_run_and_cache
+from medclf.runs import Predictor, Run, RunDir, open_run_and_cache
 from medclf.runs.ood import fit_detector, model_outputs
 
 SYNTHETIC_SETS = ("noise", "natural")

@@ -22,9 +22,9 @@ _EXPORTS = {name: module for module, names in _MODULES.items() for name in names
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
+    from medclf.runs.graph import model_input
     from medclf.runs.layout import ENSEMBLE_FORMAT, RunDir, config_from_stored
     from medclf.runs.loading import Run, check_labels, open_checkpoint, open_run, open_run_and_cache
-    from medclf.runs.graph import model_input
     from medclf.runs.predictor import ENGINES, LogProbs, Prediction, Predictor, Probabilities, decide, read_images
 
 

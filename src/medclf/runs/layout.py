@@ -152,7 +152,7 @@ class RunDir:
         """`explain/gallery_<outcome>.png` (outcome tp, fp, fn or tn), written by `explain --score`."""
         return self.path / self.EXPLAIN / f"gallery_{outcome}.png"
 
-    def member(self, rel: str | int) -> "RunDir":
+    def member(self, rel: str | int) -> RunDir:
         """A member's own run directory: `members/<i>` (int) or the relative dir ensemble.json names."""
         return RunDir(self.path / (f"{self.MEMBERS}/{rel}" if isinstance(rel, int) else rel))
 
@@ -234,7 +234,7 @@ class RunDir:
         prefix = self.PREDICTIONS_PREFIX
         return {p.stem[len(prefix):]: p for p in sorted(self.path.glob(f"{prefix}*.csv"))}
 
-    def history(self) -> "pd.DataFrame":
+    def history(self) -> pd.DataFrame:
         import pandas as pd
 
         return pd.read_csv(self.history_path)

@@ -12,8 +12,8 @@ import torch
 from medclf.config import Config
 from medclf.contract import DataContract
 from medclf.errors import DataError, MedclfError
-from medclf.runs.freshness import check_finished
 from medclf.models.ensemble import is_ensemble
+from medclf.runs.freshness import check_finished
 from medclf.runs.layout import RunDir, config_from_stored
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ class Run:
 
         return load_image(path, self.image_size, norm=self.norm)
 
-    def predictor(self, engine: str = "torch", tta_flip: bool | None = None, **kw) -> "Predictor":
+    def predictor(self, engine: str = "torch", tta_flip: bool | None = None, **kw) -> Predictor:
         """The run's Predictor (`tta_flip` defaults to the run's `eval.tta_flip`, which chose its threshold)."""
         from medclf.runs.predictor import Predictor
 
@@ -106,7 +106,7 @@ def _open_ensemble(rd: RunDir, device: torch.device | str) -> Run:
 
 
 def open_run_and_cache(run_dir: str | Path, data: str | Path | None,
-                       device: torch.device | str) -> tuple[Run, "Cache"]:
+                       device: torch.device | str) -> tuple[Run, Cache]:
     """A run and the cache to run it on: its own (from data_summary.json) unless `data` names another."""
     from medclf.data.cache import Cache
 
@@ -119,6 +119,6 @@ def open_run_and_cache(run_dir: str | Path, data: str | Path | None,
     return run, cache
 
 
-def check_labels(cache: "Cache", label_names: list[str]) -> None:
+def check_labels(cache: Cache, label_names: list[str]) -> None:
     if list(cache.label_names) != list(label_names):
         raise DataError(f"{cache.path}: labels {list(cache.label_names)} differ from the model's {list(label_names)}")

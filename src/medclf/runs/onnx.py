@@ -49,7 +49,7 @@ class OnnxBackend:
         self.outputs = [o.name for o in session.get_outputs()]
 
     @classmethod
-    def for_run(cls, run, module: InferenceModule, threads: int | None = None, device: str = "cpu") -> "OnnxBackend":
+    def for_run(cls, run, module: InferenceModule, threads: int | None = None, device: str = "cpu") -> OnnxBackend:
         return cls(session_for_run(run, module, threads=threads, device=device))
 
     def __call__(self, images: torch.Tensor | np.ndarray) -> Prediction:

@@ -43,7 +43,7 @@ class Prediction:
     ood_scores: np.ndarray | None = None
 
     @classmethod
-    def concat(cls, parts: list["Prediction"]) -> "Prediction":
+    def concat(cls, parts: list[Prediction]) -> Prediction:
         ood = None if parts[0].ood_scores is None else np.concatenate([p.ood_scores for p in parts])
         return cls(np.concatenate([p.probs for p in parts]), np.concatenate([p.member_probs for p in parts], axis=1),
                    ood)
@@ -85,7 +85,7 @@ class Predictor:
 
     @classmethod
     def from_run(cls, run, engine: str = "torch", tta_flip: bool | None = None, device: str | None = None,
-                 threads: int | None = None) -> "Predictor":
+                 threads: int | None = None) -> Predictor:
         """The Predictor of an opened run (`medclf.runs.open_run`); `engine` "torch" or "onnx"."""
         if engine not in ENGINES:
             raise MedclfError(f"--engine: unknown '{engine}' (valid: {', '.join(ENGINES)})")
@@ -110,7 +110,7 @@ class Predictor:
         return self.module.tta_flip
 
     @property
-    def task(self) -> "Task":
+    def task(self) -> Task:
         """What the contract's task means (medclf.tasks), read afresh: training stores thresholds after opening."""
         return task_for(self.contract)
 

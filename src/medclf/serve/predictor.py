@@ -64,7 +64,7 @@ class ServeModel:
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medclf-model")
 
     @classmethod
-    def load(cls, run_dir: str | Path, device: str = "auto", max_mpx: float = DEFAULT_MAX_MPX) -> "ServeModel":
+    def load(cls, run_dir: str | Path, device: str = "auto", max_mpx: float = DEFAULT_MAX_MPX) -> ServeModel:
         """Open `run_dir` with `medclf.runs.open_run` (checkpoints are read with `weights_only=True`); images
         of more than `max_mpx` megapixels (2**20 pixels) are refused before decoding."""
         dev = pick_device(device)

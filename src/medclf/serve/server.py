@@ -8,8 +8,13 @@ from pathlib import Path
 from typing import Callable
 
 from medclf.errors import MedclfError
-from medclf.serve.app import (DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_FILES, DEFAULT_MAX_UPLOAD_MB,
-                              DEFAULT_UPLOAD_TIMEOUT_S, create_app)
+from medclf.serve.app import (
+    DEFAULT_MAX_CONCURRENT,
+    DEFAULT_MAX_FILES,
+    DEFAULT_MAX_UPLOAD_MB,
+    DEFAULT_UPLOAD_TIMEOUT_S,
+    create_app,
+)
 from medclf.serve.connections import DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS, guarded_protocol
 from medclf.serve.predictor import DEFAULT_MAX_MPX, ServeModel
 

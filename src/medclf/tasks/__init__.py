@@ -13,8 +13,19 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from medclf.labelsets import (MAX_LABELS, NO_FINDING, TASKS, check_masks, encode_multi_hot, label_counts,
-                              label_set_name, label_texts, multi_hot, rarest_label, task_of)
+from medclf.labelsets import (
+    MAX_LABELS,
+    NO_FINDING,
+    TASKS,
+    check_masks,
+    encode_multi_hot,
+    label_counts,
+    label_set_name,
+    label_texts,
+    multi_hot,
+    rarest_label,
+    task_of,
+)
 from medclf.tasks.base import ATTACK_ROW_KEYS, PROB_EPS, ChosenThresholds, Task, ThresholdRule, checked_threshold
 from medclf.tasks.multilabel import MultilabelTask
 from medclf.tasks.single import BinaryTask, MulticlassTask, SingleLabelTask

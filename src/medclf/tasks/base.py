@@ -39,7 +39,7 @@ class ThresholdRule:
     seed: int = 0
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "ThresholdRule":
+    def from_config(cls, cfg: Any) -> ThresholdRule:
         return cls(cfg.eval.threshold, cfg.eval.target_sensitivity, cfg.eval.threshold_min_class, cfg.train.seed)
 
 

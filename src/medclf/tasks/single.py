@@ -91,7 +91,8 @@ class SingleLabelTask(Task):
     # ------------------------------------------------------------------ metrics
     def metrics_entry(self, table: Any, split: str, n_boot: int = 1000, seed: int = 0, min_class: int = 10,
                       threshold_reason: str | None = None, notes: Sequence[str] = ()) -> dict[str, Any]:
-        """binary_metrics of the positive class at the threshold, plus `split`, `positive_index`, `n_boot`, `threshold_reason`, `warnings`; a K-class table (`prob_<class>` for
+        """binary_metrics of the positive class at the threshold, plus `split`, `positive_index`, `n_boot`,
+        `threshold_reason`, `warnings`; a K-class table (`prob_<class>` for
         K > 2) adds `multiclass` (per-class metrics, averages, accuracy, kappa, the K x K confusion)."""
         y, prob = labelled_arrays(table, self.positive_index)
         metrics = binary_metrics(y, prob, self.threshold, n_boot=n_boot, seed=seed)
@@ -149,7 +150,8 @@ class SingleLabelTask(Task):
 
     def create_loss(self, loss_cfg: Any, train_labels: np.ndarray) -> torch.nn.Module:
         counts = self.label_counts(train_labels)
-        return create_loss(loss_cfg.name, num_classes=self.k, class_counts=counts.tolist(), **self.loss_params(loss_cfg))
+        return create_loss(loss_cfg.name, num_classes=self.k, class_counts=counts.tolist(),
+                           **self.loss_params(loss_cfg))
 
     # ------------------------------------------------------------------ attack, serve
     def attack_rows(self, labels: np.ndarray, probs: dict[float, np.ndarray], n_boot: int,

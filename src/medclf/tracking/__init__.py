@@ -37,7 +37,7 @@ class Tracker:
     def __init__(self, backends: list[Backend]) -> None:
         self.backends = backends
 
-    def __enter__(self) -> "Tracker":
+    def __enter__(self) -> Tracker:
         return self
 
     def __exit__(self, kind, error, tb) -> None:

@@ -85,7 +85,7 @@ class MlflowBackend:
 
     @classmethod
     def open(cls, run_dir: Path, cfg: Config, kind: str, parent: tuple[str, str, str] | None,
-             resume: bool) -> "MlflowBackend":
+             resume: bool) -> MlflowBackend:
         mlflow = mlflow_module()
         uri = tracking_uri(cfg)
         client = mlflow.tracking.MlflowClient(tracking_uri=uri)
