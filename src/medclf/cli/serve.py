@@ -28,6 +28,8 @@ def register(app: typer.Typer) -> None:
                                              "whole request body; a slower or stalled upload gets HTTP 408."),
         max_mpx: float = typer.Option(24.0, "--max-mpx", help="Largest image accepted, in megapixels (2^20 "
                                       "pixels), checked from the file's header before decoding."),
+        engine: str = typer.Option("torch", "--engine", help="torch, onnx, or onnx-int8 (RUN/model.int8.onnx "
+                                   "from `export --int8`, at its own threshold)."),
     ) -> None:
         """A web page and JSON API over a run.
 
@@ -38,4 +40,4 @@ def register(app: typer.Typer) -> None:
         check_options(host, port, max_upload_mb, max_concurrent, upload_timeout, max_mpx)
         typer.echo(f"medclf serve: http://{host}:{port}/  (API: /api/predict, /api/model, /api/health)")
         serve(run, host=host, port=port, max_upload_mb=max_upload_mb, device=device, max_concurrent=max_concurrent,
-              upload_timeout_s=upload_timeout, max_mpx=max_mpx)
+              upload_timeout_s=upload_timeout, max_mpx=max_mpx, engine=engine)

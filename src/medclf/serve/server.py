@@ -15,7 +15,8 @@ log = logging.getLogger("medclf.serve")
 
 
 def check_options(host: str, port: int, max_upload_mb: float, max_concurrent: int = DEFAULT_MAX_CONCURRENT,
-                  upload_timeout_s: float = DEFAULT_UPLOAD_TIMEOUT_S, max_mpx: float = DEFAULT_MAX_MPX) -> None:
+                  upload_timeout_s: float = DEFAULT_UPLOAD_TIMEOUT_S, max_mpx: float = DEFAULT_MAX_MPX,
+          engine: str = "torch") -> None:
     """User errors in the serve options, as one-line `MedclfError`s."""
     if not 0 <= port <= 65535:
         raise MedclfError(f"--port {port}: must be between 0 and 65535")
@@ -41,14 +42,15 @@ def is_loopback(host: str) -> bool:
 def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
           max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_files: int = DEFAULT_MAX_FILES,
           device: str = "auto", log_level: str = "info", max_concurrent: int = DEFAULT_MAX_CONCURRENT,
-          upload_timeout_s: float = DEFAULT_UPLOAD_TIMEOUT_S, max_mpx: float = DEFAULT_MAX_MPX) -> None:
+          upload_timeout_s: float = DEFAULT_UPLOAD_TIMEOUT_S, max_mpx: float = DEFAULT_MAX_MPX,
+          engine: str = "torch") -> None:
     """Serve `run_dir` until interrupted. One worker process: the model is loaded once and requests share it
     (model work runs on the predictor's one model thread; decoding in the threadpool, `max_concurrent`
-    requests at a time)."""
+    requests at a time). `engine`: torch, onnx or onnx-int8 (the Predictor's backend)."""
     import uvicorn
 
     check_options(host, port, max_upload_mb, max_concurrent, upload_timeout_s, max_mpx)
-    predictor = ServeModel.load(run_dir, device, max_mpx=max_mpx)
+    predictor = ServeModel.load(run_dir, device, max_mpx=max_mpx, engine=engine)
     app = create_app(predictor, max_upload_mb=max_upload_mb, max_files=max_files, max_concurrent=max_concurrent,
                      upload_timeout_s=upload_timeout_s)
     if not is_loopback(host):
