@@ -67,9 +67,13 @@ def export_int8(run_dir: str | Path, calibrate: str | Path | None = None, split:
         calibration = calibration_batches(cache, dataset.indices)
         quantized = quantize_graph(fp32_path, Path(tmp) / "int8.onnx", calibration)
         fp32, int8 = (_with_backend(predictor, OnnxBackend(onnx_session(p))) for p in (fp32_path, quantized.path))
-        p32 = fp32.predict_dataset(dataset, progress=progress, desc=f"fp32 {split}").probs
-        p8 = int8.predict_dataset(dataset, progress=progress, desc=f"int8 {split}").probs
+        out32 = fp32.predict_dataset(dataset, progress=progress, desc=f"fp32 {split}")
+        out8 = int8.predict_dataset(dataset, progress=progress, desc=f"int8 {split}")
+        p32, p8 = out32.probs, out8.probs
         comparison = compare(predictor, dataset.labels, p32, p8, n_boot)
+        if predictor.has_ood:  # the detector's threshold was fitted on fp32 features: say how often int8 differs
+            flags = [predictor.ood(out)[1] for out in (out32, out8)]
+            comparison["ood_flags_changed_share"] = float(np.mean(flags[0] != flags[1]))
         comparison.update(split=split, cache=str(cache.path), n_calibration=min(len(dataset), CALIBRATION_IMAGES),
                           max_auc_drop=max_auc_drop, max_changed=max_changed, quantized_nodes=quantized.n_quantized,
                           kept_float=[f"{op} {name}" for op, name in quantized.kept_float])

@@ -32,6 +32,7 @@ INPUT_NAME = "images"  # the graph's input (medclf.runs.onnx.INPUT_NAME; that mo
 MODEL_SCOPE = "model"  # InferenceModule.model: the one attribute whose ops are quantised
 # ops that carry the arithmetic: when one of them keeps float inputs, ORT had no int8 kernel for it
 HEAVY_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "Attention")
+FLOAT_OUTPUT_OPS = ("Gemm",)  # a classifier head (Linear on pooled features): int8 weights, float32 logits
 SCOPE_KEY = "pkg.torch.onnx.name_scopes"  # torch.onnx (dynamo) records each node's module path here
 
 
@@ -85,11 +86,15 @@ def quantize_graph(fp32_path: str | Path, out: str | Path, calibration: Iterable
         with atomic_path(out) as tmp_out, _quiet_quantizer():
             try:
                 quantization.quantize_static(
-                    str(pre), str(tmp_out), _reader(calibration, quantization), quant_format=quantization.QuantFormat.QDQ,
+                    str(pre), str(tmp_out), _reader(calibration, quantization),
+                    quant_format=quantization.QuantFormat.QDQ,
                     per_channel=True, activation_type=quantization.QuantType.QUInt8,
                     weight_type=quantization.QuantType.QInt8, nodes_to_quantize=names,
                     calibrate_method=quantization.CalibrationMethod.MinMax,
-                    extra_options={"CalibMaxIntermediateOutputs": 8})  # bounded memory on a large split
+                    # the head's logits stay float32: an 8-bit grid on the logits would quantise the probabilities
+                    # themselves (bounded calibration memory on a large split)
+                    extra_options={"OpTypesToExcludeOutputQuantization": list(FLOAT_OUTPUT_OPS),
+                                   "CalibMaxIntermediateOutputs": 8})
             except MedclfError:
                 raise
             except Exception as err:  # ORT raises plain exceptions for graphs it cannot handle
