@@ -187,20 +187,24 @@ def test_int8_engine_needs_a_current_int8_file(png_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_multiclass_run_and_ensemble_each_member_quantised(tiny_multiclass_run, speed_run, ensemble_factory,
-                                                          tmp_path):
+def test_multiclass_run_gets_three_int8_probabilities(tiny_multiclass_run, tmp_path):
     from medclf.export_int8 import export_int8
 
-    multi = export_int8(shutil.copytree(tiny_multiclass_run, tmp_path / "multi"), n_boot=0)
+    multi = export_int8(shutil.copytree(tiny_multiclass_run, tmp_path / "multi"), n_boot=0, max_auc_drop=1,
+                        max_changed=1)
     assert multi.comparison["n"] == 18 and multi.comparison["int8"]["roc_auc"] is not None
     probs = open_run(tmp_path / "multi").predictor(engine="onnx-int8").predict_arrays(
         np.zeros((2, 32, 32), np.uint8)).probs
     assert probs.shape == (2, 3) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
-    single = export_int8(shutil.copytree(speed_run, tmp_path / "single"), n_boot=0, max_auc_drop=1,
-                         max_changed=1)
-    ens_dir = ensemble_factory(speed_run, tmp_path / "ens")
+
+
+@pytest.mark.slow
+def test_ensemble_each_member_quantised(png_run, ensemble_factory, tmp_path):
+    from medclf.export_int8 import export_int8
+
+    ens_dir = ensemble_factory(png_run[0], tmp_path / "ens")
     ens = export_int8(ens_dir, n_boot=0, max_auc_drop=1, max_changed=1)
-    assert ens.comparison["quantized_nodes"] == 2 * single.comparison["quantized_nodes"]
+    assert ens.comparison["quantized_nodes"] == 2 * comparison(png_run[0])["quantized_nodes"]
     pred = open_run(ens_dir).predictor(engine="onnx-int8").predict_arrays(np.zeros((3, 32, 32), np.uint8))
     assert pred.member_probs.shape == (2, 3, 2)
 
