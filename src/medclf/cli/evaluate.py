@@ -36,6 +36,8 @@ def register(app: typer.Typer) -> None:
             None, "--min-group", min=1,
             help="Groups with fewer positives or negatives than this are reported as too small "
                  "(default: the run's eval.threshold_min_class, 10)."),
+        engine: str = typer.Option("torch", "--engine", help="torch, onnx, or onnx-int8 (RUN/model.int8.onnx "
+                                   "from `export --int8`, at its own threshold)."),
     ) -> None:
         """Metrics with 95% intervals on a split, at the run's operating point.
 
@@ -50,7 +52,7 @@ def register(app: typer.Typer) -> None:
         columns = [c.strip() for c in by.split(",") if c.strip()] if by else []
         edges = {"age_bins": parse_numbers(age_bins, "--age-bins")} if age_bins else {}
         m = evaluate_run(run, data=data, split=split, n_boot=n_boot, mlflow_uri=mlflow, by=columns,
-                         min_group_class=min_group, **edges)
+                         min_group_class=min_group, engine=engine, **edges)
         typer.echo(format_metrics(m))
         if m.get("subgroups"):
             typer.echo(format_subgroups(m["subgroups"]))

@@ -23,7 +23,8 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass."),
         engine: str = typer.Option("torch", "--engine",
                                    help="torch (eager PyTorch) or onnx (ONNX Runtime; uses RUN/model.onnx when "
-                                        "current, else exports on the fly)."),
+                                        "current, else exports on the fly) or onnx-int8 (RUN/model.int8.onnx "
+                                        "from `export --int8`, at its own threshold)."),
     ) -> None:
         """Probabilities and decisions for DICOM/PNG/JPEG files.
 

@@ -33,6 +33,8 @@ def register(app: typer.Typer) -> None:
                                              "request line and headers; a slower one is closed (slow-loris)."),
         max_connections: int = typer.Option(256, "--max-connections", help="Open connections at most; beyond "
                                             "that the one waiting longest for its headers is closed."),
+        engine: str = typer.Option("torch", "--engine", help="torch, onnx, or onnx-int8 (RUN/model.int8.onnx "
+                                   "from `export --int8`, at its own threshold)."),
     ) -> None:
         """A web page and JSON API over a run.
 
@@ -44,5 +46,5 @@ def register(app: typer.Typer) -> None:
                       max_connections)
         serve(run, host=host, port=port, max_upload_mb=max_upload_mb, device=device, max_concurrent=max_concurrent,
               upload_timeout_s=upload_timeout, max_mpx=max_mpx, header_timeout_s=header_timeout,
-              max_connections=max_connections, on_loaded=lambda: typer.echo(
+              max_connections=max_connections, engine=engine, on_loaded=lambda: typer.echo(
                   f"medclf serve: http://{host}:{port}/  (API: /api/predict, /api/model, /api/health)"))

@@ -73,7 +73,7 @@ def evaluate_run(
     table = predictions_table(dataset, prediction, predictor, split)
     with atomic_path(run.dir.predictions(tag)) as tmp:
         table.to_csv(tmp, index=False)
-    c = run.contract
+    c = predictor.contract  # the engine's: onnx-int8 decides at the threshold chosen on its own probabilities
     fallback = threshold_warning(c.threshold_source, c.threshold_reason)
     common = dict(n_boot=n_boot, min_class=run.config.eval.threshold_min_class, threshold_reason=c.threshold_reason,
                   notes=[fallback] if fallback else [])

@@ -44,7 +44,8 @@ def predict_files(
     columns of `evaluate`'s predictions table (see `Predictor.columns`), and the reason a file was not read.
 
     `engine`: "torch" (eager PyTorch) or "onnx" (ONNX Runtime on RUN/model.onnx when it is current, else on the
-    run exported on the fly into a temp dir). An `out` that exists is replaced only with `force`.
+    run exported on the fly into a temp dir) or "onnx-int8" (RUN/model.int8.onnx from `export --int8`, deciding
+    at the threshold chosen on its own probabilities). An `out` that exists is replaced only with `force`.
     """
     if out is not None:
         check_output_file(out, force)

@@ -55,6 +55,8 @@ class RunDir:
     EXPLAIN_PER_IMAGE = "explain_scores_per_image.csv"
     CONTRASTIVE_HISTORY = "contrastive_history.csv"
     ONNX = "model.onnx"
+    ONNX_INT8 = "model.int8.onnx"  # `export --int8`: the same graph, model ops quantised (medclf.runs.quantize)
+    INT8 = "int8.json"  # the fp32 vs int8 comparison and the int8 engine's operating threshold(s)
     STUDY = "study.json"
     TENSORBOARD = "tensorboard"
     TRACKING = "tracking.json"
@@ -110,6 +112,14 @@ class RunDir:
     @property
     def onnx_path(self) -> Path:
         return self.path / self.ONNX
+
+    @property
+    def int8_path(self) -> Path:
+        return self.path / self.ONNX_INT8
+
+    @property
+    def int8_report_path(self) -> Path:
+        return self.path / self.INT8
 
     @property
     def tensorboard_dir(self) -> Path:

@@ -58,6 +58,35 @@ class OnnxBackend:
         return Prediction(out["probs"], out["member_probs"], out.get("ood"))
 
 
+class OnnxInt8Backend(OnnxBackend):
+    """`RUN/model.int8.onnx` (`medclf export RUN --format onnx --int8`) on ONNX Runtime; same call as the others.
+
+    Its `contract` is the run's with the operating threshold(s) chosen on the int8 probabilities (stored in the
+    file's `medclf.contract`), so every decision is made at a threshold chosen on the probabilities it meets."""
+
+    name = "onnx-int8"
+
+    def __init__(self, session) -> None:
+        super().__init__(session)
+        from medclf.contract import DataContract
+
+        self.contract = DataContract.from_dict(json.loads(onnx_metadata(session)["medclf.contract"]))
+
+    @classmethod
+    def for_run(cls, run, module: InferenceModule | None = None, threads: int | None = None,
+                device: str = "cpu") -> OnnxInt8Backend:
+        """The run's int8 file; a missing one, or one exported from other checkpoints or settings, is an error
+        (quantising needs calibration images and an accuracy check, so it never happens on the fly)."""
+        path = run.dir.int8_path
+        how = f"run `medclf export {run.dir.path} --format onnx --int8`"
+        if not path.is_file():
+            raise MedclfError(f"{path}: no int8 model in this run; {how}")
+        session = onnx_session(path, threads=threads, device=device)
+        if onnx_metadata(session).get("medclf.source") != source_fingerprint(run):
+            raise MedclfError(f"{path}: exported from other checkpoints or settings than the run has now; {how}")
+        return cls(session)
+
+
 def export_onnx(module: InferenceModule, image_size: int, path: str | Path, metadata: dict[str, str] | None = None,
                 opset: int | None = None) -> Path:
     """The module as ONNX with a dynamic batch axis, written atomically (torch.export-based exporter)."""

@@ -31,7 +31,7 @@ from medclf.models.ensemble import is_ensemble
 from medclf.runs.graph import InferenceModule
 from medclf.tasks import Task, make_task, task_for
 
-ENGINES = ("torch", "onnx")
+ENGINES = ("torch", "onnx", "onnx-int8")
 
 
 @dataclass
@@ -86,7 +86,8 @@ class Predictor:
     @classmethod
     def from_run(cls, run, engine: str = "torch", tta_flip: bool | None = None, device: str | None = None,
                  threads: int | None = None) -> Predictor:
-        """The Predictor of an opened run (`medclf.runs.open_run`); `engine` "torch" or "onnx"."""
+        """The Predictor of an opened run (`medclf.runs.open_run`); `engine` "torch", "onnx" or "onnx-int8" (the
+        run's int8 file, whose contract carries the threshold(s) chosen on its own probabilities)."""
         if engine not in ENGINES:
             raise MedclfError(f"--engine: unknown '{engine}' (valid: {', '.join(ENGINES)})")
         tta = run.config.eval.tta_flip if tta_flip is None else bool(tta_flip)
@@ -98,6 +99,11 @@ class Predictor:
             from medclf.runs.onnx import OnnxBackend
 
             predictor.backend = OnnxBackend.for_run(run, predictor.module, threads=threads, device=dev.type)
+        elif engine == "onnx-int8":
+            from medclf.runs.onnx import OnnxInt8Backend
+
+            predictor.backend = OnnxInt8Backend.for_run(run, threads=threads)  # int8 kernels: CPU only
+            predictor.contract = predictor.backend.contract
         return predictor
 
     # ------------------------------------------------------------------ what it predicts with

@@ -55,24 +55,26 @@ class Decoded:
 class ServeModel:
     """One loaded run (single model or ensemble) shared by all requests; its Predictor gives the numbers."""
 
-    def __init__(self, run: Run, device: torch.device, max_mpx: float = DEFAULT_MAX_MPX) -> None:
+    def __init__(self, run: Run, device: torch.device, max_mpx: float = DEFAULT_MAX_MPX, engine: str = "torch") -> None:
         self.run = run
         self.device = device
         self.max_mpx = max_mpx
         self.max_pixels = int(max_mpx * 2**20)
-        self.predictor = run.predictor()
+        self.predictor = run.predictor(engine=engine)
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medclf-model")
 
     @classmethod
-    def load(cls, run_dir: str | Path, device: str = "auto", max_mpx: float = DEFAULT_MAX_MPX) -> ServeModel:
+    def load(cls, run_dir: str | Path, device: str = "auto", max_mpx: float = DEFAULT_MAX_MPX,
+             engine: str = "torch") -> ServeModel:
         """Open `run_dir` with `medclf.runs.open_run` (checkpoints are read with `weights_only=True`); images
-        of more than `max_mpx` megapixels (2**20 pixels) are refused before decoding."""
+        of more than `max_mpx` megapixels (2**20 pixels) are refused before decoding. `engine`: the
+        Predictor's (torch, onnx, onnx-int8)."""
         dev = pick_device(device)
-        return cls(open_run(run_dir, dev), dev, max_mpx)
+        return cls(open_run(run_dir, dev), dev, max_mpx, engine)
 
     def info(self) -> dict[str, Any]:
         """What `/api/model` shows: the model's contract and counts of its training data (no patient data)."""
-        c = self.run.contract
+        c = self.predictor.contract  # the engine's threshold (onnx-int8 has its own)
         members = members_of(self.run.model)
         return {
             "name": self.run.name,
@@ -85,6 +87,7 @@ class ServeModel:
             "input_size": c.input_size,
             "image_size": self.run.image_size,
             "threshold": c.threshold,
+            "engine": self.predictor.engine,
             # why the threshold is what it is, and why the figures behind it may mean nothing (None / [] for
             # runs trained before medclf recorded them); the page shows the warnings beside the model
             "threshold_source": c.threshold_source,
@@ -141,7 +144,7 @@ class ServeModel:
 
     def _result(self, d: Decoded, probs: np.ndarray, columns: dict, cam: np.ndarray | None, cam_reason: str | None,
                 ood: dict | None, ood_reason: str | None, image: bool) -> dict[str, Any]:
-        c = self.run.contract
+        c = self.predictor.contract  # the engine's threshold (onnx-int8 has its own)
         # the bar: the positive class (multilabel: the likeliest label, with `called` and `thresholds`)
         fields = self.predictor.task.serve_fields(probs, columns)
         return {

@@ -54,17 +54,18 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
           device: str = "auto", log_level: str = "info", max_concurrent: int = DEFAULT_MAX_CONCURRENT,
           upload_timeout_s: float = DEFAULT_UPLOAD_TIMEOUT_S, max_mpx: float = DEFAULT_MAX_MPX,
           header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S, max_connections: int = DEFAULT_MAX_CONNECTIONS,
-          on_loaded: Callable[[], None] | None = None) -> None:
+          engine: str = "torch", on_loaded: Callable[[], None] | None = None) -> None:
     """Serve `run_dir` until interrupted. One worker process: the model is loaded once and requests share it
     (model work runs on the predictor's one model thread; decoding in the threadpool, `max_concurrent`
     requests at a time). A connection must finish its request headers within `header_timeout_s`, and at most
-    `max_connections` are open (`medclf.serve.connections`). `on_loaded` runs once the run is loaded (the CLI's
-    banner: never before a bad RUN's error)."""
+    `max_connections` are open (`medclf.serve.connections`). `engine`: torch, onnx or onnx-int8 (the
+    Predictor's backend). `on_loaded` runs once the run is loaded (the CLI's banner: never before a bad RUN's
+    error)."""
     import uvicorn
 
     check_options(host, port, max_upload_mb, max_concurrent, upload_timeout_s, max_mpx, header_timeout_s,
                   max_connections)
-    predictor = ServeModel.load(run_dir, device, max_mpx=max_mpx)
+    predictor = ServeModel.load(run_dir, device, max_mpx=max_mpx, engine=engine)
     if on_loaded is not None:
         on_loaded()
     app = create_app(predictor, max_upload_mb=max_upload_mb, max_files=max_files, max_concurrent=max_concurrent,

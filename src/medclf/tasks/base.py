@@ -206,6 +206,11 @@ class Task:
         """An ensemble member's validation ROC AUC (None when undefined)."""
         raise NotImplementedError
 
+    def auc_with_ci(self, labels: np.ndarray, probs: np.ndarray, n_boot: int = 1000) -> dict[str, Any]:
+        """`{roc_auc, ci}`: metrics.json's headline ROC AUC (the positive class against the rest; a multilabel
+        run's macro AUC) with its bootstrap 95% interval."""
+        raise NotImplementedError
+
     def headline(self, metrics: dict[str, Any]) -> dict[str, Any]:
         """A metrics file's headline figures (`roc_auc`, `recall`, ... and `ci`) for tables and reports."""
         return metrics

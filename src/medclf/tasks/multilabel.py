@@ -143,6 +143,10 @@ class MultilabelTask(Task):
     def validation_auc(self, labels: np.ndarray, probs: np.ndarray) -> float | None:
         return macro_roc_auc(self.truth(labels), probs, skip_undefined=True)
 
+    def auc_with_ci(self, labels: np.ndarray, probs: np.ndarray, n_boot: int = 1000) -> dict[str, Any]:
+        m = multilabel_metrics(labels, probs, self.label_names, list(self.operating_thresholds()), n_boot=n_boot)
+        return {"roc_auc": m["macro"]["roc_auc"], "ci": m["ci"]["macro_roc_auc"]}
+
     def headline(self, metrics: dict[str, Any]) -> dict[str, Any]:
         """The macro averages over findings (each at its own threshold: no single threshold or positive count)."""
         return {**metrics, **(metrics.get("macro") or {}), "n_pos": None, "threshold": None,

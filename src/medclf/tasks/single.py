@@ -135,6 +135,10 @@ class SingleLabelTask(Task):
         y = self.truth(labels)[:, 0]
         return float(roc_auc_score(y, probs[:, self.positive_index])) if 0 < y.sum() < len(y) else None
 
+    def auc_with_ci(self, labels: np.ndarray, probs: np.ndarray, n_boot: int = 1000) -> dict[str, Any]:
+        m = binary_metrics(self.truth(labels)[:, 0], probs[:, self.positive_index], self.threshold, n_boot=n_boot)
+        return {"roc_auc": m["roc_auc"], "ci": m["ci"]["roc_auc"]}
+
     # ------------------------------------------------------------------ training options and losses
     def check_options(self, cfg: Any, where: Any) -> None:
         if cfg.loss.pos_weight:
