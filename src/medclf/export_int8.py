@@ -56,6 +56,7 @@ def export_int8(run_dir: str | Path, calibrate: str | Path | None = None, split:
     from medclf.runs import open_run_and_cache
     from medclf.runs.onnx import OnnxBackend, export_metadata, export_onnx, onnx_session
     from medclf.runs.quantize import quantize_graph
+    from medclf.tasks import task_for
 
     start = time.perf_counter()
     run, cache = open_run_and_cache(run_dir, calibrate, "cpu")
