@@ -205,7 +205,10 @@ def test_two_cli_trains_into_one_out(tiny_cache, tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_says_how_to_resume_exit_130(tiny_cache, tmp_path):
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_ctrl_c_and_sigterm_say_how_to_resume(tiny_cache, tmp_path, sig, code, word):
+    """Ctrl-C, and a scheduler's or container's SIGTERM alike, end training with one line saying how to resume,
+    the lock released, exit 128 + the signal (issue 22, item 4)."""
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "medclf", "train", "--data", str(tiny_cache), "--out", str(run),
@@ -214,11 +217,11 @@ def test_ctrl_c_says_how_to_resume_exit_130(tiny_cache, tmp_path):
     deadline = time.time() + 120
     while not (run / "history.csv").exists() and time.time() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     last = err.strip().splitlines()[-1]
-    assert last.startswith(f"interrupted: {run / 'last.pt'} holds epoch ") and last.endswith(
+    assert last.startswith(f"{word}: {run / 'last.pt'} holds epoch ") and last.endswith(
         " of 200; add --resume to the same command to continue"), err
     assert "Traceback" not in err and not (run / LOCK).exists()
 
@@ -281,27 +284,6 @@ def test_resume_with_a_broken_last_pt_is_one_line(run2, tiny_cache, tmp_path, da
     assert str(err.value).startswith(expected) and "\n" not in str(err.value)
     r = _cli("train", "--data", str(tiny_cache), "--out", str(run), "--resume", *TINY, "train.epochs=2")
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [f"error: {err.value}"]
-
-
-@pytest.mark.slow
-def test_sigterm_says_how_to_resume_exit_143(tiny_cache, tmp_path):
-    """A scheduler's or container's SIGTERM ends training like Ctrl-C: one line saying how to resume, the lock
-    released, exit 143 (128 + 15) (issue 22, item 4)."""
-    run = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "medclf", "train", "--data", str(tiny_cache), "--out", str(run),
-                             *TINY, "train.epochs=200"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=env)
-    deadline = time.time() + 120
-    while not (run / "history.csv").exists() and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err
-    last = err.strip().splitlines()[-1]
-    assert last.startswith(f"terminated: {run / 'last.pt'} holds epoch ") and last.endswith(
-        " of 200; add --resume to the same command to continue"), err
-    assert "Traceback" not in err and not (run / LOCK).exists()
 
 
 @pytest.mark.slow
