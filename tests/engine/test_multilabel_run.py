@@ -203,3 +203,32 @@ def test_a_trained_multilabel_ensemble_chooses_a_threshold_per_finding(multilabe
     metrics = evaluate_run(out, split="test", n_boot=0, device="cpu", progress=False)
     table = pd.read_csv(out / "predictions_test.csv")
     assert "std" in table and (table["std"] >= 0).all() and metrics["thresholds"] == spec["thresholds"]
+
+
+def test_int8_export_chooses_a_threshold_per_label_on_its_own_probabilities(multilabel_run, tmp_path):
+    """Issue 23 on a multilabel run: the int8 file keeps K sigmoid probabilities, its comparison reads the macro
+    AUC, and each label's threshold is chosen on the int8 validation probabilities, between two of them. (60
+    validation images = 8 calibration batches: ORT 1.32 with CalibMaxIntermediateOutputs=8 failed on exactly this.)"""
+    import shutil
+
+    from medclf.data.dataset import CacheDataset
+    from medclf.evaluation.thresholds import between_scores, choose_threshold
+    from medclf.export_int8 import export_int8
+
+    cache, run, _ = multilabel_run
+    copy = shutil.copytree(run, tmp_path / "run")
+    result = export_int8(copy, n_boot=0, max_auc_drop=1, max_changed=1)
+    assert result.comparison["n"] == 60 and result.comparison["int8"]["roc_auc"] > 0.9
+    int8 = open_run(copy).predictor(engine="onnx-int8")
+    val = CacheDataset(Cache.open(cache), split="val")
+    probs = int8.predict_dataset(val).probs
+    assert probs.shape == (len(val), 3) and not np.allclose(probs.sum(axis=1), 1.0)  # sigmoids, not a softmax
+    fp32 = open_run(copy).predictor().predict_dataset(val).probs
+    assert len(val) == 60 and np.abs(probs - fp32).max() <= result.comparison["max_abs_diff"] + 1e-6
+    y = multi_hot(val.labels, 3)
+    thresholds = int8.contract.thresholds
+    assert len(thresholds) == 3 and not np.isin(np.asarray(thresholds, dtype=np.float32), probs).any()
+    for k in range(3):
+        if int8.contract.threshold_source == "data":
+            chosen = choose_threshold(y[:, k], probs[:, k], method=open_run(copy).config.eval.threshold)
+            assert thresholds[k] == pytest.approx(between_scores(probs[:, k], chosen))

@@ -92,9 +92,11 @@ def quantize_graph(fp32_path: str | Path, out: str | Path, calibration: Iterable
                     weight_type=quantization.QuantType.QInt8, nodes_to_quantize=names,
                     calibrate_method=quantization.CalibrationMethod.MinMax,
                     # the head's logits stay float32: an 8-bit grid on the logits would quantise the probabilities
-                    # themselves (bounded calibration memory on a large split)
-                    extra_options={"OpTypesToExcludeOutputQuantization": list(FLOAT_OUTPUT_OPS),
-                                   "CalibMaxIntermediateOutputs": 8})
+                    # themselves. No CalibMaxIntermediateOutputs: MinMax keeps only each tensor's min/max per
+                    # batch (small), and ORT 1.32's MinMaxCalibrater *drops* every full group of that many
+                    # batches without merging their ranges (ranges came from the last n mod 8 batches alone,
+                    # and a multiple of 8 batches failed with "No data is collected").
+                    extra_options={"OpTypesToExcludeOutputQuantization": list(FLOAT_OUTPUT_OPS)})
             except MedclfError:
                 raise
             except Exception as err:  # ORT raises plain exceptions for graphs it cannot handle
