@@ -142,16 +142,6 @@ def write_evaluation(pred_df: Any, threshold: float, run_dir: str | Path | RunDi
                                  threshold_reason=threshold_reason, notes=notes)
 
 
-def write_multilabel_evaluation(pred_df: pd.DataFrame, label_names: Sequence[str], thresholds: Sequence[float],
-                                run_dir: str | Path | RunDir, tag: str, n_boot: int = 1000, seed: int = 0,
-                                min_class: int = MIN_CLASS, threshold_reason: str | None = None,
-                                notes: Sequence[str] = ()) -> dict[str, Any]:
-    """`write_task_evaluation` for a multilabel table, each label at its threshold."""
-    task = make_task("multilabel", label_names, thresholds=thresholds)
-    return write_task_evaluation(pred_df, task, run_dir, tag, n_boot=n_boot, seed=seed, min_class=min_class,
-                                 threshold_reason=threshold_reason, notes=notes)
-
-
 def write_task_evaluation(pred_df: Any, task: Task, run_dir: str | Path | RunDir, tag: str, n_boot: int = 1000,
                           seed: int = 0, min_class: int = MIN_CLASS, threshold_reason: str | None = None,
                           notes: Sequence[str] = ()) -> dict[str, Any]:

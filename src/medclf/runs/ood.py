@@ -66,7 +66,7 @@ def model_outputs(predictor: Predictor, batches: Iterable[torch.Tensor]) -> Outp
     penultimate features of the unflipped image (as the graph's Mahalanobis score reads them). An ensemble has
     neither logits nor one feature space of its own."""
     module = predictor.module.eval()
-    single = predictor.n_members == 1
+    single = not predictor.is_ensemble
     probs, logits, feats = [], [], []
     for images in batches:
         images = torch.as_tensor(images)

@@ -189,7 +189,7 @@ class Predictor:
     # ------------------------------------------------------------------ reading a Prediction
     def column_names(self) -> list[str]:
         task = self.task
-        names = task.lead_column_names() + (["std"] if self.n_members > 1 else []) + task.class_column_names()
+        names = task.lead_column_names() + (["std"] if self.is_ensemble else []) + task.class_column_names()
         return names + (["ood", "ood_score"] if self.has_ood else [])
 
     def columns(self, p: Prediction) -> pd.DataFrame:
@@ -201,7 +201,7 @@ class Predictor:
         """
         task = self.task
         out = task.lead_columns(p.probs)
-        if self.n_members > 1:
+        if self.is_ensemble:
             out["std"] = task.spread(p.member_probs)
         out.update(task.class_columns(p.probs))
         if self.has_ood:
