@@ -9,6 +9,7 @@ mixes evaluations made before and after the weights changed (a resume, a retrain
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import shlex
 from dataclasses import dataclass
@@ -91,8 +92,16 @@ def weights_fingerprint(run_dir: str | Path) -> str | None:
         return None
     if not all(f.is_file() for f in files):
         return None
+    return _content_hash(tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files))
+
+
+@functools.lru_cache(maxsize=16)
+def _content_hash(stamped_files: tuple[tuple[str, int, int], ...]) -> str:
+    """sha256 of the files' bytes. Keyed by (path, mtime, size) as well, so one process (a report asks in two
+    sections; demo evaluates then reports) reads an unchanged ensemble's weights once, and a rewritten file is
+    hashed again."""
     digest = hashlib.sha256()
-    for path in files:
+    for path, _, _ in stamped_files:
         with open(path, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
