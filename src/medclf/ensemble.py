@@ -211,6 +211,7 @@ def finalize_ensemble(out_dir: Path, cache: Cache, cfg: Config, mode: str, combi
     """Score the members on the cache's val split, set the weights, choose the ensemble's threshold on the
     combined probabilities (through the Predictor, with the run's test-time augmentation), and write
     ensemble.json (whose presence makes OUT an ensemble run)."""
+    from medclf.engine.calibrate import fit_contract_band, fit_contract_temperature
     from medclf.engine.train import checked_threshold, set_label_thresholds  # the members' rule, so both say why alike
 
     device = pick_device(cfg.train.device)
@@ -231,6 +232,8 @@ def finalize_ensemble(out_dir: Path, cache: Cache, cfg: Config, mode: str, combi
     if combine == "weighted" and None not in aucs:
         weights = [a / sum(aucs) for a in aucs]
         combined = np.tensordot(np.asarray(weights, dtype=np.float32), member_p, axes=1)
+    # the ensemble's own temperature on its combined probabilities (the members' own are not used inside it)
+    combined = fit_contract_temperature(contract, combined, val.labels, cfg.eval.calibrate)
     if contract.multilabel:  # one threshold per label, by the members' rule
         set_label_thresholds(contract, y, combined, cfg)
         chosen = OperatingThreshold(0.5, contract.threshold_source, contract.threshold_reason)
@@ -247,6 +250,8 @@ def finalize_ensemble(out_dir: Path, cache: Cache, cfg: Config, mode: str, combi
             "cache_hash": cache.meta.get("content_hash")}
     if contract.multilabel:
         spec["thresholds"] = contract.thresholds
+    fit_contract_band(contract, combined, val.labels, cfg.eval.conformal_alpha, cfg.eval.conformal_score, "val")
+    spec.update(temperature=contract.temperature, conformal=contract.conformal)
     for warning in warnings:
         print(f"warning: {out_dir}: {warning}", file=sys.stderr)
     write_json(rd.ensemble_path, spec)

@@ -12,6 +12,7 @@ from medclf.config import Config
 from medclf.data.cache import Cache
 from medclf.data.dataset import CacheDataset
 from medclf.device import pick_device
+from medclf.engine.deploy_eval import deploy_evaluation
 from medclf.errors import DataError
 from medclf.evaluation.caveats import MIN_CLASS, metric_warnings, threshold_warning
 from medclf.evaluation.metrics import CI_KEYS, binary_metrics
@@ -75,6 +76,8 @@ def evaluate_run(
     else:
         metrics = write_evaluation(table, c.threshold, run.dir, tag, positive_index=c.positive_index,
                                    label_names=c.label_names, **common)
+    metrics.update(deploy_evaluation(table, c, run.dir, tag, n_boot=n_boot))  # calibration, decision curve, band
+    save_metrics(run.dir, tag, metrics)
     subgroups = None
     if by:
         rows = cache.manifest.iloc[dataset.indices]

@@ -21,6 +21,7 @@ from medclf.device import autocast, epoch_seed, seed_everything
 from medclf.engine.distributed import (DistContext, all_reduce_sum, broadcast_buffers, init_distributed,
                                       run_on_main)
 from medclf.engine.inference import predict_sharded
+from medclf.engine.calibrate import fit_contract_band, fit_contract_temperature
 from medclf.engine.setup import TrainingSetup, build_setup
 from medclf.engine.state import EarlyStopper, check_resume, restore_state, save_epoch, write_history
 from medclf.errors import MedclfError
@@ -222,15 +223,12 @@ def finalize_run(s: TrainingSetup, progress: bool = False) -> None:
     run = open_checkpoint(RunDir(s.out_dir).best, s.device)
     # the run's test-time flip, so the threshold fits the probabilities it will be compared with
     predictor = Predictor(run.model, run.contract, tta_flip=s.cfg.eval.tta_flip, device=s.device, detectors=[])
-    probs = predictor.predict_dataset(s.val_set, batch_size=s.cfg.eval.batch_size).probs
-    contract = run.contract
-    if contract.multilabel:
-        set_label_thresholds(contract, multi_hot(s.val_set.labels, contract.num_classes), probs, s.cfg)
-    else:
-        y = (s.val_set.labels == contract.positive_index).astype(int)
-        chosen, contract.threshold_warnings = checked_threshold(y, probs[:, contract.positive_index], s.cfg)
-        contract.threshold, contract.threshold_source, contract.threshold_reason = chosen.value, chosen.source, \
-            chosen.reason
+    raw = predictor.predict_dataset(s.val_set, batch_size=s.cfg.eval.batch_size).probs
+    contract, labels = run.contract, s.val_set.labels
+    # temperature first, then threshold(s) and refer band on the probabilities the run will hand out
+    probs = fit_contract_temperature(contract, raw, labels, s.cfg.eval.calibrate)
+    set_operating_thresholds(contract, probs, labels, s.cfg)
+    fit_contract_band(contract, probs, labels, s.cfg.eval.conformal_alpha, s.cfg.eval.conformal_score, "val")
     for warning in contract.threshold_warnings:  # printed by rank 0 alone, once, whatever `progress` says
         print(f"warning: {s.out_dir}: {warning}", file=sys.stderr)
     contract.ood = _fit_ood(s, predictor, progress)
@@ -238,22 +236,37 @@ def finalize_run(s: TrainingSetup, progress: bool = False) -> None:
     save_checkpoint(run.dir.best, run.model, contract, payload["config"], payload.get("extra"))
 
 
-def checked_threshold(y: np.ndarray, prob: np.ndarray, cfg: Config) -> tuple[OperatingThreshold, list[str]]:
+def set_operating_thresholds(contract: DataContract, probs: np.ndarray, labels: np.ndarray, cfg: Config,
+                             split: str = "validation") -> None:
+    """The run's operating threshold(s) by its rule (`eval.threshold`) on labelled probabilities, into `contract`
+    (threshold, source, reason, warnings); one per label for multilabel."""
+    if contract.multilabel:
+        set_label_thresholds(contract, multi_hot(labels, contract.num_classes), probs, cfg, split)
+    else:
+        y = (labels == contract.positive_index).astype(int)
+        chosen, contract.threshold_warnings = checked_threshold(y, probs[:, contract.positive_index], cfg, split)
+        contract.threshold, contract.threshold_source, contract.threshold_reason = chosen.value, chosen.source, \
+            chosen.reason
+
+
+def checked_threshold(y: np.ndarray, prob: np.ndarray, cfg: Config,
+                      split: str = "validation") -> tuple[OperatingThreshold, list[str]]:
     """The operating threshold by the safe rule (`operating_threshold`: fitted only on enough positives and
     negatives), and the reasons it, or the validation figures behind it, may mean nothing."""
     chosen = operating_threshold(y, prob, method=cfg.eval.threshold, target=cfg.eval.target_sensitivity,
-                                 min_class=cfg.eval.threshold_min_class)
+                                 min_class=cfg.eval.threshold_min_class, split=split)
     # a few hundred resamples show whether an interval collapses; the full count is evaluate's job
     val_metrics = binary_metrics(y, prob, chosen.value, n_boot=200, seed=cfg.train.seed)
     fallback = threshold_warning(chosen.source, chosen.reason)
-    warnings = [f"validation: {w}" for w in metric_warnings(val_metrics, cfg.eval.threshold_min_class)]
+    warnings = [f"{split}: {w}" for w in metric_warnings(val_metrics, cfg.eval.threshold_min_class)]
     return chosen, ([fallback] if fallback else []) + warnings
 
 
-def set_label_thresholds(contract: DataContract, y: np.ndarray, probs: np.ndarray, cfg: Config) -> None:
+def set_label_thresholds(contract: DataContract, y: np.ndarray, probs: np.ndarray, cfg: Config,
+                         split: str = "validation") -> None:
     """A multilabel run's operating thresholds, one per label, each by the safe rule on that label's validation
     column (`checked_threshold`); the contract's source is "validation" only when every label's was fitted."""
-    chosen, warnings = zip(*(checked_threshold(y[:, k], probs[:, k], cfg) for k in range(y.shape[1])))
+    chosen, warnings = zip(*(checked_threshold(y[:, k], probs[:, k], cfg, split) for k in range(y.shape[1])))
     names = contract.label_names
     contract.thresholds = [c.value for c in chosen]
     fitted = all(c.source == SOURCE_DATA for c in chosen)

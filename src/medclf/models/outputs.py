@@ -23,3 +23,11 @@ def logits_of(probs: torch.Tensor, task: str | None) -> torch.Tensor:
     if task == "multilabel":
         return torch.logit(probs.clamp(_TINY, 1.0 - 1e-7))
     return torch.log(probs.clamp_min(_TINY))
+
+
+def tempered(probs: torch.Tensor, temperature: torch.Tensor, task: str | None) -> torch.Tensor:
+    """`... x K` probabilities as they would be with their logits divided by `temperature` (one value, or one per
+    label for multilabel), over the last axis (medclf.evaluation.temperature holds the fit and the same formula
+    in NumPy)."""
+    z = logits_of(probs.float(), task) / temperature
+    return torch.sigmoid(z) if task == "multilabel" else torch.softmax(z, dim=-1)

@@ -18,7 +18,7 @@ from torch import nn
 from medclf.contract import DataContract
 from medclf.data.transforms import make_transform
 from medclf.evaluation.ood import detector_arrays
-from medclf.models.outputs import logits_of, probabilities
+from medclf.models.outputs import logits_of, probabilities, tempered
 
 
 class InferenceModule(nn.Module):
@@ -33,6 +33,9 @@ class InferenceModule(nn.Module):
         self.tta_flip = bool(tta_flip)
         self.mahalanobis = nn.ModuleList(
             [MahalanobisScore(d) for d in detectors] if detectors and _all_mahalanobis(detectors) else [])
+        # temperature scaling (contract.temperature), applied last so ONNX, serve and predict share it
+        self.has_temperature = contract.temperature is not None
+        self.register_buffer("temperature", torch.tensor(contract.temperature or [1.0], dtype=torch.float32))
 
     @property
     def members(self) -> list[nn.Module]:
@@ -52,6 +55,8 @@ class InferenceModule(nn.Module):
         per_view = [self._member_probs(v) for v in views]
         member_probs = torch.stack(per_view).mean(dim=0)
         probs = torch.stack([self._combine(p) for p in per_view]).mean(dim=0)
+        if self.has_temperature:
+            probs, member_probs = self._temper(probs), self._temper(member_probs)
         if not self.has_ood:
             return probs, member_probs
         return probs, member_probs, self.ood_scores(x)
@@ -68,6 +73,9 @@ class InferenceModule(nn.Module):
         """Each member's pooled penultimate features `B x D_i` for uint8 images (for fitting detectors)."""
         x = self.transform(images)
         return [self._embed(i, x) for i in range(len(self.members))]
+
+    def _temper(self, probs: torch.Tensor) -> torch.Tensor:
+        return tempered(probs, self.temperature.to(probs.device), self.contract.task)
 
     def _member_probs(self, x: torch.Tensor) -> torch.Tensor:
         if hasattr(self.model, "member_probs"):
