@@ -82,12 +82,28 @@ def format_multilabel(m: dict) -> str:
 
 def format_metrics(m: dict) -> str:
     if m.get("task") == "multilabel":
-        return format_multilabel(m)
+        return "\n".join([format_multilabel(m), *deploy_lines(m)])
     lines = [f"n={m['n']} positives={m['n_pos']} threshold={m['threshold']:.4f}",
              f"TP={m['tp']} FP={m['fp']} FN={m['fn']} TN={m['tn']}"]
     for key in ("roc_auc", "pr_auc", "recall", "precision", "specificity", "accuracy", "f1"):
         lines.append(f"{key:12s} {_value_ci(m.get(key), (m.get('ci') or {}).get(key))}")
-    return "\n".join(lines)
+    return "\n".join(lines + deploy_lines(m))
+
+
+def deploy_lines(m: dict) -> list[str]:
+    """ECE and Brier score with intervals per curve, and the refer band's coverage (issue 21)."""
+    lines = []
+    for name, c in ((m.get("calibration") or {}).get("per_label") or {}).items():
+        lines.append(f"calibration {name}: ECE {_value_ci(c['ece'], c['ci']['ece'])}  "
+                     f"Brier {_value_ci(c['brier'], c['ci']['brier'])}")
+    band = m.get("conformal")
+    if band:
+        acc = band["accuracy_not_referred"]
+        lines.append(f"refer band (alpha {band['alpha']:g}): coverage "
+                     f"{_value_ci(band['coverage'], band['coverage_ci'])} (target {band['target_coverage']:.2f}), "
+                     f"mean set size {band['mean_set_size']:.3f}, referred {band['referred']:.1%}, accuracy not "
+                     f"referred {'n/a' if acc is None else f'{acc:.4f}'}")
+    return lines
 
 
 def parse_numbers(text: str, option: str) -> list[float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,6 +24,7 @@ from medclf.evaluation.subgroups import (DEFAULT_AGE_BINS, TEST_NAME, UNKNOWN, c
 from medclf.io import atomic_path, write_json
 from medclf.runs import Prediction, Predictor, RunDir, open_run_and_cache
 from medclf.runs.layout import PLOT_KINDS
+from medclf.runs.recalibration import exclude_fitted
 from medclf.tasks import label_set_name, multi_hot
 from medclf.tracking import open_run_tracker
 
@@ -60,7 +62,9 @@ def evaluate_run(
         raise DataError(f"--by: subgroups are reported for single-label runs; {run.dir.path} is multilabel")
     by = check_subgroup_columns(cache, by)
     age_bins = check_age_bins(age_bins)
-    dataset = split_dataset(cache, split)
+    dataset, left_out = exclude_fitted(run.dir, cache, split_dataset(cache, split))  # a recalibrated run's sample
+    if left_out:
+        print(f"note: {left_out}", file=sys.stderr)
     tag = run.dir.evaluation_tag(split, cache.path, cache.meta.get("content_hash"))
     predictor = run.predictor(engine=engine)
     prediction = predictor.predict_dataset(dataset, progress=progress, desc=f"evaluate {split}")
@@ -70,7 +74,7 @@ def evaluate_run(
     c = run.contract
     fallback = threshold_warning(c.threshold_source, c.threshold_reason)
     common = dict(n_boot=n_boot, min_class=run.config.eval.threshold_min_class, threshold_reason=c.threshold_reason,
-                  notes=[fallback] if fallback else [])
+                  notes=[n for n in (fallback, left_out) if n])
     if c.multilabel:
         metrics = write_multilabel_evaluation(table, c.label_names, c.label_thresholds(), run.dir, tag, **common)
     else:

@@ -28,6 +28,7 @@ from medclf.contract import DataContract
 from medclf.device import autocast, pick_device
 from medclf.errors import MedclfError
 from medclf.runs.graph import InferenceModule
+from medclf.runs.refer import REFER_COLUMNS, refer_columns
 from medclf.tasks import encode_multi_hot, label_set_name
 
 ENGINES = ("torch", "onnx")
@@ -183,6 +184,8 @@ class Predictor:
             names += [f"prob_{n}" for n in c.label_names]
         if self.has_ood:
             names += ["ood", "ood_score"]
+        if c.conformal:  # the refer band (medclf.runs.refer)
+            names += REFER_COLUMNS
         return names
 
     def columns(self, p: Prediction) -> pd.DataFrame:
@@ -208,6 +211,8 @@ class Predictor:
         if self.has_ood:
             score, flag = self.ood(p)
             out.update(ood=flag, ood_score=score)
+        if c.conformal:
+            out.update(refer_columns(p.probs, c))
         return pd.DataFrame(out)[self.column_names()]
 
     def decisions(self, probs: np.ndarray) -> list[str]:
