@@ -233,7 +233,8 @@ def finalize_ensemble(out_dir: Path, cache: Cache, cfg: Config, mode: str, combi
         weights = [a / sum(aucs) for a in aucs]
         combined = np.tensordot(np.asarray(weights, dtype=np.float32), member_p, axes=1)
     # the ensemble's own temperature on its combined probabilities (the members' own are not used inside it)
-    combined = fit_contract_temperature(contract, combined, val.labels, cfg.eval.calibrate)
+    combined = fit_contract_temperature(contract, combined, val.labels, cfg.eval.calibrate,
+                                        cfg.eval.threshold_min_class)
     if contract.multilabel:  # one threshold per label, by the members' rule
         set_label_thresholds(contract, y, combined, cfg)
         chosen = OperatingThreshold(0.5, contract.threshold_source, contract.threshold_reason)

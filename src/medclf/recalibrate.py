@@ -57,7 +57,7 @@ def recalibrate(run_dir: str | Path, data: str | Path, out: str | Path, split: s
     contract = replace(run.contract, threshold_warnings=list(run.contract.threshold_warnings))
     labels = dataset.labels
     before = _summary(run.contract, apply_contract_temperature(raw, run.contract), labels)
-    probs = fit_contract_temperature(contract, raw, labels, "temperature")
+    probs = fit_contract_temperature(contract, raw, labels, "temperature", run.config.eval.threshold_min_class)
     set_operating_thresholds(contract, probs, labels, run.config, split=SAMPLE)
     band = run.contract.conformal or {}
     alpha = conformal_alpha if conformal_alpha is not None else band.get("alpha", run.config.eval.conformal_alpha)

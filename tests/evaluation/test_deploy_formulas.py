@@ -142,3 +142,14 @@ def test_coverage_reaches_one_minus_alpha_on_exchangeable_data():
         assert rep["coverage_ci"][0] <= 0.9 <= rep["coverage_ci"][1] or rep["coverage"] >= 0.9
         assert rep["coverage"] > 0.88
         assert rep["accuracy_not_referred"] >= correct.mean()
+
+
+def test_temperature_is_not_fitted_where_it_cannot_mean_anything():
+    separable = np.array([[0.8, 0.2]] * 20 + [[0.3, 0.7]] * 20)  # log-loss falls without end as T -> 0
+    y = np.array([0] * 20 + [1] * 20)
+    assert fit_temperature(separable, y, "binary") == [1.0]
+    rng = np.random.default_rng(0)
+    p1 = rng.uniform(0.05, 0.95, 60)
+    probs, y = np.stack([1 - p1, p1], axis=1), (rng.uniform(size=60) < p1 ** 3).astype(int)
+    assert fit_temperature(probs, y, "binary", min_class=int(y.sum()) + 1) == [1.0]  # too few positives
+    assert fit_temperature(probs, y, "binary", min_class=2) != [1.0]

@@ -54,11 +54,12 @@ def apply_contract_temperature(probs: np.ndarray, contract: DataContract) -> np.
 
 
 def fit_contract_temperature(contract: DataContract, raw_probs: np.ndarray, labels: np.ndarray,
-                             method: str) -> np.ndarray:
-    """Set `contract.temperature` (None when `method` is "none") from raw probabilities; return the tempered ones."""
+                             method: str, min_class: int = 1) -> np.ndarray:
+    """Set `contract.temperature` (None when `method` is "none") from raw probabilities; return the tempered ones.
+    `min_class`: the images of each class (each label's presence and absence) a fitted T needs, else T = 1."""
     contract.temperature = None
     if method == "temperature":
-        contract.temperature = fit_temperature(raw_probs, truth_of(labels, contract), contract.task)
+        contract.temperature = fit_temperature(raw_probs, truth_of(labels, contract), contract.task, min_class)
     return apply_contract_temperature(raw_probs, contract)
 
 

@@ -226,7 +226,7 @@ def finalize_run(s: TrainingSetup, progress: bool = False) -> None:
     raw = predictor.predict_dataset(s.val_set, batch_size=s.cfg.eval.batch_size).probs
     contract, labels = run.contract, s.val_set.labels
     # temperature first, then threshold(s) and refer band on the probabilities the run will hand out
-    probs = fit_contract_temperature(contract, raw, labels, s.cfg.eval.calibrate)
+    probs = fit_contract_temperature(contract, raw, labels, s.cfg.eval.calibrate, s.cfg.eval.threshold_min_class)
     set_operating_thresholds(contract, probs, labels, s.cfg)
     fit_contract_band(contract, probs, labels, s.cfg.eval.conformal_alpha, s.cfg.eval.conformal_score, "val")
     for warning in contract.threshold_warnings:  # printed by rank 0 alone, once, whatever `progress` says
