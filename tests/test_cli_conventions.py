@@ -18,8 +18,8 @@ from medclf.cli.main import app
 from medclf.config import load_config, outcome_config
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW = ["prepare", "train", "evaluate", "report", "predict", "explain", "ensemble", "compare", "study",
-            "attack", "ood", "export", "profile", "demo", "serve"]
+WORKFLOW = ["prepare", "train", "evaluate", "recalibrate", "report", "predict", "explain", "ensemble", "compare",
+            "study", "attack", "ood", "export", "profile", "demo", "serve"]
 PRESETS = "cpu_small, demo, pneumoniamnist_cpu, resnet50_imagenet_224, vit_b16"
 
 

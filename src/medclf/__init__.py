@@ -10,6 +10,7 @@ The public API, for notebooks and scripts (each CLI command is a thin shell over
     predictor = medclf.open_run(run_dir).predictor()                      # the run's one path to probabilities
     table = predictor.predict_files(["a.png", "b.dcm"])                   # pandas DataFrame
     table = medclf.predict(run_dir, ["new_studies/"])                     # the same, from a run folder
+    medclf.recalibrate(run_dir, "cache/site_b", "runs/site_b")            # re-fit threshold/temperature locally
 
 Names load on first use, so `import medclf` stays light.
 """
@@ -32,7 +33,8 @@ _EXPORTS = {
     "train": "medclf.engine.train", "evaluate": ("medclf.engine.evaluate", "evaluate_run"),
     "predict": ("medclf.engine.predict", "predict_files"), "explain": ("medclf.explain.run", "explain_files"),
     "explain_image": ("medclf.explain.run", "explain_batch"),
-    "train_ensemble": "medclf.ensemble", "open_run": "medclf.runs", "Run": "medclf.runs", "RunDir": "medclf.runs",
+    "train_ensemble": "medclf.ensemble", "recalibrate": "medclf.recalibrate", "open_run": "medclf.runs",
+    "Run": "medclf.runs", "RunDir": "medclf.runs",
     "Predictor": "medclf.runs", "Prediction": "medclf.runs",
     "MedclfError": "medclf.errors", "ConfigError": "medclf.errors", "DataError": "medclf.errors",
 }
@@ -49,6 +51,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazi
     from medclf.errors import ConfigError, DataError, MedclfError
     from medclf.explain.run import explain_batch as explain_image
     from medclf.explain.run import explain_files as explain
+    from medclf.recalibrate import recalibrate
     from medclf.runs import Prediction, Predictor, Run, RunDir, open_run
 
 

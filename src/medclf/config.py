@@ -95,6 +95,13 @@ class EvalConfig:
     tta_flip: bool = False  # average the prediction on the image and its mirror
     ood_detector: bool = True  # fit the Mahalanobis OOD detector on the training split when training ends
     ood_fit_max: int = 5000  # training images it is fitted on at most (seeded draw)
+    # temperature scaling fitted on validation when training ends (medclf.engine.calibrate): temperature | none.
+    # On by default: T is the minimiser of validation log-loss with T = 1 among the candidates, so it never raises
+    # it, and it never changes a ranking or an argmax (ROC AUC and the class called stay the same)
+    calibrate: str = "temperature"
+    # split-conformal refer band fitted on validation: the error rate alpha (e.g. 0.1); None = no band
+    conformal_alpha: float | None = None
+    conformal_score: str = "lac"  # lac | aps (single-label tasks; multilabel always uses lac per label)
 
 
 @dataclass

@@ -35,6 +35,11 @@ class DataContract:
     task: str | None = None
     # multilabel: one operating threshold per label, chosen on validation (`threshold` is then unused)
     thresholds: list[float] | None = None
+    # temperature scaling (medclf.evaluation.temperature): one T, or one per label for multilabel; None = off.
+    # The inference graph divides the logits of the probabilities by it, before any threshold applies.
+    temperature: list[float] | None = None
+    # split-conformal band (medclf.evaluation.conformal.fit_conformal): alpha, score, qhat, n, fitted_on
+    conformal: dict | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -43,6 +48,10 @@ class DataContract:
             raise ConfigError(f"contract: {err}") from None
         if self.thresholds is not None and len(self.thresholds) != self.num_classes:
             raise ConfigError(f"contract: {len(self.thresholds)} thresholds for {self.num_classes} labels")
+        if self.temperature is not None and (len(self.temperature) not in (1, self.num_classes)
+                                             or min(self.temperature) <= 0):
+            raise ConfigError(f"contract: temperature must be 1 or {self.num_classes} positive values, "
+                              f"got {self.temperature}")
         if self.num_classes < 2:
             raise ConfigError(f"contract: num_classes must be >= 2 (models output K >= 2 logits), "
                               f"got {self.num_classes}")
@@ -77,6 +86,8 @@ class DataContract:
             "threshold_warnings": [str(w) for w in self.threshold_warnings],
             "task": str(self.task),
             "thresholds": None if self.thresholds is None else [float(t) for t in self.thresholds],
+            "temperature": None if self.temperature is None else [float(t) for t in self.temperature],
+            "conformal": None if self.conformal is None else dict(self.conformal),
         }
 
     @classmethod
@@ -106,6 +117,8 @@ class DataContract:
             threshold_warnings=[str(w) for w in d.get("threshold_warnings") or []],
             task=d.get("task"),
             thresholds=None if d.get("thresholds") is None else [float(t) for t in d["thresholds"]],
+            temperature=None if d.get("temperature") is None else [float(t) for t in d["temperature"]],
+            conformal=None if d.get("conformal") is None else dict(d["conformal"]),
         )
 
     @property

@@ -83,10 +83,11 @@ def format_multilabel(m: dict) -> str:
 
 
 def format_metrics(m: dict) -> str:
-    """The lines `medclf evaluate` prints: the layout of the task that wrote `m` (medclf.tasks)."""
+    """The lines `medclf evaluate` prints: the layout of the task that wrote `m` (medclf.tasks), then the
+    calibration and refer-band lines every task shares."""
     from medclf.tasks import task_for_metrics
 
-    return FORMATS.get(task_for_metrics(m).name, format_single_label)(m)
+    return "\n".join([FORMATS.get(task_for_metrics(m).name, format_single_label)(m), *deploy_lines(m)])
 
 
 def format_single_label(m: dict) -> str:
@@ -95,6 +96,22 @@ def format_single_label(m: dict) -> str:
     for key in ("roc_auc", "pr_auc", "recall", "precision", "specificity", "accuracy", "f1"):
         lines.append(f"{key:12s} {_value_ci(m.get(key), (m.get('ci') or {}).get(key))}")
     return "\n".join(lines)
+
+
+def deploy_lines(m: dict) -> list[str]:
+    """ECE and Brier score with intervals per curve, and the refer band's coverage (issue 21)."""
+    lines = []
+    for name, c in ((m.get("calibration") or {}).get("per_label") or {}).items():
+        lines.append(f"calibration {name}: ECE {_value_ci(c['ece'], c['ci']['ece'])}  "
+                     f"Brier {_value_ci(c['brier'], c['ci']['brier'])}")
+    band = m.get("conformal")
+    if band:
+        acc = band["accuracy_not_referred"]
+        lines.append(f"refer band (alpha {band['alpha']:g}): coverage "
+                     f"{_value_ci(band['coverage'], band['coverage_ci'])} (target {band['target_coverage']:.2f}), "
+                     f"mean set size {band['mean_set_size']:.3f}, referred {band['referred']:.1%}, accuracy not "
+                     f"referred {'n/a' if acc is None else f'{acc:.4f}'}")
+    return lines
 
 
 # the task types whose metrics files print another way than the single-label one

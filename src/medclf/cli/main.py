@@ -14,7 +14,7 @@ from medclf.errors import MedclfError
 
 # the order `medclf --help` lists the commands in: a project's path from data to a served model, then the tools
 COMMAND_ORDER = [
-    "prepare", "train", "evaluate", "report", "predict", "explain", "ensemble", "compare", "study",
+    "prepare", "train", "evaluate", "recalibrate", "report", "predict", "explain", "ensemble", "compare", "study",
     "attack", "ood", "export", "profile", "demo", "serve",
 ]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -11,6 +12,7 @@ from medclf.config import Config
 from medclf.data.cache import Cache
 from medclf.data.dataset import CacheDataset
 from medclf.device import pick_device
+from medclf.engine.deploy_eval import deploy_evaluation
 from medclf.errors import DataError, closest
 from medclf.evaluation.caveats import MIN_CLASS, threshold_warning
 from medclf.evaluation.metrics import CI_KEYS
@@ -28,6 +30,7 @@ from medclf.io import atomic_path, write_json
 from medclf.runs import Prediction, Predictor, RunDir, open_run_and_cache
 from medclf.runs.freshness import WEIGHTS_KEY, weights_fingerprint
 from medclf.runs.layout import PLOT_KINDS
+from medclf.runs.recalibration import exclude_fitted
 from medclf.tasks import BinaryTask, Task, make_task, task_for
 from medclf.tasks.single import labelled_arrays
 from medclf.tracking import open_run_tracker
@@ -66,7 +69,9 @@ def evaluate_run(
     task.check_subgroups(by, run.dir.path)
     by = check_subgroup_columns(cache, by)
     age_bins = check_age_bins(age_bins)
-    dataset = split_dataset(cache, split)
+    dataset, left_out = exclude_fitted(run.dir, cache, split_dataset(cache, split))  # a recalibrated run's sample
+    if left_out:
+        print(f"note: {left_out}", file=sys.stderr)
     tag = run.dir.evaluation_tag(split, cache.path, cache.meta.get("content_hash"))
     predictor = run.predictor(engine=engine)
     prediction = predictor.predict_dataset(dataset, progress=progress, desc=f"evaluate {split}")
@@ -76,8 +81,10 @@ def evaluate_run(
     c = predictor.contract  # the engine's: onnx-int8 decides at the threshold chosen on its own probabilities
     fallback = threshold_warning(c.threshold_source, c.threshold_reason)
     common = dict(n_boot=n_boot, min_class=run.config.eval.threshold_min_class, threshold_reason=c.threshold_reason,
-                  notes=[fallback] if fallback else [])
+                  notes=[n for n in (fallback, left_out) if n])
     metrics = write_task_evaluation(table, task, run.dir, tag, **common)
+    metrics.update(deploy_evaluation(table, c, run.dir, tag, n_boot=n_boot))  # calibration, decision curve, band
+    save_metrics(run.dir, tag, metrics)
     subgroups = None
     if by:
         rows = cache.manifest.iloc[dataset.indices]

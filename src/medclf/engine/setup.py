@@ -17,6 +17,7 @@ from medclf.data.cache import Cache
 from medclf.data.dataset import CacheDataset, make_loader
 from medclf.data.samplers import create_sampler
 from medclf.data.transforms import Augment, BatchTransform, make_transform
+from medclf.engine.calibrate import check_calibration_options
 from medclf.engine.distributed import DistContext, check_same_cache, wrap_model
 from medclf.engine.optim import create_optimizer, create_scheduler
 from medclf.errors import ConfigError, DataError
@@ -80,6 +81,7 @@ def build_setup(cfg: Config, data_dir: str | Path, out_dir: str | Path, dist: Di
     cache = Cache.open(data_dir)
     check_same_cache(cache.meta.get("content_hash"), dist)
     check_task_options(cfg, cache)
+    check_calibration_options(cfg)
     device = dist.device
     train_set = CacheDataset(cache, indices=cache.indices("train") if train_rows is None else np.asarray(train_rows))
     val_set = CacheDataset(cache, split="val")

@@ -45,3 +45,37 @@ def expected_calibration_error(y: Any, prob: Any, n_bins: int = 15) -> float:
     weights = curve["count"][filled] / curve["count"].sum()
     gaps = np.abs(curve["frac_pos"][filled] - curve["mean_prob"][filled])
     return float((weights * gaps).sum())
+
+
+def brier_score(y: Any, prob: Any) -> float:
+    """Mean squared difference between the positive-class probability and the 0/1 truth (0 is perfect)."""
+    y, prob = check_binary_inputs(y, prob)
+    return float(np.mean((prob - y) ** 2))
+
+
+def calibration_with_ci(y: Any, prob: Any, n_boot: int = 1000, seed: int = 0, n_bins: int = 15,
+                        level: float = 0.95) -> dict[str, Any]:
+    """ECE and Brier score on all images, each with a percentile bootstrap interval over images (`ci`).
+
+    Every resample is scored at once: with bin sums per resample, ECE_b = sum_k |pos_k - prob_k| / n
+    (the n_k/n weight cancels the per-bin means), so no loop over resamples is needed.
+    """
+    from medclf.evaluation.bootstrap import percentile_interval, resample_indices
+
+    y, prob = check_binary_inputs(y, prob)
+    idx_bin = _bin_index(prob, n_bins)
+    sq_err = (prob - y) ** 2
+    ece_b, brier_b = [], []
+    for idx in resample_indices(len(y), n_boot, seed):
+        b, n = idx.shape
+        flat = (np.arange(b, dtype=np.int64)[:, None] * n_bins + idx_bin[idx]).ravel()
+        prob_sum = np.bincount(flat, weights=prob[idx].ravel(), minlength=b * n_bins).reshape(b, n_bins)
+        pos_sum = np.bincount(flat, weights=y[idx].ravel().astype(np.float64), minlength=b * n_bins)
+        ece_b.append(np.abs(pos_sum.reshape(b, n_bins) - prob_sum).sum(axis=1) / n)
+        brier_b.append(sq_err[idx].mean(axis=1))
+    out: dict[str, Any] = {"ece": expected_calibration_error(y, prob, n_bins), "brier": brier_score(y, prob),
+                           "n_bins": int(n_bins), "ci": {"ece": None, "brier": None}}
+    if ece_b:
+        out["ci"] = {"ece": percentile_interval(np.concatenate(ece_b), level),
+                     "brier": percentile_interval(np.concatenate(brier_b), level)}
+    return out

@@ -21,3 +21,8 @@ def probabilities(logits: torch.Tensor, task: str | None) -> torch.Tensor:
 def logits_of(probs: torch.Tensor, task: str | None) -> torch.Tensor:
     """Logits whose `probabilities` are `probs`: log p (softmax renormalises) or log(p / (1 - p))."""
     return task_class(task).logits(probs)
+
+
+def tempered(probs: torch.Tensor, temperature: torch.Tensor, task: str | None) -> torch.Tensor:
+    """`... x K` probabilities with their logits divided by `temperature` (`Task.tempered`)."""
+    return task_class(task).tempered(probs, temperature)

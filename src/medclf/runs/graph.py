@@ -22,7 +22,7 @@ from medclf.contract import DataContract
 from medclf.data.transforms import BatchTransform, make_transform
 from medclf.evaluation.ood import detector_arrays
 from medclf.models.ensemble import members_of
-from medclf.models.outputs import logits_of, probabilities
+from medclf.models.outputs import logits_of, probabilities, tempered
 
 
 def preprocessing(contract: DataContract) -> BatchTransform:
@@ -48,6 +48,9 @@ class InferenceModule(nn.Module):
         self.tta_flip = bool(tta_flip)
         self.mahalanobis = nn.ModuleList(
             [MahalanobisScore(d) for d in detectors] if detectors and _all_mahalanobis(detectors) else [])
+        # temperature scaling (contract.temperature), applied last so ONNX, serve and predict share it
+        self.has_temperature = contract.temperature is not None
+        self.register_buffer("temperature", torch.tensor(contract.temperature or [1.0], dtype=torch.float32))
 
     @property
     def members(self) -> list[nn.Module]:
@@ -66,6 +69,8 @@ class InferenceModule(nn.Module):
         per_view = [self._member_probs(v) for v in self.views(x)]
         member_probs = torch.stack(per_view).mean(dim=0)
         probs = torch.stack([self._combine(p) for p in per_view]).mean(dim=0)
+        if self.has_temperature:
+            probs, member_probs = self._temper(probs), self._temper(member_probs)
         if not self.has_ood:
             return probs, member_probs
         return probs, member_probs, self.ood_scores(x)
@@ -94,6 +99,11 @@ class InferenceModule(nn.Module):
         """Each member's pooled penultimate features `B x D_i` for uint8 images (for fitting detectors)."""
         x = self.transform(images)
         return [self._embed(i, x) for i in range(len(self.members))]
+
+    def _temper(self, probs: torch.Tensor) -> torch.Tensor:
+        # a registered buffer (a Tensor; nn.Module's __getattr__ is typed Tensor | Module)
+        temperature: torch.Tensor = self.temperature  # type: ignore[assignment]
+        return tempered(probs, temperature.to(probs.device), self.contract.task)
 
     def _member_probs(self, x: torch.Tensor) -> torch.Tensor:
         if hasattr(self.model, "member_probs"):

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 ENSEMBLE_FORMAT = "medclf-ensemble"
-PLOT_KINDS = ("confusion", "roc", "pr", "calibration", "roc_classes")  # roc_classes: K > 2 classes only
+PLOT_KINDS = ("confusion", "roc", "pr", "calibration", "roc_classes",  # roc_classes: K > 2 classes only
+              "decision_curve")
 # config keys that older medclf versions stored and this one no longer has (ignored when a run is opened)
 _RETIRED_KEYS = {"data": ("train_subset",)}
 
@@ -66,6 +67,8 @@ class RunDir:
     METRICS_PREFIX = "metrics_"
     ATTACK_EXAMPLES_PREFIX = "attack_examples_"
     SUBGROUPS = "subgroups"  # stem of subgroups_<tag>.json / .csv / .png (`evaluate --by`)
+    DECISION_CURVE = "decision_curve"  # stem of decision_curve_<tag>.csv (the plot is plot("decision_curve", tag))
+    RECALIBRATION = "recalibration.json"  # `medclf recalibrate`: where the run was re-fitted, on which images
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -149,6 +152,14 @@ class RunDir:
         if suffix not in (".json", ".csv", ".png"):
             raise ValueError(f"unknown subgroups file suffix {suffix!r}")
         return self.path / f"{self.SUBGROUPS}_{check_tag(tag)}{suffix}"
+
+    def decision_curve(self, tag: str) -> Path:
+        """`decision_curve_<tag>.csv`: net benefit per label and threshold probability (`evaluate`)."""
+        return self.path / f"{self.DECISION_CURVE}_{check_tag(tag)}.csv"
+
+    @property
+    def recalibration_path(self) -> Path:
+        return self.path / self.RECALIBRATION
 
     def subgroup_tags(self) -> list[str]:
         """Tags with a subgroups_<tag>.json in the run, train/val/test first."""

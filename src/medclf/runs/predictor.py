@@ -29,6 +29,7 @@ from medclf.device import autocast, pick_device
 from medclf.errors import MedclfError
 from medclf.models.ensemble import is_ensemble
 from medclf.runs.graph import InferenceModule
+from medclf.runs.refer import REFER_COLUMNS
 from medclf.tasks import Task, make_task, task_for
 
 ENGINES = ("torch", "onnx", "onnx-int8")
@@ -190,7 +191,8 @@ class Predictor:
     def column_names(self) -> list[str]:
         task = self.task
         names = task.lead_column_names() + (["std"] if self.is_ensemble else []) + task.class_column_names()
-        return names + (["ood", "ood_score"] if self.has_ood else [])
+        names += ["ood", "ood_score"] if self.has_ood else []
+        return names + (REFER_COLUMNS if self.contract.conformal else [])  # the refer band (Task.refer_columns)
 
     def columns(self, p: Prediction) -> pd.DataFrame:
         """The per-image columns shared by `predict`'s CSV and `evaluate`'s predictions table.
@@ -207,6 +209,8 @@ class Predictor:
         if self.has_ood:
             score, flag = self.ood(p)
             out.update(ood=flag, ood_score=score)
+        if self.contract.conformal:
+            out.update(task.refer_columns(p.probs, self.contract.conformal))
         return pd.DataFrame(out)[self.column_names()]
 
     def decisions(self, probs: np.ndarray) -> list[str]:

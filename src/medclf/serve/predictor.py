@@ -29,6 +29,7 @@ from medclf.explain.scores import is_flat
 from medclf.explain.targets import map_targets
 from medclf.models.ensemble import members_of
 from medclf.runs import Prediction, Run, RunDir, open_run
+from medclf.runs.refer import REFER_TEXT
 from medclf.serve.adapters import HEATMAP_METHOD, heatmap_maps
 from medclf.serve.render import heat_rgba, png_base64
 from medclf.serve.uploads import Upload, UploadError
@@ -94,6 +95,7 @@ class ServeModel:
             "threshold_reason": c.threshold_reason,
             "warnings": list(c.threshold_warnings),
             "ood": self.predictor.has_ood,
+            "conformal": c.conformal,
             "tta_flip": self.predictor.tta_flip,
             "heatmap_method": HEATMAP_METHOD,
             "max_mpx": self.max_mpx,
@@ -157,6 +159,7 @@ class ServeModel:
             **fields,
             "ood": ood,
             "ood_reason": ood_reason,
+            "refer": refer_result(columns, c.conformal),
             "heatmap": None if cam is None else png_base64(heat_rgba(cam, d.display.shape[0])),
             "heatmap_method": HEATMAP_METHOD,
             "heatmap_flat": None if cam is None else is_flat(cam),  # no region stands out
@@ -165,6 +168,16 @@ class ServeModel:
             "image_size": int(d.display.shape[0]),
             "dicom": d.dicom,
         }
+
+
+def refer_result(columns: dict, band: dict | None) -> dict[str, Any] | None:
+    """The refer band for one image: `flag` ("uncertain — refer" when the set is not one class), the `set` of
+    plausible classes (multilabel: the uncertain labels), `text`, and the band's alpha; None without a band."""
+    if not band:
+        return None
+    flag = bool(columns["refer"])
+    return {"flag": flag, "set": columns["prediction_set"], "alpha": band["alpha"],
+            "text": REFER_TEXT if flag else "confident: one plausible class"}
 
 
 def training_summary(run_dir: Path) -> dict[str, Any] | None:

@@ -8,14 +8,18 @@ the subclasses (medclf.tasks.single, medclf.tasks.multilabel) say what differs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
+from scipy.special import log_softmax
 
 from medclf.errors import MedclfError
 from medclf.evaluation.caveats import metric_warnings, threshold_warning
+from medclf.evaluation.conformal import class_scores, conformal_quantile
 from medclf.evaluation.metrics import binary_metrics
+from medclf.evaluation.temperature import enough_per_class, fit_one_temperature
 from medclf.evaluation.thresholds import OperatingThreshold, operating_threshold
 from medclf.labelsets import ClassIndices
 
@@ -28,6 +32,18 @@ PROB_EPS = 1e-12
 ATTACK_ROW_KEYS = ("accuracy", "f1", "roc_auc", "recall", "specificity", "precision", "pr_auc")
 
 
+def softmax_nll(logits: np.ndarray, y: np.ndarray, t: float) -> float:
+    """Mean negative log-likelihood of class indices `y` under softmax(logits / t)."""
+    return float(-log_softmax(logits / t, axis=1)[np.arange(len(y)), y].mean())
+
+
+def sigmoid_nll(logit: np.ndarray, y: np.ndarray, t: float) -> float:
+    """Mean binary cross-entropy of 0/1 `y` under sigmoid(logit / t), computed stably."""
+    z = logit / t
+    return float(np.mean(np.logaddexp(0.0, z) - y * z))
+
+
+
 @dataclass(frozen=True)
 class ThresholdRule:
     """How operating thresholds are chosen on validation (`eval.threshold`, `eval.target_sensitivity`,
@@ -37,6 +53,7 @@ class ThresholdRule:
     target: float | None = None
     min_class: int = 10
     seed: int = 0
+    split: str = "validation"  # what the reasons and warnings call the images it is applied to
 
     @classmethod
     def from_config(cls, cfg: Any) -> ThresholdRule:
@@ -56,11 +73,12 @@ class ChosenThresholds:
 def checked_threshold(y: np.ndarray, prob: np.ndarray, rule: ThresholdRule) -> tuple[OperatingThreshold, list[str]]:
     """One column's threshold by the safe rule (`operating_threshold`: fitted only on enough positives and
     negatives, and placed between two validation scores), and why it, or the figures behind it, may mean nothing."""
-    chosen = operating_threshold(y, prob, method=rule.method, target=rule.target, min_class=rule.min_class)
+    chosen = operating_threshold(y, prob, method=rule.method, target=rule.target, min_class=rule.min_class,
+                                 split=rule.split)
     # a few hundred resamples show whether an interval collapses; the full count is evaluate's job
     val_metrics = binary_metrics(y, prob, chosen.value, n_boot=200, seed=rule.seed)
     fallback = threshold_warning(chosen.source, chosen.reason)
-    warnings = [f"validation: {w}" for w in metric_warnings(val_metrics, rule.min_class)]
+    warnings = [f"{rule.split}: {w}" for w in metric_warnings(val_metrics, rule.min_class)]
     return chosen, ([fallback] if fallback else []) + warnings
 
 
@@ -222,6 +240,78 @@ class Task:
     def compared_classes(self, names: list[str]) -> list[str]:
         """The classes `compare` scores one by one (macro AUC); [] for a binary run."""
         return names
+
+    # ------------------------------------------------------------------ calibration, decision curves, refer band
+    @classmethod
+    def tempered(cls, probs: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+        """`... x K` probabilities as they are with their logits divided by `temperature` (one value; one per label
+        for multilabel): what the inference graph applies last (Guo et al. 2017)."""
+        return cls.probabilities(cls.logits(probs.float()) / temperature)
+
+    def _logits64(self, probs: np.ndarray) -> np.ndarray:
+        return self.logits(torch.from_numpy(np.asarray(probs, dtype=np.float64))).numpy()
+
+    def fit_temperature(self, labels: Any, probs: np.ndarray, min_class: int = 1) -> list[float]:
+        """The temperature(s) minimising log-loss on labelled `probs` (medclf.evaluation.temperature); 1.0 where a
+        class has fewer than `min_class` images. One for a softmax task."""
+        y = np.asarray(labels, dtype=np.int64)
+        z = self._logits64(probs)
+        return [fit_one_temperature(partial(softmax_nll, z, y)) if enough_per_class(y, self.k, min_class) else 1.0]
+
+    def log_loss(self, labels: Any, probs: np.ndarray) -> float:
+        """Mean log-loss of `probs` against the truth."""
+        return softmax_nll(self._logits64(probs), np.asarray(labels, dtype=np.int64), 1.0)
+
+    @property
+    def curve_columns(self) -> list[int]:
+        """The columns with a calibration and a decision curve: the scored ones by default."""
+        return self.scored
+
+    def curves(self, labels: Any, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str], list[float | None]]:
+        """(N x L 0/1 truth, N x L probabilities, L names, L operating thresholds or None) of `curve_columns`:
+        each against the rest, at its threshold where it has one."""
+        cols = self.curve_columns
+        truth = np.stack([self.positive(labels, c) for c in cols], axis=1).astype(np.int8)
+        at = [self.threshold_of(c) if c in self.scored else None for c in cols]
+        return truth, np.atleast_2d(probs)[:, cols], [self.label_names[c] for c in cols], at
+
+    def table_probs(self, table: Any) -> np.ndarray:
+        """The N x K probabilities of a predictions table (its `prob_<class>` columns)."""
+        return table[[f"prob_{n}" for n in self.label_names]].to_numpy(dtype=np.float64)
+
+    band_guarantee: ClassVar[str] = "per image, marginal over images"
+
+    def fit_band(self, labels: Any, probs: np.ndarray, alpha: float, score: str = "lac") -> dict[str, Any]:
+        """A split-conformal band (medclf.evaluation.conformal) on labelled probabilities: `alpha`, `score`, `qhat`
+        (one; one per label for multilabel) and `n`."""
+        y = np.asarray(labels, dtype=np.int64)
+        s = class_scores(probs, score)[np.arange(len(y)), y]
+        return {"alpha": float(alpha), "score": score, "qhat": [conformal_quantile(s, alpha)], "n": int(len(y))}
+
+    def prediction_sets(self, probs: np.ndarray, band: dict[str, Any]) -> np.ndarray:
+        """Booleans: N x K (class k plausible); multilabel N x K x 2 (absent, present plausible)."""
+        return class_scores(probs, band["score"]) <= band["qhat"][0]
+
+    def set_covers(self, sets: np.ndarray, labels: Any) -> np.ndarray:
+        """Per image (multilabel: per image and label): is the truth in the set?"""
+        y = np.asarray(labels, dtype=np.int64)
+        return sets[np.arange(len(y)), y]
+
+    @staticmethod
+    def refer(sets: np.ndarray) -> np.ndarray:
+        """Per image: "uncertain - refer" when a set (any label's) is not exactly one class."""
+        return (sets.sum(axis=-1) != 1).reshape(len(sets), -1).any(axis=1)
+
+    def set_members(self, sets: np.ndarray) -> np.ndarray:
+        """N x K booleans of the names a set shows: the plausible classes (multilabel: the uncertain labels)."""
+        return sets
+
+    def refer_columns(self, probs: np.ndarray, band: dict[str, Any]) -> dict[str, list]:
+        """`refer` and `prediction_set` (names joined by `|`) for each row of `probs`."""
+        sets = self.prediction_sets(probs, band)
+        names = np.asarray(self.label_names)
+        return {"refer": self.refer(sets).tolist(),
+                "prediction_set": ["|".join(names[row]) for row in self.set_members(sets)]}
 
     # ------------------------------------------------------------------ training options and losses
     def check_options(self, cfg: Any, where: Any) -> None:

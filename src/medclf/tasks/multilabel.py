@@ -9,6 +9,7 @@ most probable finding (the one the model is surest of, the one the service's bar
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any, Sequence
 
 import numpy as np
@@ -16,12 +17,14 @@ import torch
 
 from medclf.errors import ConfigError, DataError
 from medclf.evaluation.caveats import metric_warnings
+from medclf.evaluation.conformal import class_scores, conformal_quantile
 from medclf.evaluation.macro_auc import macro_roc_auc
 from medclf.evaluation.multilabel import average_rates, multilabel_metrics
+from medclf.evaluation.temperature import enough_per_class, fit_one_temperature
 from medclf.evaluation.thresholds import SOURCE_DATA, SOURCE_DEFAULT, OperatingThreshold
 from medclf.labelsets import BitMasks, encode_multi_hot, label_set_name, multi_hot
 from medclf.losses import create_multilabel_loss, multi_hot_target
-from medclf.tasks.base import ATTACK_ROW_KEYS, PROB_EPS, ChosenThresholds, Task
+from medclf.tasks.base import ATTACK_ROW_KEYS, PROB_EPS, ChosenThresholds, Task, sigmoid_nll
 
 
 class MultilabelTask(Task):
@@ -155,6 +158,39 @@ class MultilabelTask(Task):
     def macro_scope(self, metrics: dict[str, Any]) -> dict[str, Any]:
         return metrics
 
+    # ------------------------------------------------------------------ calibration and the refer band
+    def fit_temperature(self, labels: Any, probs: np.ndarray, min_class: int = 1) -> list[float]:
+        """One temperature per label, each for its own sigmoid; 1.0 where the label's presence or absence has
+        fewer than `min_class` images."""
+        y, z = self.truth(labels), self._logits64(probs)
+        return [fit_one_temperature(partial(sigmoid_nll, z[:, k], y[:, k]))
+                if enough_per_class(y[:, k], 2, min_class) else 1.0 for k in range(self.k)]
+
+    def log_loss(self, labels: Any, probs: np.ndarray) -> float:
+        """Binary cross-entropy averaged over images and labels."""
+        y, z = self.truth(labels), self._logits64(probs)
+        return float(np.mean([sigmoid_nll(z[:, k], y[:, k], 1.0) for k in range(self.k)]))
+
+    band_guarantee = "per label, marginal over images (not joint over labels)"
+
+    def fit_band(self, labels: Any, probs: np.ndarray, alpha: float, score: str = "lac") -> dict[str, Any]:
+        """Each label a two-status problem (absent, present) with the `lac` score and its own quantile: the
+        guarantee holds per label, not jointly (that would need alpha / K per label, Bonferroni)."""
+        y, p = self.truth(labels).astype(bool), np.asarray(probs, dtype=np.float64)
+        s = class_scores(np.where(y, p, 1.0 - p), "lac")  # each label's true status
+        return {"alpha": float(alpha), "score": "lac", "n": int(len(y)),
+                "qhat": [conformal_quantile(s[:, k], alpha) for k in range(self.k)]}
+
+    def prediction_sets(self, probs: np.ndarray, band: dict[str, Any]) -> np.ndarray:
+        return class_scores(two_status(probs), "lac") <= np.asarray(band["qhat"])[None, :, None]
+
+    def set_covers(self, sets: np.ndarray, labels: Any) -> np.ndarray:
+        return np.take_along_axis(sets, self.truth(labels).astype(np.int64)[:, :, None], axis=2)[:, :, 0]
+
+    def set_members(self, sets: np.ndarray) -> np.ndarray:
+        """The labels whose status is uncertain (both, or neither, in the set)."""
+        return sets.sum(axis=-1) != 1
+
     # ------------------------------------------------------------------ training options and losses
     def check_options(self, cfg: Any, where: Any) -> None:
         single = {"train.adversarial": cfg.train.adversarial, "train.contrastive": cfg.train.contrastive}
@@ -227,6 +263,12 @@ class MultilabelTask(Task):
                 "positive_label": self.label_names[focus], "threshold": float(thresholds[focus]),
                 "called": [n for n in self.label_names if columns[f"pred_{n}"]],
                 "thresholds": dict(zip(self.label_names, [float(t) for t in thresholds]))}
+
+
+def two_status(probs: np.ndarray) -> np.ndarray:
+    """N x K label probabilities -> N x K x 2 (absent, present): each label as a two-class problem."""
+    p = np.asarray(probs, dtype=np.float64)
+    return np.stack([1.0 - p, p], axis=-1)
 
 
 def label_probs(table: Any, label_names: Sequence[str]) -> np.ndarray:

@@ -27,7 +27,7 @@ class SingleLabelTask(Task):
 
     @staticmethod
     def probabilities(logits: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(logits.float(), dim=1)
+        return torch.softmax(logits.float(), dim=-1)
 
     @staticmethod
     def logits(probs: torch.Tensor) -> torch.Tensor:
@@ -205,6 +205,13 @@ class BinaryTask(SingleLabelTask):
     def explain_columns(self, columns: list[str]) -> list[str]:
         return list(columns)
 
+    def table_probs(self, table: Any) -> np.ndarray:
+        """N x 2 from the table's `prob` (the positive class; the other is 1 - prob, as the softmax's two sum to 1)."""
+        full = np.empty((len(table), 2))
+        full[:, self.positive_index] = table["prob"].to_numpy(dtype=np.float64)
+        full[:, 1 - self.positive_index] = 1.0 - full[:, self.positive_index]
+        return full
+
     def compared_classes(self, names: list[str]) -> list[str]:
         """None: a binary run is compared on its positive class (a K-class table read as binary keeps its K)."""
         return names if len(names) > 2 else []
@@ -220,6 +227,11 @@ class MulticlassTask(SingleLabelTask):
 
     def class_column_names(self) -> list[str]:
         return [f"prob_{n}" for n in self.label_names]
+
+    @property
+    def curve_columns(self) -> list[int]:
+        """Every class against the rest (the positive class at the run's threshold; the others have none)."""
+        return list(range(self.k))
 
     def class_columns(self, probs: np.ndarray) -> dict[str, Any]:
         return {f"prob_{n}": probs[:, k] for k, n in enumerate(self.label_names)}

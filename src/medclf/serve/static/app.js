@@ -125,6 +125,7 @@ function showResult(card, r) {
   const fallback = state.model && state.model.threshold_source === "default" ? " (default: not fitted to data)" : "";
   node.querySelector(".threshold-text").textContent = `operating threshold ${r.threshold.toFixed(3)}${fallback}`;
   renderOod(node.querySelector(".ood"), r);
+  renderRefer(node.querySelector(".ood"), r);
   const meta = [["Model", r.model]];
   if (r.dicom) meta.push(["Modality", r.dicom.modality], ["View", r.dicom.view], ["Photometric", r.dicom.photometric]);
   let heat = `none (${r.heatmap_reason})`;
@@ -147,6 +148,16 @@ function renderOod(box, r) {
     box.textContent = "Out-of-distribution check not available for this model.";
     box.title = r.ood_reason || "";
   }
+}
+
+// the conformal refer band (issue 21): a set of plausible classes that is not exactly one means "refer"
+function renderRefer(box, r) {
+  if (!r.refer) return;
+  const cover = `${Math.round((1 - r.refer.alpha) * 100)}%`;
+  const line = el("div", r.refer.flag ? "refer warn" : "refer ok",
+    r.refer.flag ? `⚠ ${r.refer.text}: plausible at ${cover} coverage: ${r.refer.set || "no class"}`
+                 : `${r.refer.text} at ${cover} coverage (${r.refer.set}).`);
+  box.after(line);
 }
 
 async function analyse(file) {

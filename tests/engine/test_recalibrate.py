@@ -1,0 +1,150 @@
+"""`medclf recalibrate` and the refer band end to end on tiny runs of every task type and an ensemble: the new
+run keeps the weights, carries the re-fitted temperature/threshold/band, records its images, and evaluating it on
+them is refused or leaves them out; predict, report and the predictions table carry the band."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from medclf.config import load_config
+from medclf.data.cache import Cache
+from medclf.data.dataset import CacheDataset
+from medclf.data.synthetic import write_synthetic_multilabel
+from medclf.engine.evaluate import evaluate_run
+from medclf.engine.train import train
+from medclf.errors import DataError, MedclfError
+from medclf.io import read_json, write_json
+from medclf.recalibrate import recalibrate
+from medclf.runs import RunDir, open_run
+from medclf.runs.recalibration import exclude_fitted, recalibration_record
+
+pytestmark = pytest.mark.slow
+TINY = ["model.name=resnet18", "model.input_size=32", "data.batch_size=8", "train.epochs=2", "train.lr=0.003",
+        "train.warmup_epochs=0", "train.device=cpu", "eval.ood_detector=false", "eval.n_boot=0",
+        "eval.threshold_min_class=2", "eval.conformal_alpha=0.2"]
+
+
+@pytest.fixture(scope="module")
+def runs(make_tiny_cache, tmp_path_factory):
+    """(binary cache, binary run, external 'site' cache of another seed)."""
+    root = tmp_path_factory.mktemp("recal")
+    cache = make_tiny_cache(root / "cache", n=100)
+    site = make_tiny_cache(root / "site", n=80, seed=7)
+    run = train(load_config(None, TINY), cache, root / "run", progress=False)
+    return cache, run, site
+
+
+def test_recalibrated_run_keeps_weights_and_records_its_sample(runs, tmp_path):
+    cache, run_dir, site = runs
+    new = recalibrate(run_dir, site, tmp_path / "new", split="train", progress=False)
+    old_run, new_run = open_run(run_dir), open_run(new)
+    for a, b in zip(old_run.model.state_dict().values(), new_run.model.state_dict().values()):
+        assert torch.equal(a, b)
+    c = new_run.contract
+    assert "site sample" in c.threshold_reason and c.conformal["fitted_on"] == "site sample"
+    record = recalibration_record(new)
+    train_ids = CacheDataset(Cache.open(site), split="train").ids.tolist()
+    assert record["ids"] == train_ids and record["n"] == len(train_ids) and record["split"] == "train"
+    assert record["after"]["log_loss"] <= record["before"]["log_loss"] + 1e-9  # fitted on the same images
+    assert record["after"]["temperature"] == c.temperature
+    # evaluated on those very images: refused; on the site's other images: allowed
+    with pytest.raises(DataError, match="every one of these .* images was used to recalibrate"):
+        evaluate_run(new, data=site, split="train", n_boot=0, device="cpu", progress=False)
+    m = evaluate_run(new, data=site, split="test", n_boot=20, device="cpu", progress=False)
+    assert m["n"] == len(CacheDataset(Cache.open(site), split="test"))
+    with pytest.raises(MedclfError, match="already exists and is not empty"):
+        recalibrate(run_dir, site, new, progress=False)
+
+
+def test_evaluate_leaves_out_part_of_a_split_and_says_so(runs, tmp_path):
+    cache, run_dir, _ = runs
+    rd = RunDir(tmp_path / "fake")
+    rd.path.mkdir()
+    c = Cache.open(cache)
+    test = CacheDataset(c, split="test")
+    write_json(rd.recalibration_path, {"cache": str(c.path), "cache_hash": c.meta.get("content_hash"),
+                                       "ids": test.ids[:5].tolist()})
+    kept, note = exclude_fitted(rd, c, test)
+    assert len(kept) == len(test) - 5 and kept.ids.tolist() == test.ids[5:].tolist()
+    assert note.startswith("5 image(s) left out") and f"other {len(test) - 5}" in note
+    other = CacheDataset(c, split="val")
+    assert exclude_fitted(rd, c, other) == (other, None)
+
+
+def test_predictions_table_and_report_carry_the_band(runs, tmp_path):
+    cache, run_dir, site = runs
+    new = recalibrate(run_dir, site, tmp_path / "new", split="val", progress=False)
+    evaluate_run(new, data=site, split="test", n_boot=20, device="cpu", progress=False)
+    rd = RunDir(new)
+    (tag,) = [t for t in rd.prediction_tables() if t.startswith("test@")]
+    table = pd.read_csv(rd.predictions(tag))
+    sizes = table["prediction_set"].fillna("").map(lambda s: len(s.split("|")) if s else 0)
+    assert table["refer"].tolist() == (sizes != 1).tolist()
+    metrics = read_json(rd.metrics(tag))
+    assert metrics["conformal"]["referred"] == pytest.approx(float((sizes != 1).mean()))
+    out = subprocess.run([sys.executable, "-m", "medclf", "report", str(new)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    page = (rd / RunDir.REPORT).read_text()
+    assert "Calibration, decision curve and refer band" in page and "Recalibrated from" in page
+    assert "uncertain — refer" in page
+
+
+def test_cli_recalibrate(runs, tmp_path):
+    cache, run_dir, site = runs
+    out = subprocess.run([sys.executable, "-m", "medclf", "recalibrate", str(run_dir), "--data", str(site),
+                          "--out", str(tmp_path / "cli"), "--split", "val"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "recalibrated:" in out.stdout and "fitted on" in out.stdout and "-> " in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "medclf", "recalibrate", str(run_dir), "--data", str(site),
+                          "--out", str(tmp_path / "cli")], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "not empty" in bad.stderr
+
+
+@pytest.mark.parametrize("kind", ["multiclass", "multilabel"])
+def test_other_tasks_recalibrate_per_their_rule(kind, tmp_path, request):
+    if kind == "multiclass":
+        cache = request.getfixturevalue("tiny_multiclass_cache")
+    else:
+        cache = write_synthetic_multilabel(tmp_path / "cache", n=160, size=32, seed=0, val=0.3, test=0.2)
+    run_dir = train(load_config(None, TINY), cache, tmp_path / "run", progress=False)
+    run = open_run(run_dir)
+    k = run.contract.num_classes
+    assert len(run.contract.temperature) == (k if kind == "multilabel" else 1)
+    assert len(run.contract.conformal["qhat"]) == (k if kind == "multilabel" else 1)
+    m = evaluate_run(run_dir, split="test", n_boot=20, device="cpu", progress=False)
+    curves = pd.read_csv(RunDir(run_dir).decision_curve("test"))
+    assert sorted(curves["label"].unique()) == sorted(run.contract.label_names)
+    assert set(m["calibration"]["per_label"]) == set(run.contract.label_names)
+    assert 0.0 <= m["conformal"]["coverage"] <= 1.0
+    new = recalibrate(run_dir, cache, tmp_path / "new", split="val", progress=False)
+    c = open_run(new).contract
+    assert len(c.temperature) == len(run.contract.temperature)
+    if kind == "multilabel":
+        assert len(c.thresholds) == k and "site sample" in c.threshold_reason
+    with pytest.raises(DataError, match="used to recalibrate"):
+        evaluate_run(new, data=cache, split="val", n_boot=0, device="cpu", progress=False)
+
+
+def test_an_ensemble_recalibrates(runs, tmp_path):
+    from medclf.ensemble import train_ensemble
+
+    cache, _, site = runs
+    ens = train_ensemble(load_config(None, TINY + ["train.epochs=1"]), cache, tmp_path / "ens", members=2,
+                         progress=False)
+    spec = RunDir(ens).ensemble_spec()
+    assert spec["temperature"] is not None and spec["conformal"]["alpha"] == 0.2
+    new = recalibrate(ens, site, tmp_path / "new", split="train", progress=False)
+    new_spec = RunDir(new).ensemble_spec()
+    assert new_spec["threshold_split"] == "site sample" and new_spec["temperature"] is not None
+    assert (RunDir(new).path / "members").is_dir()
+    run = open_run(new)
+    assert run.contract.temperature == new_spec["temperature"]
+    images = np.array(Cache.open(site).images[:4])
+    probs = run.predictor().predict_arrays(images).probs
+    assert probs.shape == (4, 2) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
