@@ -38,8 +38,11 @@ class DataContract:
     # temperature scaling (medclf.evaluation.temperature): one T, or one per label for multilabel; None = off.
     # The inference graph divides the logits of the probabilities by it, before any threshold applies.
     temperature: list[float] | None = None
-    # split-conformal band (medclf.evaluation.conformal.fit_conformal): alpha, score, qhat, n, fitted_on
+    # split-conformal band (Task.fit_band): alpha, score, qhat, n, fitted_on
     conformal: dict | None = None
+    # the decisions on the images the threshold was chosen on (medclf.evaluation.shift): split, n and, per scored
+    # column, [tp, fn, tn, fp]; what `evaluate` compares another set's sensitivity and specificity with
+    operating_point: dict | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -88,6 +91,7 @@ class DataContract:
             "thresholds": None if self.thresholds is None else [float(t) for t in self.thresholds],
             "temperature": None if self.temperature is None else [float(t) for t in self.temperature],
             "conformal": None if self.conformal is None else dict(self.conformal),
+            "operating_point": None if self.operating_point is None else dict(self.operating_point),
         }
 
     @classmethod
@@ -119,6 +123,7 @@ class DataContract:
             thresholds=None if d.get("thresholds") is None else [float(t) for t in d["thresholds"]],
             temperature=None if d.get("temperature") is None else [float(t) for t in d["temperature"]],
             conformal=None if d.get("conformal") is None else dict(d["conformal"]),
+            operating_point=None if d.get("operating_point") is None else dict(d["operating_point"]),
         )
 
     @property

@@ -24,7 +24,7 @@ from medclf.data.dataset import CacheDataset
 from medclf.data.splits import partition_indices, split_strata
 from medclf.data.summary import data_summary
 from medclf.device import pick_device
-from medclf.engine.calibrate import fit_contract_band, fit_contract_temperature
+from medclf.engine.calibrate import fit_decisions
 from medclf.engine.distributed import is_main
 from medclf.errors import MedclfError
 from medclf.io import atomic_path, read_json, write_json
@@ -234,10 +234,8 @@ def finalize_ensemble(out_dir: Path, cache: Cache, cfg: Config, mode: str, combi
         combined = validation(combine, weights).probs
     # the ensemble's own temperature on its combined probabilities (the members' own are not used inside it),
     # then the members' rule (one threshold per scored column), so both say why alike
-    combined = fit_contract_temperature(contract, combined, val.labels, cfg.eval.calibrate,
-                                        cfg.eval.threshold_min_class)
-    chosen = task.choose_thresholds(val.labels, combined, ThresholdRule.from_config(cfg))
-    fit_contract_band(contract, combined, val.labels, cfg.eval.conformal_alpha, cfg.eval.conformal_score, "val")
+    chosen = fit_decisions(contract, combined, val.labels, cfg.eval.calibrate, ThresholdRule.from_config(cfg),
+                           cfg.eval.conformal_alpha, cfg.eval.conformal_score)
     info = [{**read_json(rd.member(d) / RunDir.MEMBER_INFO), "dir": d, "val_auc": auc,
              "threshold": task_for(r.contract).threshold_entry()} for d, r, auc in zip(dirs, runs, aucs)]
     fields = task.threshold_fields(chosen)
@@ -246,7 +244,7 @@ def finalize_ensemble(out_dir: Path, cache: Cache, cfg: Config, mode: str, combi
             "threshold_split": "val", "threshold_source": chosen.source, "threshold_reason": chosen.reason,
             "threshold_warnings": chosen.warnings, "member_info": info, "cache": str(cache.path.resolve()),
             "cache_hash": cache.meta.get("content_hash"), "temperature": contract.temperature,
-            "conformal": contract.conformal, **fields}
+            "conformal": contract.conformal, "operating_point": contract.operating_point, **fields}
     for warning in chosen.warnings:
         print(f"warning: {out_dir}: {warning}", file=sys.stderr)
     write_json(rd.ensemble_path, spec)

@@ -27,7 +27,7 @@ import numpy as np
 from medclf.contract import DataContract
 from medclf.data.dataset import CacheDataset
 from medclf.device import pick_device
-from medclf.engine.calibrate import apply_contract_temperature, fit_contract_band, fit_contract_temperature
+from medclf.engine.calibrate import apply_contract_temperature, fit_decisions
 from medclf.errors import DataError, MedclfError
 from medclf.io import make_temp_dir, write_json
 from medclf.models.checkpoint import read_checkpoint, save_checkpoint
@@ -55,13 +55,11 @@ def recalibrate(run_dir: str | Path, data: str | Path, out: str | Path, split: s
     contract = replace(run.contract, threshold_warnings=list(run.contract.threshold_warnings))
     labels = dataset.labels
     before = _summary(run.contract, apply_contract_temperature(raw, run.contract), labels)
-    probs = fit_contract_temperature(contract, raw, labels, "temperature", run.config.eval.threshold_min_class)
-    task = task_for(contract)
-    rule = replace(ThresholdRule.from_config(run.config), split=SAMPLE)  # the run's own rule, on the sample
-    task.store_thresholds(contract, task.choose_thresholds(labels, probs, rule))
     band = run.contract.conformal or {}
     alpha = conformal_alpha if conformal_alpha is not None else band.get("alpha", run.config.eval.conformal_alpha)
-    fit_contract_band(contract, probs, labels, alpha, band.get("score", run.config.eval.conformal_score), SAMPLE)
+    rule = replace(ThresholdRule.from_config(run.config), split=SAMPLE)  # the run's own rule, on the sample
+    fit_decisions(contract, raw, labels, "temperature", rule, alpha, band.get("score", run.config.eval.conformal_score))
+    probs = apply_contract_temperature(raw, contract)
     record = {"source_run": str(run.dir.path.resolve()), "cache": str(cache.path.resolve()),
               "cache_hash": cache.meta.get("content_hash"), "split": split or "all", "n": int(len(rows)),
               "threshold_rule": run.config.eval.threshold, "before": before,
@@ -129,8 +127,9 @@ def _write_ensemble(src: RunDir, new: RunDir, contract: DataContract) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src.member(member).best, target)
     spec.update(threshold=contract.threshold, thresholds=contract.thresholds, temperature=contract.temperature,
-                conformal=contract.conformal, threshold_split=SAMPLE, threshold_source=contract.threshold_source,
-                threshold_reason=contract.threshold_reason, threshold_warnings=contract.threshold_warnings)
+                conformal=contract.conformal, operating_point=contract.operating_point, threshold_split=SAMPLE,
+                threshold_source=contract.threshold_source, threshold_reason=contract.threshold_reason,
+                threshold_warnings=contract.threshold_warnings)
     write_json(new.ensemble_path, spec)
     write_marker(new.path, "ensemble")
 

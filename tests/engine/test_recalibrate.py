@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from medclf.config import load_config
-from medclf.data.cache import Cache
+from medclf.data.cache import Cache, write_cache
 from medclf.data.dataset import CacheDataset
 from medclf.data.synthetic import write_synthetic_multilabel
 from medclf.engine.evaluate import evaluate_run
@@ -122,6 +122,8 @@ def test_other_tasks_recalibrate_per_their_rule(kind, tmp_path, request):
     assert sorted(curves["label"].unique()) == sorted(run.contract.label_names)
     assert set(m["calibration"]["per_label"]) == set(run.contract.label_names)
     assert 0.0 <= m["conformal"]["coverage"] <= 1.0
+    scored = run.contract.label_names if kind == "multilabel" else [run.contract.label_names[2]]
+    assert list(m["operating_point"]["per_label"]) == scored  # the columns called at a threshold
     new = recalibrate(run_dir, cache, tmp_path / "new", split="val", progress=False)
     c = open_run(new).contract
     assert len(c.temperature) == len(run.contract.temperature)
@@ -148,3 +150,46 @@ def test_an_ensemble_recalibrates(runs, tmp_path):
     images = np.array(Cache.open(site).images[:4])
     probs = run.predictor().predict_arrays(images).probs
     assert probs.shape == (4, 2) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def bright_site(runs, make_tiny_cache, tmp_path_factory):
+    """Another site's images: the same kind of pictures from a brighter scanner (+60 grey levels), which makes
+    the run call most negatives positive: its operating point does not travel, its ranking does."""
+    root = tmp_path_factory.mktemp("bright")
+    base = Cache.open(make_tiny_cache(root / "base", n=200, seed=11))
+    images = np.clip(np.asarray(base.images).astype(np.int64) + 60, 0, 255).astype(np.uint8)
+    meta = {k: base.meta[k] for k in ("source", "label_names", "positive_index", "label_mode")}
+    return write_cache(root / "site", images, base.manifest, meta)
+
+
+def balanced_accuracy(m: dict) -> float:
+    return (m["recall"] + m["specificity"]) / 2
+
+
+def test_the_shift_warning_fires_on_a_shifted_site_and_recalibrating_there_restores_balanced_accuracy(
+        runs, bright_site, tmp_path):
+    _, run_dir, _ = runs
+    on_val = evaluate_run(run_dir, split="val", n_boot=0, device="cpu", progress=False)
+    point = on_val["operating_point"]
+    assert point["reference_split"] == "validation" and not point["moved"]
+    ref, here = point["per_label"]["pneumonia"]["reference"], point["per_label"]["pneumonia"]["here"]
+    assert ref == here  # validation is the reference itself
+    assert not any("operating point moved" in w for w in on_val["warnings"])
+
+    before = evaluate_run(run_dir, data=bright_site, split="test", n_boot=0, device="cpu", progress=False)
+    assert before["operating_point"]["per_label"]["pneumonia"]["moved"] == ["specificity"]
+    (warning,) = [w for w in before["warnings"] if w.startswith("operating point moved")]
+    assert f"medclf recalibrate {run_dir} --data {bright_site} --out NEWRUN" in warning
+
+    new = recalibrate(run_dir, bright_site, tmp_path / "new", split="train", progress=False)
+    after = evaluate_run(new, data=bright_site, split="test", n_boot=0, device="cpu", progress=False)
+    assert after["n"] == before["n"] == 40  # the site's test split: none of it was fitted on
+    assert balanced_accuracy(after) >= balanced_accuracy(before) + 0.2
+    assert after["operating_point"]["reference_split"] == "site sample" and not after["operating_point"]["moved"]
+
+    out = subprocess.run([sys.executable, "-m", "medclf", "evaluate", str(run_dir), "--data", str(bright_site),
+                          "--split", "test", "--n-boot", "0"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "operating point pneumonia: sens" in out.stdout and "MOVED: specificity" in out.stdout
+    assert "warning: " in out.stderr and "medclf recalibrate" in out.stderr

@@ -12,6 +12,7 @@ from medclf.errors import MedclfError
 from medclf.evaluation.calibration import brier_score, calibration_with_ci, expected_calibration_error
 from medclf.evaluation.conformal import class_scores, conformal_quantile, coverage_report
 from medclf.evaluation.decision_curve import decision_curve_table, net_benefit
+from medclf.evaluation.shift import operating_shift, rate_with_ci, shift_warnings
 from medclf.tasks import Task, encode_multi_hot, make_task
 
 BIN = make_task("binary", ["no", "yes"])
@@ -164,3 +165,35 @@ def test_temperature_is_not_fitted_where_it_cannot_mean_anything():
     probs, y = np.stack([1 - p1, p1], axis=1), (rng.uniform(size=60) < p1 ** 3).astype(int)
     assert BIN.fit_temperature(y, probs, min_class=int(y.sum()) + 1) == [1.0]  # too few positives
     assert BIN.fit_temperature(y, probs, min_class=2) != [1.0]
+
+
+# ---------------------------------------------------------------- has the operating point moved?
+def test_wilson_interval_by_hand():
+    # p = .9, n = 50, z = 1.96: centre (p + z^2/2n) / (1 + z^2/n), half z sqrt(p(1-p)/n + z^2/4n^2) / (1 + z^2/n)
+    r = rate_with_ci(45, 5)
+    assert r["value"] == 0.9 and r["n"] == 50
+    assert r["ci"] == pytest.approx([0.7864, 0.9565], abs=1e-4)
+    assert rate_with_ci(0, 0) == {"value": None, "ci": None, "n": 0}
+
+
+def test_operating_counts_per_scored_column():
+    probs = np.array([[.2, .8], [.6, .4], [.3, .7], [.9, .1]])
+    task = make_task("binary", ["no", "yes"], threshold=0.5)
+    assert task.operating_counts([1, 1, 0, 0], probs) == {"yes": [1, 1, 1, 1]}  # tp fn tn fp
+    ml = make_task("multilabel", ["a", "b"], thresholds=[0.5, 0.5])
+    masks = encode_multi_hot(np.array([[1, 1], [0, 0], [1, 0], [0, 1]]))
+    assert ml.operating_counts(masks, probs) == {"a": [0, 2, 0, 2], "b": [1, 1, 1, 1]}  # a: .6, .9 called
+
+
+def test_a_shift_is_flagged_only_when_the_intervals_are_apart():
+    reference = {"split": "validation", "n": 100, "counts": {"yes": [45, 5, 45, 5]}}  # sens .9, spec .9
+    same = operating_shift(reference, {"yes": [40, 10, 43, 7]})  # .8 and .86: intervals overlap
+    assert not same["moved"] and same["per_label"]["yes"]["moved"] == []
+    moved = operating_shift(reference, {"yes": [49, 1, 10, 40]})  # spec .2 [.11, .33]
+    assert moved["moved"] and moved["per_label"]["yes"]["moved"] == ["specificity"]
+    (line,) = shift_warnings(moved, None, "medclf recalibrate R --data C --out NEWRUN")
+    assert line == ("operating point moved: yes specificity 0.900 [0.786, 0.957] on validation vs 0.200 "
+                    "[0.112, 0.330] here (95% intervals apart); re-fit it on a labelled local sample: "
+                    "medclf recalibrate R --data C --out NEWRUN")
+    low = {"below_target": True, "coverage": 0.8, "coverage_ci": [0.75, 0.85], "target_coverage": 0.9}
+    assert shift_warnings(same, low, "fix")[0].startswith("refer band covers 0.800 [0.750, 0.850] of these images")

@@ -111,7 +111,22 @@ def deploy_lines(m: dict) -> list[str]:
                      f"{_value_ci(band['coverage'], band['coverage_ci'])} (target {band['target_coverage']:.2f}), "
                      f"mean set size {band['mean_set_size']:.3f}, referred {band['referred']:.1%}, accuracy not "
                      f"referred {'n/a' if acc is None else f'{acc:.4f}'}")
-    return lines
+    return lines + operating_point_lines(m.get("operating_point"))
+
+
+def operating_point_lines(shift: dict | None) -> list[str]:
+    """Sensitivity and specificity at the threshold on the images it was chosen on, next to these images'."""
+    if not shift:
+        return []
+
+    def pair(r: dict) -> str:
+        return f"sens {_value_ci(r['sensitivity']['value'], r['sensitivity']['ci'])}  " \
+               f"spec {_value_ci(r['specificity']['value'], r['specificity']['ci'])}"
+
+    where = f"{shift['reference_split']}, {shift['reference_n']} images"
+    return [f"operating point {name}: {pair(v['reference'])} ({where})  |  here: {pair(v['here'])}"
+            + (f"  MOVED: {', '.join(v['moved'])}" if v["moved"] else "")
+            for name, v in shift["per_label"].items()]
 
 
 # the task types whose metrics files print another way than the single-label one

@@ -1,5 +1,6 @@
 """Fitting what turns a trained model's probabilities into a site's decisions: the temperature (`eval.calibrate`),
-the operating threshold(s) by the run's own rule, and the conformal refer band (`eval.conformal_alpha`).
+the operating threshold(s) by the run's own rule, the conformal refer band (`eval.conformal_alpha`) and the
+reference operating point (`fit_decisions` does all four).
 
 Training fits them on validation when it ends (`finalize_run`), ensembles on their validation split, and
 `medclf recalibrate` on a new site's labelled sample. The order matters and is the same everywhere: the
@@ -16,7 +17,7 @@ from medclf.config import Config
 from medclf.contract import DataContract
 from medclf.errors import ConfigError
 from medclf.evaluation.conformal import SCORES, check_alpha
-from medclf.tasks import task_for
+from medclf.tasks import ChosenThresholds, ThresholdRule, task_for
 
 CALIBRATE_METHODS = ("temperature", "none")
 
@@ -60,3 +61,19 @@ def fit_contract_band(contract: DataContract, probs: np.ndarray, labels: np.ndar
     if alpha is not None:
         band = task_for(contract).fit_band(labels, probs, alpha, score)
         contract.conformal = {**band, "fitted_on": fitted_on}
+
+
+def fit_decisions(contract: DataContract, raw_probs: np.ndarray, labels: np.ndarray, calibrate: str,
+                  rule: ThresholdRule, alpha: float | None, score: str) -> ChosenThresholds:
+    """Everything a run decides with, fitted on labelled images (validation when training ends; a site's sample
+    in `medclf recalibrate`), in this order: the temperature on the raw probabilities; then, on the tempered ones
+    the graph will hand out, the threshold(s) by `rule`, the refer band at `alpha`, and the decisions' counts
+    (`operating_point`, what `evaluate` compares other images with). Returns the chosen thresholds."""
+    probs = fit_contract_temperature(contract, raw_probs, labels, calibrate, rule.min_class)
+    task = task_for(contract)
+    chosen = task.choose_thresholds(labels, probs, rule)
+    task.store_thresholds(contract, chosen)
+    fit_contract_band(contract, probs, labels, alpha, score, rule.split)
+    contract.operating_point = {"split": rule.split, "n": int(len(labels)),
+                                "counts": task.operating_counts(labels, probs)}
+    return chosen

@@ -7,7 +7,9 @@ Adds to `metrics_<tag>.json`:
 - `decision_curve`: the file name of `decision_curve_<tag>.csv` and, per label, the threshold-probability range
   where the model's net benefit beats both treat-all and treat-none;
 - `conformal` (runs with a band, `eval.conformal_alpha`): coverage with its interval, mean set size, share
-  referred, accuracy on the images not referred.
+  referred, accuracy on the images not referred;
+- `operating_point`: sensitivity and specificity at the run's threshold(s) on the images it was chosen on next to
+  these images', and which moved beyond their intervals (medclf.evaluation.shift).
 """
 
 from __future__ import annotations
@@ -21,15 +23,17 @@ from medclf.contract import DataContract
 from medclf.evaluation.calibration import calibration_with_ci
 from medclf.evaluation.conformal import coverage_report
 from medclf.evaluation.decision_curve import decision_curve_table
+from medclf.evaluation.shift import operating_shift, shift_warnings
 from medclf.io import atomic_path
 from medclf.runs import RunDir
 from medclf.tasks import Task, task_for
 
 
 def deploy_evaluation(table: pd.DataFrame, contract: DataContract, rd: RunDir, tag: str, n_boot: int = 1000,
-                      seed: int = 0) -> dict[str, Any]:
-    """Writes the decision-curve table and plot; returns the `calibration`, `decision_curve` (and `conformal`)
-    entries for the metrics file."""
+                      seed: int = 0, remedy: str = "medclf recalibrate") -> dict[str, Any]:
+    """Writes the decision-curve table and plot; returns the `calibration`, `decision_curve` (and `conformal`,
+    `operating_point`) entries for the metrics file, and `deploy_warnings`: the lines saying the operating point
+    or the band did not travel, each ending with `remedy`."""
     from medclf.evaluation.deploy_plots import plot_decision_curve  # matplotlib is only needed here
 
     task = task_for(contract)
@@ -46,6 +50,10 @@ def deploy_evaluation(table: pd.DataFrame, contract: DataContract, rd: RunDir, t
     }
     if contract.conformal:
         out["conformal"] = conformal_evaluation(table, task, contract.conformal, n_boot, seed)
+    if contract.operating_point:  # runs from before it have none
+        here = task.operating_counts(table["label"].to_numpy(), task.table_probs(table))
+        out["operating_point"] = operating_shift(contract.operating_point, here)
+    out["deploy_warnings"] = shift_warnings(out.get("operating_point"), out.get("conformal"), remedy)
     return out
 
 

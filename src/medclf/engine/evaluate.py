@@ -83,7 +83,10 @@ def evaluate_run(
     common = dict(n_boot=n_boot, min_class=run.config.eval.threshold_min_class, threshold_reason=c.threshold_reason,
                   notes=[n for n in (fallback, left_out) if n])
     metrics = write_task_evaluation(table, task, run.dir, tag, **common)
-    metrics.update(deploy_evaluation(table, c, run.dir, tag, n_boot=n_boot))  # calibration, decision curve, band
+    remedy = f"medclf recalibrate {run.dir.path} --data {cache.path} --out NEWRUN"
+    deploy = deploy_evaluation(table, c, run.dir, tag, n_boot=n_boot, remedy=remedy)  # calibration, curves, band
+    moved = deploy.pop("deploy_warnings")
+    metrics.update(deploy, warnings=[*metrics.get("warnings", []), *moved])  # the CLI prints them
     save_metrics(run.dir, tag, metrics)
     subgroups = None
     if by:

@@ -19,7 +19,7 @@ from medclf.config import Config, save_config
 from medclf.data.cache import Cache
 from medclf.data.summary import data_summary
 from medclf.device import autocast, epoch_seed, seed_everything
-from medclf.engine.calibrate import fit_contract_band, fit_contract_temperature
+from medclf.engine.calibrate import fit_decisions
 from medclf.engine.distributed import DistContext, all_reduce_sum, broadcast_buffers, init_distributed, run_on_main
 from medclf.engine.inference import predict_sharded
 from medclf.engine.setup import TrainingSetup, build_setup
@@ -197,12 +197,9 @@ def finalize_run(s: TrainingSetup, progress: bool = False) -> None:
     # the run's test-time flip, so the threshold fits the probabilities it will be compared with
     predictor = Predictor(run.model, run.contract, tta_flip=s.cfg.eval.tta_flip, device=s.device, detectors=[])
     raw = predictor.predict_dataset(s.val_set, batch_size=s.cfg.eval.batch_size).probs
-    contract, labels, e = run.contract, s.val_set.labels, s.cfg.eval
-    task = task_for(contract)
-    # temperature first, then threshold(s) and refer band on the probabilities the run will hand out
-    probs = fit_contract_temperature(contract, raw, labels, e.calibrate, e.threshold_min_class)
-    task.store_thresholds(contract, task.choose_thresholds(labels, probs, ThresholdRule.from_config(s.cfg)))
-    fit_contract_band(contract, probs, labels, e.conformal_alpha, e.conformal_score, "val")
+    contract, e = run.contract, s.cfg.eval
+    fit_decisions(contract, raw, s.val_set.labels, e.calibrate, ThresholdRule.from_config(s.cfg), e.conformal_alpha,
+                  e.conformal_score)
     for warning in contract.threshold_warnings:  # printed by rank 0 alone, once, whatever `progress` says
         print(f"warning: {s.out_dir}: {warning}", file=sys.stderr)
     contract.ood = _fit_ood(s, predictor, progress)

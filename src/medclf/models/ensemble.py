@@ -114,4 +114,5 @@ def ensemble_contract(first: DataContract, threshold: float, name: str, spec: di
                    threshold_source=spec.get("threshold_source"), threshold_reason=spec.get("threshold_reason"),
                    threshold_warnings=list(spec.get("threshold_warnings") or []),
                    thresholds=None if spec.get("thresholds") is None else list(spec["thresholds"]),
-                   temperature=spec.get("temperature"), conformal=spec.get("conformal"))
+                   temperature=spec.get("temperature"), conformal=spec.get("conformal"),
+                   operating_point=spec.get("operating_point"))

@@ -31,7 +31,8 @@ HOW_TO_READ = (
     "classes that are plausible at error rate alpha; an image whose set is not exactly one class is marked "
     "'uncertain — refer'. On images like the ones the band was fitted on, the set holds the true class for at "
     "least 1 - alpha of them; coverage below that on another site means the band (and likely the threshold) "
-    "needs `medclf recalibrate`.")
+    "needs `medclf recalibrate`. Operating point: sensitivity and specificity at the run's threshold on the images "
+    "it was chosen on next to these images', with 95% Wilson intervals; 'moved' when the intervals do not overlap.")
 
 
 def calibration_table(metrics: dict) -> str:
@@ -56,6 +57,22 @@ def band_table(band: dict) -> str:
         "the interval lies below 1 - alpha: these images are not like the ones the band was fitted on; "
         "re-fit it on a labelled local sample (medclf recalibrate)"]) if band.get("below_target") else ""
     return low + html_table(["refer band", "value"], rows)
+
+
+def operating_point_table(shift: dict) -> str:
+    """Sensitivity and specificity at the threshold where it was chosen and here, a box when one moved."""
+    def cell(r: dict) -> str:
+        return f"{fmt(r['value'])} [{fmt_ci(r['ci'])}]"
+
+    where = f"{shift['reference_split']} ({shift['reference_n']})"
+    rows = [(name, cell(v["reference"]["sensitivity"]), cell(v["here"]["sensitivity"]),
+             cell(v["reference"]["specificity"]), cell(v["here"]["specificity"]), ", ".join(v["moved"]) or "—")
+            for name, v in shift["per_label"].items()]
+    moved = warning_box("Operating point moved", [
+        "sensitivity or specificity here lies outside the interval of the images the threshold was chosen on: "
+        "re-choose it on a labelled local sample (medclf recalibrate)"]) if shift.get("moved") else ""
+    return moved + html_table(["label", f"sensitivity, {where}", "sensitivity here", f"specificity, {where}",
+                               "specificity here", "moved"], rows)
 
 
 def recalibration_note(run_dir: Path) -> str:
@@ -86,6 +103,8 @@ def section_deploy(run_dir: Path) -> str | None:
         useful = (metrics.get("decision_curve") or {}).get("useful_range") or {}
         ranges = "; ".join(f"{k}: {'nowhere' if v is None else f'{v[0]:.2f}–{v[1]:.2f}'}" for k, v in useful.items())
         band = band_table(metrics["conformal"]) if metrics.get("conformal") else ""
+        if metrics.get("operating_point"):
+            band = operating_point_table(metrics["operating_point"]) + band
         blocks.append(f"<h3>Split: {esc(split)}</h3>{calibration_table(metrics)}"
                       f'<p class="note">The model beats treat-all and treat-none at threshold probabilities '
                       f"{esc(ranges)}.</p>{band}<div class=\"figs\">{figures}</div>")

@@ -158,6 +158,13 @@ class Task:
         probability and a threshold in medclf: thresholds sit between validation scores (evaluation.thresholds)."""
         return np.atleast_2d(probs)[:, self.scored] >= self.operating_thresholds()
 
+    def operating_counts(self, labels: Any, probs: np.ndarray) -> dict[str, list[int]]:
+        """Per scored column (by name): [tp, fn, tn, fp] of its calls at the operating threshold."""
+        y, called = self.truth(labels).astype(bool), self.calls(probs)
+        return {self.label_names[c]: [int((called[:, j] & y[:, j]).sum()), int((~called[:, j] & y[:, j]).sum()),
+                                      int((~called[:, j] & ~y[:, j]).sum()), int((called[:, j] & ~y[:, j]).sum())]
+                for j, c in enumerate(self.scored)}
+
     def choose_thresholds(self, labels: Any, probs: np.ndarray, rule: ThresholdRule) -> ChosenThresholds:
         """The operating threshold of each scored column, chosen on validation `labels` / `probs` (N x K)."""
         y, p = self.truth(labels), np.atleast_2d(probs)[:, self.scored]
