@@ -140,12 +140,28 @@ def plot_pr(y: Any, prob: Any, path: str | Path, threshold: float | None = None,
     return save_figure(fig, path)
 
 
-def plot_calibration(y: Any, prob: Any, path: str | Path, n_bins: int = 15, title: str | None = None) -> Path:
-    """Reliability diagram (fraction positive vs mean probability per bin) above a histogram of probabilities."""
+def plot_calibration(y: Any, prob: Any, path: str | Path, n_bins: int = 15, title: str | None = None,
+                     names: Sequence[str] | None = None) -> Path:
+    """Reliability diagram (fraction positive vs mean probability per bin) above a histogram of probabilities.
+    `y`, `prob`: N values, or N x L (one panel per column, at most 6, titled by `names`: each class or label
+    against the rest)."""
+    ys, probs = np.asarray(y).reshape(len(y), -1), np.asarray(prob, dtype=np.float64).reshape(len(prob), -1)
+    shown = min(probs.shape[1], 6)
+    width, height = FIGSIZE["calibration"]
+    fig = Figure(figsize=(width * shown, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    panels = fig.subplots(2, shown, sharex=True, height_ratios=[3, 1], squeeze=False)
+    for k in range(shown):
+        label = None if names is None or probs.shape[1] == 1 else str(names[k])
+        _reliability_panel(panels[0, k], panels[1, k], ys[:, k], probs[:, k], n_bins,
+                           f"{title}: {label}" if title and label else (label or title))
+    return save_figure(fig, path)
+
+
+def _reliability_panel(top: Any, bottom: Any, y: np.ndarray, prob: np.ndarray, n_bins: int,
+                       title: str | None) -> None:
     curve = reliability_curve(y, prob, n_bins)
     ece = expected_calibration_error(y, prob, n_bins)
-    fig = _figure("calibration")
-    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     top.plot([0, 1], [0, 1], color="#bbbbbb", linestyle="--", linewidth=1, label="perfect calibration")
     filled = curve["count"] > 0
     top.plot(curve["mean_prob"][filled], curve["frac_pos"][filled], marker="o", color="#1f77b4",
@@ -154,10 +170,9 @@ def plot_calibration(y: Any, prob: Any, path: str | Path, n_bins: int = 15, titl
     _finish_unit_axes(top, None, "Fraction positive", title)
     width = curve["upper"] - curve["lower"]
     bottom.bar(curve["lower"], curve["count"], width=width, align="edge", color="#9ecae1", edgecolor="white")
-    bottom.set_xlabel("Predicted probability (positive class)")
+    bottom.set_xlabel("Predicted probability")
     bottom.set_ylabel("Images")
     bottom.set_xlim(0, 1)
-    return save_figure(fig, path)
 
 
 def _finish_unit_axes(ax: Any, xlabel: str | None, ylabel: str, title: str | None) -> None:

@@ -280,7 +280,15 @@ class Task:
         cols = self.curve_columns
         truth = np.stack([self.positive(labels, c) for c in cols], axis=1).astype(np.int8)
         at = [self.threshold_of(c) if c in self.scored else None for c in cols]
-        return truth, np.atleast_2d(probs)[:, cols], [self.label_names[c] for c in cols], at
+        names = [self.label_names[c] if c < self.k else str(c) for c in cols]  # a table scored without names
+        return truth, np.atleast_2d(probs)[:, cols], names, at
+
+    def plot_reliability(self, table: Any, path: Any, title: str) -> None:
+        """The reliability diagram of each of `curve_columns` (one panel per class or label)."""
+        from medclf.evaluation import plots  # matplotlib is only needed here
+
+        truth, probs, names, _ = self.curves(table["label"].to_numpy(), self.table_probs(table))
+        plots.plot_calibration(truth, probs, path, title=title, names=names)
 
     def table_probs(self, table: Any) -> np.ndarray:
         """The N x K probabilities of a predictions table (its `prob_<class>` columns)."""

@@ -131,6 +131,7 @@ class MultilabelTask(Task):
         for kind in ("roc", "pr"):
             plots.plot_label_curves(y, probs, self.label_names, list(self.operating_thresholds()), path_of(kind),
                                     kind=kind, title=title)
+        self.plot_reliability(table, path_of("calibration"), title)
 
     def validation_row(self, labels: np.ndarray, probs: np.ndarray, loss_fn: Any, device: Any) -> dict[str, Any]:
         """`val_auc` is the macro ROC AUC over labels, `val_f1` the macro F1 and `val_accuracy` the share of

@@ -114,9 +114,11 @@ class SingleLabelTask(Task):
                              title=f"{title} (threshold {t:.3g})")
         plots.plot_roc(y, prob, path_of("roc"), threshold=t, title=title)
         plots.plot_pr(y, prob, path_of("pr"), threshold=t, title=title)
-        plots.plot_calibration(y, prob, path_of("calibration"), title=title)
         probs = class_probs(table, self.label_names)
-        if probs is not None:  # each class against the rest, marked where it is the most probable class
+        if probs is None:  # a two-class table, or one read as binary: the positive class alone
+            plots.plot_calibration(y, prob, path_of("calibration"), title=title)
+        else:  # each class against the rest, marked where it is the most probable class
+            self.plot_reliability(table, path_of("calibration"), title)
             onehot = np.eye(probs.shape[1], dtype=np.int8)[table["label"].to_numpy()]
             plots.plot_label_curves(onehot, probs, self.label_names, [None] * probs.shape[1], path_of("roc_classes"),
                                     title=f"{title}: each class against the rest")
