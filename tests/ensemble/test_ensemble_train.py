@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -23,17 +24,28 @@ from medclf.errors import MedclfError
 from medclf.evaluation.thresholds import between_scores, choose_threshold
 from medclf.report.html import build_report
 from medclf.runs import Predictor, open_run
+from medclf.tasks import make_task
 
 CPU = torch.device("cpu")
 
 
 def _member_probs(run_dir, split):
-    """Each member's positive-class probabilities on a split of its ensemble's cache, loaded on its own."""
+    """Each member's positive-class probabilities on a split of its ensemble's cache, loaded on its own and
+    without its own temperature (an ensemble combines its members' raw probabilities), as the ensemble's
+    temperature makes them (`_tempered`)."""
     cache = Cache.open(json.loads((run_dir / "data_summary.json").read_text())["cache"])
     data = CacheDataset(cache, split=split)
-    probs = [Predictor(r.model, r.contract).predict_dataset(data).probs[:, 1]
+    probs = [Predictor(r.model, replace(r.contract, temperature=None)).predict_dataset(data).probs
              for r in (open_run(run_dir / "members" / str(i), CPU) for i in range(3))]
     return data, np.stack(probs)
+
+
+def _tempered(run_dir, probs):
+    """`... x 2` probabilities with the ensemble's temperature (ensemble.json) applied, positive column."""
+    t = json.loads((run_dir / "ensemble.json").read_text())["temperature"]
+    assert t is not None and t[0] > 0  # eval.calibrate=temperature is the default
+    task = make_task("binary", ["normal", "pneumonia"])
+    return task.tempered(torch.from_numpy(probs), torch.tensor(t)).numpy()[..., 1]
 
 
 @pytest.mark.slow
@@ -61,7 +73,7 @@ def test_ensemble_threshold_is_chosen_on_val_with_combined_probabilities(partiti
     assert spec["members"] == ["members/0", "members/1", "members/2"]
     assert spec["combine"] == "mean" and spec["weights"] == pytest.approx([1 / 3] * 3)
     val, probs = _member_probs(partition_run, "val")
-    combined = probs.mean(axis=0)
+    combined = _tempered(partition_run, probs.mean(axis=0))  # the mean, then the ensemble's own temperature
     expected = between_scores(combined, choose_threshold((val.labels == 1).astype(int), combined, method="f1"))
     assert spec["threshold"] == pytest.approx(expected, abs=1e-6)
     assert (spec["threshold_source"], spec["threshold_reason"]) == ("validation", "f1 on 12 validation images "
@@ -103,8 +115,8 @@ def test_evaluate_writes_mean_and_member_std(partition_run, tmp_path):
                                    "ood_score"]
     test, probs = _member_probs(run, "test")
     assert table["id"].tolist() == list(test.ids)
-    np.testing.assert_allclose(table["prob"], probs.mean(axis=0), atol=1e-6)
-    np.testing.assert_allclose(table["std"], probs.std(axis=0), atol=1e-6)
+    np.testing.assert_allclose(table["prob"], _tempered(run, probs.mean(axis=0)), atol=1e-6)
+    np.testing.assert_allclose(table["std"], _tempered(run, probs).std(axis=0), atol=1e-6)
     assert metrics["threshold"] == pytest.approx(json.loads((run / "ensemble.json").read_text())["threshold"])
     assert metrics["n"] == 12
 
@@ -115,8 +127,11 @@ def test_evaluate_writes_mean_and_member_std(partition_run, tmp_path):
         files.append(tmp_path / f"{cache.manifest['id'].iat[row]}.png")
         Image.fromarray(np.asarray(cache.images[row])).save(files[-1])
     out = predict_files(run, files, progress=False)
-    singles = np.stack([predict_files(run / "members" / str(i), files, progress=False)["prob"] for i in range(3)])
-    np.testing.assert_allclose(out["prob"], singles.mean(axis=0), atol=1e-6)
+    members = [open_run(run / "members" / str(i), CPU) for i in range(3)]
+    singles = np.stack([Predictor(r.model, replace(r.contract, temperature=None)).predict_files(files)[["prob"]]
+                        .to_numpy() for r in members])  # M x 4 x 1: the positive column of each member
+    mean = singles.mean(axis=0)[:, 0]
+    np.testing.assert_allclose(out["prob"], _tempered(run, np.stack([1 - mean, mean], axis=1)), atol=1e-6)
     threshold = open_run(run, CPU).contract.threshold
     assert out["predicted"].tolist() == ["pneumonia" if p >= threshold else "normal" for p in out["prob"]]
 
