@@ -14,6 +14,7 @@ from medclf.data.dataset import CacheDataset
 from medclf.engine.evaluate import evaluate_run
 from medclf.engine.train import train
 from medclf.errors import ConfigError
+from medclf.evaluation.calibration import expected_calibration_error
 from medclf.evaluation.decision_curve import net_benefit
 from medclf.runs import RunDir, open_run
 
@@ -41,8 +42,12 @@ def test_training_fits_a_temperature_that_does_not_worsen_validation(binary_run)
     tempered = run.predictor().predict_dataset(val).probs
     raw = run.predictor().__class__(run.model, _without_temperature(run.contract),
                                     image_size=run.image_size).predict_dataset(val).probs
-    # what the fit promises: validation log-loss not raised (ECE usually falls too; measured in docs/new-site.md)
+    # what the fit promises: validation log-loss not raised; and here, as on PneumoniaMNIST (docs/new-site.md),
+    # a lower validation ECE (T != 1: this tiny model's validation is not separable)
+    assert t != 1.0
     assert _nll(tempered, val.labels) <= _nll(raw, val.labels) + 1e-6
+    y = (val.labels == 1).astype(int)
+    assert expected_calibration_error(y, tempered[:, 1]) < expected_calibration_error(y, raw[:, 1])
     assert np.array_equal(np.argsort(tempered[:, 1], kind="stable"), np.argsort(raw[:, 1], kind="stable"))
 
 
