@@ -3,7 +3,8 @@ contract (`task_for`), a cache (`task_for_cache`) or a metrics file (`task_for_m
 
 A Task owns every task-specific step: logits to probabilities and back, labels to a truth matrix, choosing the
 operating threshold(s) on validation and applying them (`calls`, `decisions`), the predictions-table columns,
-the metrics entry and its plots, the loss family, the default class a map explains, what "positive" means for
+the metrics entry and its plots, the temperature (one, or one per label), the conformal refer band and the
+curves a site is checked with, the loss family, the default class a map explains, what "positive" means for
 subgroups, attacks and OOD, and the service's answer. Workflows call it; they do not ask which task they have.
 
 The truth's storage (class indices or bit masks) is the bottom layer, medclf.labelsets, re-exported here.
