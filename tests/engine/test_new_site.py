@@ -14,12 +14,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from medclf.config import load_config
 from medclf.data.cache import Cache, write_cache
 from medclf.data.dataset import CacheDataset
 from medclf.data.synthetic import write_synthetic_multilabel
 from medclf.engine.evaluate import evaluate_run
+from medclf.engine.predict import predict_files
 from medclf.engine.train import train
 from medclf.errors import ConfigError, DataError, MedclfError
 from medclf.evaluation.calibration import expected_calibration_error
@@ -173,7 +175,14 @@ def test_predictions_table_and_report_carry_the_band(runs, tmp_path):
     page = (rd / RunDir.REPORT).read_text()
     assert "Calibration, decision curve and refer band" in page and "Recalibrated from" in page
     assert "uncertain — refer" in page
-
+    # predict's CSV carries the set and the flag too
+    files = []
+    for i, image in enumerate(np.asarray(Cache.open(site).images)[:6]):
+        files.append(tmp_path / f"im{i}.png")
+        Image.fromarray(image).save(files[-1])
+    predicted = predict_files(new, files, progress=False)
+    sizes = predicted["prediction_set"].fillna("").map(lambda s: len(s.split("|")) if s else 0)
+    assert predicted["refer"].tolist() == (sizes != 1).tolist() and len(predicted) == 6
 
 def test_cli_recalibrate(runs, tmp_path):
     cache, run_dir, site = runs

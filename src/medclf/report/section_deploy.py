@@ -17,6 +17,7 @@ from medclf.report.html import (
     register_section,
     warning_box,
 )
+from medclf.runs.freshness import current_evaluations
 from medclf.runs.layout import RunDir
 from medclf.runs.recalibration import recalibration_record
 
@@ -93,7 +94,7 @@ def recalibration_note(run_dir: Path) -> str:
 def section_deploy(run_dir: Path) -> str | None:
     rd = RunDir(run_dir)
     blocks = []
-    for split, path in rd.evaluated().items():
+    for split, path in current_evaluations(run_dir)[0].items():  # made with the weights the run holds now
         metrics = read_run_json(path)
         if "calibration" not in metrics:
             continue  # evaluated before medclf wrote these figures
