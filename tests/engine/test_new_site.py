@@ -183,6 +183,19 @@ def test_predictions_table_and_report_carry_the_band(runs, tmp_path):
     predicted = predict_files(new, files, progress=False)
     sizes = predicted["prediction_set"].fillna("").map(lambda s: len(s.split("|")) if s else 0)
     assert predicted["refer"].tolist() == (sizes != 1).tolist() and len(predicted) == 6
+    # and the web service's answer (what the page's refer line shows), for the same files
+    from fastapi.testclient import TestClient
+
+    from medclf.serve.app import create_app
+    from medclf.serve.predictor import ServeModel
+
+    with TestClient(create_app(ServeModel.load(new, "cpu"))) as client:
+        assert client.get("/api/model").json()["conformal"]["alpha"] == 0.2
+        parts = [("files", (f.name, f.read_bytes(), "application/octet-stream")) for f in files[:2]]
+        answers = client.post("/api/predict", files=parts, params={"heatmap": "false"}).json()["results"]
+    for answer, (_, row) in zip(answers, predicted.iterrows()):
+        assert answer["refer"]["flag"] == bool(row["refer"]) and answer["refer"]["alpha"] == 0.2
+        assert answer["refer"]["set"] == ("" if pd.isna(row["prediction_set"]) else row["prediction_set"])
 
 def test_cli_recalibrate(runs, tmp_path):
     cache, run_dir, site = runs
