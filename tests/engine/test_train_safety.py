@@ -204,6 +204,10 @@ def test_two_cli_trains_into_one_out(tiny_cache, tmp_path):
         first.wait()
 
 
+def _sigint_at_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
 def test_ctrl_c_and_sigterm_say_how_to_resume(tiny_cache, tmp_path, sig, code, word):
@@ -211,9 +215,11 @@ def test_ctrl_c_and_sigterm_say_how_to_resume(tiny_cache, tmp_path, sig, code, w
     the lock released, exit 128 + the signal (issue 22, item 4)."""
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    # the child starts with SIGINT at its default, as a terminal gives it: a test suite started as a background job
+    # (`make test &` in a script) ignores SIGINT, and a child inherits that, so Ctrl-C would never reach it
     proc = subprocess.Popen([sys.executable, "-m", "medclf", "train", "--data", str(tiny_cache), "--out", str(run),
                              *TINY, "train.epochs=200"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=env)
+                            env=env, preexec_fn=_sigint_at_default)
     deadline = time.time() + 120
     while not (run / "history.csv").exists() and time.time() < deadline:
         time.sleep(0.05)
