@@ -33,6 +33,7 @@ from medclf.io import make_temp_dir, write_json
 from medclf.models.checkpoint import read_checkpoint, save_checkpoint
 from medclf.outdirs import claim_output_dir, write_marker
 from medclf.runs import Predictor, Run, RunDir, open_run_and_cache
+from medclf.runs.predictor import device_of
 from medclf.tasks import ThresholdRule, task_for
 
 SAMPLE = "site sample"  # how threshold reasons name the images fitted on
@@ -79,12 +80,7 @@ def _check_out(out: Path, run_dir: str | Path) -> None:
 def _raw_predictor(run: Run) -> Predictor:
     """The run's Predictor without its temperature: what a new temperature is fitted on."""
     return Predictor(run.model, replace(run.contract, temperature=None), tta_flip=run.config.eval.tta_flip,
-                     device=_device(run), image_size=run.image_size, norm=run.norm, detectors=[], name=run.name)
-
-
-def _device(run: Run):
-    param = next(run.model.parameters(), None)
-    return param.device if param is not None else "cpu"
+                     device=device_of(run.model), image_size=run.image_size, norm=run.norm, detectors=[], name=run.name)
 
 
 def _summary(contract: DataContract, probs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
@@ -132,4 +128,3 @@ def _write_ensemble(src: RunDir, new: RunDir, contract: DataContract) -> None:
                 threshold_warnings=contract.threshold_warnings)
     write_json(new.ensemble_path, spec)
     write_marker(new.path, "ensemble")
-

@@ -37,10 +37,11 @@ def deploy_evaluation(table: pd.DataFrame, contract: DataContract, rd: RunDir, t
     from medclf.evaluation.deploy_plots import plot_decision_curve  # matplotlib is only needed here
 
     task = task_for(contract)
-    truth, probs, names, operating = task.curves(table["label"].to_numpy(), task.table_probs(table))
-    calibration = {name: calibration_with_ci(truth[:, k], probs[:, k], n_boot=n_boot, seed=seed)
+    labels, probs = table["label"].to_numpy(), task.table_probs(table)
+    truth, curve_probs, names, operating = task.curves(labels, probs)
+    calibration = {name: calibration_with_ci(truth[:, k], curve_probs[:, k], n_boot=n_boot, seed=seed)
                    for k, name in enumerate(names)}
-    curves = decision_curve_table(truth, probs, names)
+    curves = decision_curve_table(truth, curve_probs, names)
     with atomic_path(rd.decision_curve(tag)) as tmp:
         curves.to_csv(tmp, index=False)
     plot_decision_curve(curves, rd.plot("decision_curve", tag), dict(zip(names, operating)), title=tag)
@@ -49,10 +50,10 @@ def deploy_evaluation(table: pd.DataFrame, contract: DataContract, rd: RunDir, t
         "decision_curve": {"file": rd.decision_curve(tag).name, "useful_range": useful_ranges(curves)},
     }
     if contract.conformal:
-        out["conformal"] = conformal_evaluation(table, task, contract.conformal, n_boot, seed)
+        correct = table["predicted"].astype(str).to_numpy() == np.asarray(task.label_texts(labels))
+        out["conformal"] = conformal_evaluation(task, labels, probs, correct, contract.conformal, n_boot, seed)
     if contract.operating_point:  # runs from before it have none
-        here = task.operating_counts(table["label"].to_numpy(), task.table_probs(table))
-        out["operating_point"] = operating_shift(contract.operating_point, here)
+        out["operating_point"] = operating_shift(contract.operating_point, task.operating_counts(labels, probs))
     out["deploy_warnings"] = shift_warnings(out.get("operating_point"), out.get("conformal"), remedy)
     return out
 
@@ -66,14 +67,12 @@ def useful_ranges(curves: pd.DataFrame) -> dict[str, list[float] | None]:
     return out
 
 
-def conformal_evaluation(table: pd.DataFrame, task: Task, band: dict[str, Any], n_boot: int = 1000,
-                         seed: int = 0) -> dict[str, Any]:
+def conformal_evaluation(task: Task, labels: np.ndarray, probs: np.ndarray, correct: np.ndarray,
+                         band: dict[str, Any], n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Coverage of the run's band on these images (the images must be exchangeable with the ones it was fitted
-    on for 1 - alpha to be promised), mean set size, share referred, accuracy where not referred."""
-    labels = table["label"].to_numpy()
-    sets = task.prediction_sets(task.table_probs(table), band)
-    # the run's decision is right when its call spells the truth (a class; the set of findings)
-    correct = table["predicted"].astype(str).to_numpy() == np.asarray(task.label_texts(labels))
+    on for 1 - alpha to be promised), mean set size, share referred, and accuracy where not referred (`correct`:
+    per image, the run's call spells the truth: a class; the set of findings)."""
+    sets = task.prediction_sets(probs, band)
     report = coverage_report(task.set_covers(sets, labels), sets.sum(axis=-1), task.refer(sets), correct,
                              band["alpha"], n_boot=n_boot, seed=seed)
     report.update(score=band["score"], fitted_on=band.get("fitted_on"), n_fitted=band.get("n"),

@@ -82,7 +82,7 @@ def evaluate_run(
     fallback = threshold_warning(c.threshold_source, c.threshold_reason)
     common = dict(n_boot=n_boot, min_class=run.config.eval.threshold_min_class, threshold_reason=c.threshold_reason,
                   notes=[n for n in (fallback, left_out) if n])
-    metrics = write_task_evaluation(table, task, run.dir, tag, **common)
+    metrics = task_evaluation(table, task, run.dir, tag, **common)  # saved once, with the deploy entries below
     remedy = f"medclf recalibrate {run.dir.path} --data {cache.path} --out NEWRUN"
     deploy = deploy_evaluation(table, c, run.dir, tag, n_boot=n_boot, remedy=remedy)  # calibration, curves, band
     moved = deploy.pop("deploy_warnings")
@@ -163,10 +163,19 @@ def write_task_evaluation(pred_df: Any, task: Task, run_dir: str | Path | RunDir
     writes ``metrics.json``, so it holds the last evaluated test split. Returns the metrics dict.
     """
     rd = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    metrics = task_evaluation(pred_df, task, rd, tag, n_boot=n_boot, seed=seed, min_class=min_class,
+                              threshold_reason=threshold_reason, notes=notes)
+    save_metrics(rd, tag, metrics)
+    return metrics
+
+
+def task_evaluation(pred_df: Any, task: Task, rd: RunDir, tag: str, n_boot: int = 1000, seed: int = 0,
+                    min_class: int = MIN_CLASS, threshold_reason: str | None = None,
+                    notes: Sequence[str] = ()) -> dict[str, Any]:
+    """`write_task_evaluation` without writing the metrics file: the Task's entry, and its plots in the run."""
     rd.metrics(tag)  # checks the tag before any work
     metrics = task.metrics_entry(pred_df, tag, n_boot=n_boot, seed=seed, min_class=min_class,
                                  threshold_reason=threshold_reason, notes=notes)
-    save_metrics(rd, tag, metrics)
     task.plot_evaluation(pred_df, metrics, lambda kind: rd.plot(kind, tag), tag)
     return metrics
 

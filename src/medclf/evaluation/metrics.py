@@ -41,6 +41,13 @@ def check_binary_inputs(y_true: Any, prob: Any) -> tuple[np.ndarray, np.ndarray]
     return y.astype(np.int8), p
 
 
+def column_counts(truth: np.ndarray, called: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(tp, fp, fn, tn) per column of N x K 0/1 truth and N x K boolean calls."""
+    truth = np.asarray(truth).astype(bool)
+    return ((truth & called).sum(axis=0), (~truth & called).sum(axis=0), (truth & ~called).sum(axis=0),
+            (~truth & ~called).sum(axis=0))
+
+
 def rates_from_counts(tp: Any, fp: Any, tn: Any, fn: Any) -> dict[str, np.ndarray]:
     """Recall, precision, accuracy, F1 and specificity from confusion counts (scalars or arrays).
 

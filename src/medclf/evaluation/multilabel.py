@@ -21,7 +21,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from medclf.errors import MedclfError
 from medclf.evaluation.bootstrap import percentile_interval
 from medclf.evaluation.macro_auc import macro_auc_resamples
-from medclf.evaluation.metrics import binary_metrics, rates_from_counts
+from medclf.evaluation.metrics import binary_metrics, column_counts, rates_from_counts
 from medclf.labelsets import check_masks, multi_hot
 
 AVERAGES = ("macro", "weighted", "micro")
@@ -77,8 +77,7 @@ def average_rates(y: np.ndarray, called: np.ndarray, average: str) -> dict[str, 
     """Sensitivity (`recall`), specificity, precision and F1 of N x K calls, averaged `macro`, `weighted` or
     `micro`; a label where a rate is undefined is left out of its average."""
     truth = y.astype(bool)
-    tp, fp = (truth & called).sum(axis=0), (~truth & called).sum(axis=0)
-    fn, tn = (truth & ~called).sum(axis=0), (~truth & ~called).sum(axis=0)
+    tp, fp, fn, tn = column_counts(truth, called)
     if average == "micro":
         tp, fp, fn, tn = (np.array([c.sum()]) for c in (tp, fp, fn, tn))
     rates = rates_from_counts(tp, fp, tn, fn)

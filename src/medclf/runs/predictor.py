@@ -92,7 +92,7 @@ class Predictor:
         if engine not in ENGINES:
             raise MedclfError(f"--engine: unknown '{engine}' (valid: {', '.join(ENGINES)})")
         tta = run.config.eval.tta_flip if tta_flip is None else bool(tta_flip)
-        dev = pick_device(device) if device else _device_of(run.model)
+        dev = pick_device(device) if device else device_of(run.model)
         predictor = cls(run.model, run.contract, tta_flip=tta, device=dev, image_size=run.image_size,
                         norm=run.norm, name=run.name)
         predictor.run = run
@@ -300,6 +300,7 @@ def _reorder(p: Prediction, positions: np.ndarray) -> Prediction:
     return Prediction(p.probs[order], p.member_probs[:, order], None if p.ood_scores is None else p.ood_scores[order])
 
 
-def _device_of(model: torch.nn.Module) -> torch.device:
+def device_of(model: torch.nn.Module) -> torch.device:
+    """The device a model's parameters are on (CPU for a model without any)."""
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")

@@ -7,4 +7,3 @@ from __future__ import annotations
 
 REFER_TEXT = "uncertain — refer"
 REFER_COLUMNS = ["refer", "prediction_set"]
-

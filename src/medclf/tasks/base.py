@@ -18,7 +18,7 @@ from scipy.special import log_softmax
 from medclf.errors import MedclfError
 from medclf.evaluation.caveats import metric_warnings, threshold_warning
 from medclf.evaluation.conformal import class_scores, conformal_quantile
-from medclf.evaluation.metrics import binary_metrics
+from medclf.evaluation.metrics import binary_metrics, column_counts
 from medclf.evaluation.temperature import enough_per_class, fit_one_temperature
 from medclf.evaluation.thresholds import OperatingThreshold, operating_threshold
 from medclf.labelsets import ClassIndices
@@ -41,7 +41,6 @@ def sigmoid_nll(logit: np.ndarray, y: np.ndarray, t: float) -> float:
     """Mean binary cross-entropy of 0/1 `y` under sigmoid(logit / t), computed stably."""
     z = logit / t
     return float(np.mean(np.logaddexp(0.0, z) - y * z))
-
 
 
 @dataclass(frozen=True)
@@ -160,9 +159,8 @@ class Task:
 
     def operating_counts(self, labels: Any, probs: np.ndarray) -> dict[str, list[int]]:
         """Per scored column (by name): [tp, fn, tn, fp] of its calls at the operating threshold."""
-        y, called = self.truth(labels).astype(bool), self.calls(probs)
-        return {self.label_names[c]: [int((called[:, j] & y[:, j]).sum()), int((~called[:, j] & y[:, j]).sum()),
-                                      int((~called[:, j] & ~y[:, j]).sum()), int((called[:, j] & ~y[:, j]).sum())]
+        tp, fp, fn, tn = column_counts(self.truth(labels), self.calls(probs))
+        return {self.label_names[c]: [int(tp[j]), int(fn[j]), int(tn[j]), int(fp[j])]
                 for j, c in enumerate(self.scored)}
 
     def choose_thresholds(self, labels: Any, probs: np.ndarray, rule: ThresholdRule) -> ChosenThresholds:
