@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,8 @@ def recalibrate(run_dir: str | Path, data: str | Path, out: str | Path, split: s
               "threshold_rule": run.config.eval.threshold, "before": before,
               "after": _summary(contract, probs, labels), "ids": [str(i) for i in dataset.ids]}
     _write_new_run(run, contract, record, out)
+    for warning in contract.threshold_warnings:  # as training says its own
+        print(f"warning: {out}: {warning}", file=sys.stderr)
     return out
 
 

@@ -197,3 +197,18 @@ def test_a_shift_is_flagged_only_when_the_intervals_are_apart():
                     "medclf recalibrate R --data C --out NEWRUN")
     low = {"below_target": True, "coverage": 0.8, "coverage_ci": [0.75, 0.85], "target_coverage": 0.9}
     assert shift_warnings(same, low, "fix")[0].startswith("refer band covers 0.800 [0.750, 0.850] of these images")
+
+
+def test_a_band_on_too_few_images_says_every_image_is_referred():
+    from medclf.contract import DataContract
+    from medclf.engine.calibrate import fit_decisions
+    from medclf.tasks import ThresholdRule
+
+    contract = DataContract("m", 2, ["no", "yes"], 1, 32, 1, [0.5], [0.25], task="binary")
+    probs = np.array([[.9, .1], [.8, .2], [.3, .7], [.2, .8], [.6, .4]])
+    fit_decisions(contract, probs, np.array([0, 0, 1, 1, 0]), "none", ThresholdRule(min_class=1), 0.1, "lac")
+    assert contract.conformal["qhat"] == [math.inf]  # rank ceil(6 * .9) = 6 > 5 images
+    assert contract.threshold_warnings[-1] == ("validation: a refer band at alpha 0.1 needs about 1/alpha - 1 = 9 "
+                                               "images or more; with 5 every set holds every class, so every image "
+                                               "is referred")
+    assert BIN.refer(BIN.prediction_sets(probs, contract.conformal)).all()

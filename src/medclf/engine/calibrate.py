@@ -10,6 +10,8 @@ which are exactly what the inference graph hands out (the same `tempered` functi
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -76,4 +78,9 @@ def fit_decisions(contract: DataContract, raw_probs: np.ndarray, labels: np.ndar
     fit_contract_band(contract, probs, labels, alpha, score, rule.split)
     contract.operating_point = {"split": rule.split, "n": int(len(labels)),
                                 "counts": task.operating_counts(labels, probs)}
+    if contract.conformal and math.isinf(max(contract.conformal["qhat"])):  # said, not left to be found
+        alpha = contract.conformal["alpha"]
+        contract.threshold_warnings = [*contract.threshold_warnings, (
+            f"{rule.split}: a refer band at alpha {alpha:g} needs about 1/alpha - 1 = {1 / alpha - 1:.0f} images or "
+            f"more; with {len(labels)} every set holds every class, so every image is referred")]
     return chosen
